@@ -1,0 +1,2 @@
+//! `dispatcher` (being written).
+fn main() {}

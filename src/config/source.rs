@@ -1,0 +1,226 @@
+//! Reading configuration files from disk and splicing `<file` includes.
+//!
+//! `dispatcher.cnf`, `mappings` and `imta.cnf` all include other files with a line
+//! `<file-spec`, whose contents stand in for that line (PMDF and Sun document nesting up to three
+//! levels). Each file is parsed on its own by its grammar into a list of [`Line`]s; this module
+//! follows the `Include` lines, parses the included files with the same function and returns
+//! one flat list of items in file order, each item still carrying the place it came from.
+//! Structure that spans lines (tables, channel blocks, sections) is built afterwards on that
+//! flat list, so an included file behaves exactly as if it had been pasted in.
+//!
+//! Include names may use logical names (`IMTA_TABLE:site.cnf`), resolved by the caller's
+//! [`ResolvePath`] (the tailor); a relative name is taken relative to the including file's
+//! directory. An include loop or nesting deeper than [`MAX_INCLUDE_DEPTH`] is an error naming
+//! the chain of files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::error::{ConfigError, Diagnostics, ErrorKind, Loc};
+
+/// Levels of nested includes the original allows ("up to three levels").
+pub const MAX_INCLUDE_DEPTH: usize = 3;
+
+/// One line of a file as its grammar saw it: either something for the caller, or an include.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line<T> {
+    Item(T),
+    Include { spec: String, loc: Loc },
+}
+
+/// Turns a file specification as written in a configuration file into a path.
+pub trait ResolvePath {
+    /// `spec` as written (`IMTA_TABLE:x.cnf`, `/etc/x`, `x`); `loc` is where it was written, for
+    /// the error message.
+    fn resolve_spec(&self, spec: &str, loc: Option<&Loc>) -> Result<PathBuf, ConfigError>;
+}
+
+/// A resolver that knows no logical names: every spec is a plain path.
+pub struct PlainPaths;
+
+impl ResolvePath for PlainPaths {
+    fn resolve_spec(&self, spec: &str, _loc: Option<&Loc>) -> Result<PathBuf, ConfigError> {
+        Ok(PathBuf::from(spec))
+    }
+}
+
+/// Parses one file's text into lines. Given the file's name (for locations) and its text.
+pub type ParseFn<'p, T> =
+    dyn Fn(&Arc<Path>, &str, &mut Diagnostics) -> Result<Vec<Line<T>>, ConfigError> + 'p;
+
+/// Reads a whole file as UTF-8 text; invalid bytes are an error naming line and column.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::read(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        // Only the valid prefix is decoded, so the count is exact up to the bad byte.
+        let text = String::from_utf8_lossy(good);
+        let line = text.matches('\n').count() + 1;
+        let col = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let file: Arc<Path> = Arc::from(path);
+        ConfigError::other(
+            Loc::new(&file, line, col),
+            "the file is not text (a byte that is not ASCII or UTF-8); \
+             configuration files must be plain text",
+        )
+    })
+}
+
+/// Reads `path`, parses it with `parse`, and splices every include, recursively.
+pub fn load<T>(
+    path: &Path,
+    resolver: &dyn ResolvePath,
+    diags: &mut Diagnostics,
+    parse: &ParseFn<'_, T>,
+) -> Result<Vec<T>, ConfigError> {
+    let mut out = Vec::new();
+    let mut chain = Vec::new();
+    load_into(path, None, resolver, diags, parse, &mut chain, &mut out)?;
+    Ok(out)
+}
+
+fn load_into<T>(
+    path: &Path,
+    included_at: Option<&Loc>,
+    resolver: &dyn ResolvePath,
+    diags: &mut Diagnostics,
+    parse: &ParseFn<'_, T>,
+    chain: &mut Vec<PathBuf>,
+    out: &mut Vec<T>,
+) -> Result<(), ConfigError> {
+    let with_place = |e: ConfigError| match (e.loc.is_none(), included_at) {
+        (true, Some(loc)) => ConfigError {
+            loc: Some(loc.clone()),
+            kind: e.kind,
+        },
+        _ => e,
+    };
+    // Compare canonical names, so that `a/../b` and a symlink cannot hide a loop.
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|e| with_place(ConfigError::read(path, e)))?;
+    if let Some(first) = chain.iter().position(|p| *p == canonical) {
+        let mut names: Vec<String> = chain[first..]
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        names.push(canonical.display().to_string());
+        return Err(with_place(ConfigError::nowhere(ErrorKind::IncludeLoop {
+            chain: names.join(" -> "),
+        })));
+    }
+    if chain.len() > MAX_INCLUDE_DEPTH {
+        return Err(with_place(ConfigError::nowhere(ErrorKind::IncludeTooDeep {
+            limit: MAX_INCLUDE_DEPTH,
+            path: path.display().to_string(),
+        })));
+    }
+    let text = read_text(path).map_err(with_place)?;
+    let file: Arc<Path> = Arc::from(path);
+    let lines = parse(&file, &text, diags)?;
+    chain.push(canonical);
+    for line in lines {
+        match line {
+            Line::Item(item) => out.push(item),
+            Line::Include { spec, loc } => {
+                let target = resolver.resolve_spec(&spec, Some(&loc))?;
+                let target = if target.is_relative() {
+                    path.parent().unwrap_or(Path::new(".")).join(target)
+                } else {
+                    target
+                };
+                load_into(&target, Some(&loc), resolver, diags, parse, chain, out)?;
+            }
+        }
+    }
+    chain.pop();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A toy line format: `<x` includes x, anything else is an item.
+    fn parse_toy(
+        file: &Arc<Path>,
+        text: &str,
+        _d: &mut Diagnostics,
+    ) -> Result<Vec<Line<String>>, ConfigError> {
+        Ok(text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| match l.strip_prefix('<') {
+                Some(spec) => Line::Include {
+                    spec: spec.to_string(),
+                    loc: Loc::new(file, i + 1, 1),
+                },
+                None => Line::Item(l.to_string()),
+            })
+            .collect())
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write test file");
+        p
+    }
+
+    #[test]
+    fn include_is_spliced_in_place() {
+        let d = tempfile::tempdir().expect("tempdir");
+        write(d.path(), "inc", "b\nc\n");
+        let main = write(d.path(), "main", "a\n<inc\nd\n");
+        let got = load(&main, &PlainPaths, &mut Diagnostics::default(), &parse_toy)
+            .expect("loads");
+        assert_eq!(got, ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn include_loop_is_an_error_naming_the_chain() {
+        let d = tempfile::tempdir().expect("tempdir");
+        write(d.path(), "a", "x\n<b\n");
+        write(d.path(), "b", "<a\n");
+        let main = d.path().join("a");
+        let err = load(&main, &PlainPaths, &mut Diagnostics::default(), &parse_toy)
+            .expect_err("loop");
+        let msg = err.to_string();
+        assert!(msg.contains("include loop"), "{msg}");
+        assert!(msg.contains("/b:1:1"), "names the include line: {msg}");
+        assert!(msg.ends_with("/a"), "chain ends with the repeated file: {msg}");
+    }
+
+    #[test]
+    fn three_levels_are_allowed_four_are_not() {
+        let d = tempfile::tempdir().expect("tempdir");
+        write(d.path(), "l3", "deep\n");
+        write(d.path(), "l2", "<l3\n");
+        write(d.path(), "l1", "<l2\n");
+        let ok = write(d.path(), "l0", "<l1\n");
+        let got = load(&ok, &PlainPaths, &mut Diagnostics::default(), &parse_toy);
+        assert_eq!(got.expect("three levels"), ["deep"]);
+        let too_deep = write(d.path(), "top", "<l0\n");
+        let err = load(&too_deep, &PlainPaths, &mut Diagnostics::default(), &parse_toy)
+            .expect_err("four levels");
+        assert!(err.to_string().contains("nested deeper than 3"), "{err}");
+    }
+
+    #[test]
+    fn missing_include_names_the_include_line() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let main = write(d.path(), "main", "a\n<nothere\n");
+        let err = load(&main, &PlainPaths, &mut Diagnostics::default(), &parse_toy)
+            .expect_err("missing");
+        let msg = err.to_string();
+        assert!(msg.contains("main:2:1: cannot read"), "{msg}");
+        assert!(msg.contains("nothere"), "{msg}");
+    }
+
+    #[test]
+    fn non_utf8_text_names_line_and_column() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("bin");
+        std::fs::write(&p, b"ok\nab\xffc\n").expect("write");
+        let err = read_text(&p).expect_err("not text");
+        assert!(err.to_string().contains("bin:2:3:"), "{err}");
+    }
+}

@@ -1,0 +1,18 @@
+//! A configuration-compatible replacement for the Messaging Server `dispatcher` and its LMTP
+//! back-end images.
+//!
+//! The crate is laid out the way the product works:
+//!
+//! * [`config`]: reading the files an installation already has — `imta_tailor`,
+//!   `dispatcher.cnf`, `mappings`, `imta.cnf` and the channel option files — with pest grammars
+//!   kept in `parsers/`, into typed models with the original's defaults applied.
+//! * [`check`]: `dispatcher --check`, the effective configuration as an administrator reads it.
+//!
+//! The binaries in `src/bin/` carry the legacy program names (`dispatcher`,
+//! `tcp_lmtp_server`, `tcp_lmtpn_server`) and are thin wrappers over this library.
+
+pub mod check;
+pub mod config;
+
+/// The version every binary prints with `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,51 @@
+//! Helpers shared by the integration tests: where the fixtures are, and how a broken fixture
+//! is checked against the exact error it must produce.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// `fixtures/` of this repository.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Runs `load` on every file of `fixtures/broken/<kind>/` that has a `<file>.expected` beside
+/// it, and asserts that it fails with exactly the message in that file (the first line; the
+/// directory part of paths in the actual message is removed, so the expected text names files
+/// by their file name: `bad_port.cnf:3:6: ...`). Returns how many cases ran; a kind with no
+/// case is itself a failure, so a misplaced directory cannot pass silently.
+pub fn check_broken_fixtures<E: std::fmt::Display>(
+    kind: &str,
+    load: impl Fn(&Path) -> Result<(), E>,
+) -> usize {
+    let dir = fixtures().join("broken").join(kind);
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "expected"))
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no broken fixtures in {}", dir.display());
+    let prefix = format!("{}/", dir.display());
+    let mut failures = Vec::new();
+    for expected_file in &cases {
+        let input = expected_file.with_extension("");
+        let expected = std::fs::read_to_string(expected_file)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", expected_file.display()));
+        let expected = expected.lines().next().unwrap_or("").trim_end();
+        match load(&input) {
+            Ok(()) => failures.push(format!("{}: loaded without error", input.display())),
+            Err(e) => {
+                let got = e.to_string().replace(&prefix, "");
+                if got != expected {
+                    failures.push(format!(
+                        "{}:\n  expected: {expected}\n  got:      {got}",
+                        input.display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "broken fixtures:\n{}", failures.join("\n"));
+    cases.len()
+}
