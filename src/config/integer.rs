@@ -19,7 +19,10 @@ impl std::fmt::Display for IntError {
         match self {
             IntError::Empty => write!(f, "no value given"),
             IntError::NotANumber => {
-                write!(f, "not a whole number (write it in decimal, or as base%value, e.g. 16%FF)")
+                write!(
+                    f,
+                    "not a whole number (write it in decimal, or as base%value, e.g. 16%FF)"
+                )
             }
             IntError::BadRadix(r) => write!(f, "base `{r}` in base%value must be 2 to 36"),
             IntError::BadDigit { digit, radix } => {

@@ -55,7 +55,10 @@ pub fn parse(file: &Arc<Path>, text: &str) -> Result<Vec<Setting>, ConfigError> 
             match part.as_rule() {
                 Rule::name => name = Some((part.as_str().to_string(), Loc::new(file, line, col))),
                 Rule::value => {
-                    value = Some((part.as_str().trim_end().to_string(), Loc::new(file, line, col)))
+                    value = Some((
+                        part.as_str().trim_end().to_string(),
+                        Loc::new(file, line, col),
+                    ))
                 }
                 _ => {}
             }
@@ -87,7 +90,11 @@ mod tests {
         let pairs: Vec<(&str, &str)> = got.iter().map(|s| (&*s.name, &*s.value)).collect();
         assert_eq!(
             pairs,
-            [("IMTA_ROOT", "/opt/x/"), ("IMTA_LOG", "/var/log/"), ("EMPTY", "")]
+            [
+                ("IMTA_ROOT", "/opt/x/"),
+                ("IMTA_LOG", "/var/log/"),
+                ("EMPTY", "")
+            ]
         );
         assert_eq!(got[1].loc.to_string(), "imta_tailor:4:3");
         assert_eq!(got[1].value_loc.col, 14);
@@ -105,6 +112,9 @@ mod tests {
     #[test]
     fn line_that_is_no_setting_is_reported() {
         let err = parse(&file(), "=value\n").expect_err("bad");
-        assert!(err.to_string().starts_with("imta_tailor:1:1: expected"), "{err}");
+        assert!(
+            err.to_string().starts_with("imta_tailor:1:1: expected"),
+            "{err}"
+        );
     }
 }

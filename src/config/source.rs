@@ -96,8 +96,8 @@ fn load_into<T>(
         _ => e,
     };
     // Compare canonical names, so that `a/../b` and a symlink cannot hide a loop.
-    let canonical = std::fs::canonicalize(path)
-        .map_err(|e| with_place(ConfigError::read(path, e)))?;
+    let canonical =
+        std::fs::canonicalize(path).map_err(|e| with_place(ConfigError::read(path, e)))?;
     if let Some(first) = chain.iter().position(|p| *p == canonical) {
         let mut names: Vec<String> = chain[first..]
             .iter()
@@ -109,10 +109,12 @@ fn load_into<T>(
         })));
     }
     if chain.len() > MAX_INCLUDE_DEPTH {
-        return Err(with_place(ConfigError::nowhere(ErrorKind::IncludeTooDeep {
-            limit: MAX_INCLUDE_DEPTH,
-            path: path.display().to_string(),
-        })));
+        return Err(with_place(ConfigError::nowhere(
+            ErrorKind::IncludeTooDeep {
+                limit: MAX_INCLUDE_DEPTH,
+                path: path.display().to_string(),
+            },
+        )));
     }
     let text = read_text(path).map_err(with_place)?;
     let file: Arc<Path> = Arc::from(path);
@@ -170,8 +172,7 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         write(d.path(), "inc", "b\nc\n");
         let main = write(d.path(), "main", "a\n<inc\nd\n");
-        let got = load(&main, &PlainPaths, &mut Diagnostics::default(), &parse_toy)
-            .expect("loads");
+        let got = load(&main, &PlainPaths, &mut Diagnostics::default(), &parse_toy).expect("loads");
         assert_eq!(got, ["a", "b", "c", "d"]);
     }
 
@@ -181,12 +182,15 @@ mod tests {
         write(d.path(), "a", "x\n<b\n");
         write(d.path(), "b", "<a\n");
         let main = d.path().join("a");
-        let err = load(&main, &PlainPaths, &mut Diagnostics::default(), &parse_toy)
-            .expect_err("loop");
+        let err =
+            load(&main, &PlainPaths, &mut Diagnostics::default(), &parse_toy).expect_err("loop");
         let msg = err.to_string();
         assert!(msg.contains("include loop"), "{msg}");
         assert!(msg.contains("/b:1:1"), "names the include line: {msg}");
-        assert!(msg.ends_with("/a"), "chain ends with the repeated file: {msg}");
+        assert!(
+            msg.ends_with("/a"),
+            "chain ends with the repeated file: {msg}"
+        );
     }
 
     #[test]
@@ -199,8 +203,13 @@ mod tests {
         let got = load(&ok, &PlainPaths, &mut Diagnostics::default(), &parse_toy);
         assert_eq!(got.expect("three levels"), ["deep"]);
         let too_deep = write(d.path(), "top", "<l0\n");
-        let err = load(&too_deep, &PlainPaths, &mut Diagnostics::default(), &parse_toy)
-            .expect_err("four levels");
+        let err = load(
+            &too_deep,
+            &PlainPaths,
+            &mut Diagnostics::default(),
+            &parse_toy,
+        )
+        .expect_err("four levels");
         assert!(err.to_string().contains("nested deeper than 3"), "{err}");
     }
 
@@ -208,8 +217,8 @@ mod tests {
     fn missing_include_names_the_include_line() {
         let d = tempfile::tempdir().expect("tempdir");
         let main = write(d.path(), "main", "a\n<nothere\n");
-        let err = load(&main, &PlainPaths, &mut Diagnostics::default(), &parse_toy)
-            .expect_err("missing");
+        let err =
+            load(&main, &PlainPaths, &mut Diagnostics::default(), &parse_toy).expect_err("missing");
         let msg = err.to_string();
         assert!(msg.contains("main:2:1: cannot read"), "{msg}");
         assert!(msg.contains("nothere"), "{msg}");

@@ -166,7 +166,10 @@ impl Tailor {
             if !KNOWN_NAMES.contains(&key.as_str()) {
                 diags.warn(
                     s.loc.clone(),
-                    format!("{}: not a tailor option the original documents; kept", s.name),
+                    format!(
+                        "{}: not a tailor option the original documents; kept",
+                        s.name
+                    ),
                 );
             }
             if DIRECTORY_NAMES.contains(&key.as_str()) && !s.value.ends_with('/') {
@@ -182,7 +185,10 @@ impl Tailor {
             if let Some(old) = entries.get(&key) {
                 diags.warn(
                     s.loc.clone(),
-                    format!("{} is set again (first at line {}); the last one counts", s.name, old.loc.line),
+                    format!(
+                        "{} is set again (first at line {}); the last one counts",
+                        s.name, old.loc.line
+                    ),
                 );
             }
             entries.insert(key, s);
@@ -234,9 +240,10 @@ impl Tailor {
             },
             "IMTA_EXE" | "IMTA_LIB" => derived(format!("{}lib/", root()), "IMTA_ROOT + lib/"),
             "IMTA_LOG" => derived(format!("{}log/", root()), "IMTA_ROOT + log/"),
-            "IMTA_DISPATCHER_CONFIG" => {
-                derived(format!("{}dispatcher.cnf", table()), "IMTA_TABLE + dispatcher.cnf")
-            }
+            "IMTA_DISPATCHER_CONFIG" => derived(
+                format!("{}dispatcher.cnf", table()),
+                "IMTA_TABLE + dispatcher.cnf",
+            ),
             "IMTA_MAPPING_FILE" => derived(format!("{}mappings", table()), "IMTA_TABLE + mappings"),
             "IMTA_CONFIG_FILE" => derived(format!("{}imta.cnf", table()), "IMTA_TABLE + imta.cnf"),
             _ => None,
@@ -244,7 +251,9 @@ impl Tailor {
     }
 
     fn value_or_default(&self, name: &str) -> String {
-        self.get(name).map(|v| v.value().to_string()).unwrap_or_default()
+        self.get(name)
+            .map(|v| v.value().to_string())
+            .unwrap_or_default()
     }
 
     /// `IMTA_DISPATCHER_CONFIG`, resolved.
@@ -274,7 +283,11 @@ impl Tailor {
 
     /// The channel option file of `channel`: `IMTA_TABLE:<channel>_option`.
     pub fn channel_option_file(&self, channel: &str) -> PathBuf {
-        PathBuf::from(format!("{}{}_option", self.value_or_default("IMTA_TABLE"), channel))
+        PathBuf::from(format!(
+            "{}{}_option",
+            self.value_or_default("IMTA_TABLE"),
+            channel
+        ))
     }
 }
 
@@ -335,7 +348,8 @@ mod tests {
         let (t, d) = tailor(SEED_TAILOR);
         assert!(d.is_empty(), "{d:?}");
         assert_eq!(
-            t.resolve_spec("IMTA_BIN:tcp_lmtp_server", None).expect("resolves"),
+            t.resolve_spec("IMTA_BIN:tcp_lmtp_server", None)
+                .expect("resolves"),
             PathBuf::from("/opt/SUNWmsgsr/lib/tcp_lmtp_server")
         );
         assert_eq!(
@@ -382,7 +396,8 @@ mod tests {
     fn empty_tailor_derives_everything_from_its_place() {
         let (t, _) = tailor("");
         assert_eq!(
-            t.resolve_spec("IMTA_BIN:dispatcher", None).expect("derived"),
+            t.resolve_spec("IMTA_BIN:dispatcher", None)
+                .expect("derived"),
             PathBuf::from("/opt/SUNWmsgsr/config/../lib/dispatcher")
         );
         assert_eq!(t.log_dir(), PathBuf::from("/opt/SUNWmsgsr/config/../log/"));
@@ -402,7 +417,10 @@ mod tests {
         let (_, d) = tailor("IMTA_LOG=/var/log\n");
         assert_eq!(d.warnings.len(), 1);
         let w = d.warnings[0].to_string();
-        assert!(w.starts_with("/opt/SUNWmsgsr/config/imta_tailor:1:10: warning:"), "{w}");
+        assert!(
+            w.starts_with("/opt/SUNWmsgsr/config/imta_tailor:1:10: warning:"),
+            "{w}"
+        );
         assert!(w.contains("should end in `/`"), "{w}");
     }
 
@@ -428,8 +446,14 @@ mod tests {
         let exe = d.path().join("lib/dispatcher");
         let env = std::ffi::OsStr::new("/env/tailor");
         let cli = Path::new("/cli/tailor");
-        assert_eq!(locate(Some(cli), Some(env), Some(&exe)).1, TailorOrigin::CommandLine);
-        assert_eq!(locate(None, Some(env), Some(&exe)).0, PathBuf::from("/env/tailor"));
+        assert_eq!(
+            locate(Some(cli), Some(env), Some(&exe)).1,
+            TailorOrigin::CommandLine
+        );
+        assert_eq!(
+            locate(None, Some(env), Some(&exe)).0,
+            PathBuf::from("/env/tailor")
+        );
         assert_eq!(locate(None, None, Some(&exe)).1, TailorOrigin::BesideBinary);
         let elsewhere = d.path().join("bin/dispatcher");
         assert_eq!(

@@ -1,0 +1,26 @@
+# The two commands a newcomer needs: `make run` and `make test` (see README.md).
+CARGO ?= cargo
+
+.PHONY: all build test run check-demo fmt clippy clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+# Every test: unit, integration and property tests, then lint and formatting checks.
+test:
+	$(CARGO) build --all-targets --locked
+	$(CARGO) test --locked
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) fmt --all -- --check
+
+# Lays out the demo installation in run/ and starts the dispatcher on it. The runtime is not
+# built yet, so for now this checks the demo configuration and prints what it means.
+run: build
+	scripts/demo-layout.sh run release >/dev/null
+	run/lib/dispatcher --check
+
+clean:
+	$(CARGO) clean
+	rm -rf run

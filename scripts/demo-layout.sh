@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Lays out a self-contained installation under $1 (default run/) the way Messaging Server
+# installs one: lib/ holds the programs, config/ the configuration (from fixtures/demo/config),
+# log/ the logs. The tailor file gets absolute paths, as an installer writes them.
+# Existing configuration in $1/config is kept, so an administrator's edits survive `make run`.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+root=${1:-$here/run}
+profile=${2:-release}
+mkdir -p "$root/lib" "$root/config" "$root/log" "$root/queue"
+root=$(cd "$root" && pwd)
+for prog in dispatcher tcp_lmtp_server tcp_lmtpn_server; do
+    install -m 0755 "$here/target/$profile/$prog" "$root/lib/$prog"
+done
+for f in dispatcher.cnf mappings imta.cnf; do
+    [ -e "$root/config/$f" ] || cp "$here/fixtures/demo/config/$f" "$root/config/$f"
+done
+[ -e "$root/config/imta_tailor" ] ||
+    sed "s|@ROOT@|$root|g" "$here/fixtures/demo/config/imta_tailor.in" >"$root/config/imta_tailor"
+echo "$root"
