@@ -13,6 +13,7 @@
 
 pub mod check;
 pub mod config;
+pub mod mapping;
 
 /// The version every binary prints with `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -10,7 +10,7 @@
 //! * [`mappings`]: the `mappings` file (tables of pattern/template entries).
 //! * [`imta_cnf`]: `imta.cnf` channel blocks, with [`keywords`] saying how many arguments each
 //!   channel keyword takes, and [`channel_option`] for `IMTA_TABLE:<channel>_option`.
-//! * [`error`], [`source`], [`integer`], [`option_file`]: what the readers share.
+//! * [`error`], [`source`], [`lines`], [`integer`], [`option_file`]: what the readers share.
 
 pub mod channel_option;
 pub mod dispatcher_cnf;
@@ -18,6 +18,7 @@ pub mod error;
 pub mod imta_cnf;
 pub mod integer;
 pub mod keywords;
+pub mod lines;
 pub mod mappings;
 pub mod option_file;
 pub mod options;

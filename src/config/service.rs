@@ -43,10 +43,19 @@ impl std::fmt::Display for Source {
         match self {
             Source::Default => write!(f, "default"),
             Source::Derived(how) => write!(f, "default: {how}"),
-            Source::Global(loc) => write!(f, "global, line {}", loc.line),
-            Source::Section(loc) => write!(f, "service, line {}", loc.line),
+            Source::Global(loc) => write!(f, "global, {}", short(loc)),
+            Source::Section(loc) => write!(f, "service, {}", short(loc)),
         }
     }
+}
+
+/// `file:line` with the file's name only: enough to tell an include from the main file.
+fn short(loc: &Loc) -> String {
+    let name = loc.file.file_name().map_or_else(
+        || loc.file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    format!("{name}:{}", loc.line)
 }
 
 /// A value and where it comes from.

@@ -150,7 +150,10 @@ impl Tailor {
     /// Reads and checks the tailor file at `path`.
     pub fn load(path: &Path, diags: &mut Diagnostics) -> Result<Tailor, ConfigError> {
         let text = read_text(path)?;
-        Tailor::from_text(path, &text, diags)
+        // Defaults are derived from the file's directory, so it must not depend on the
+        // current directory of whoever reads the paths later.
+        let absolute = std::path::absolute(path).map_err(|e| ConfigError::read(path, e))?;
+        Tailor::from_text(&absolute, &text, diags)
     }
 
     /// Parses tailor text as if it had been read from `path`.

@@ -46,6 +46,10 @@ pub fn check_broken_fixtures<E: std::fmt::Display>(
             }
         }
     }
-    assert!(failures.is_empty(), "broken fixtures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "broken fixtures:\n{}",
+        failures.join("\n")
+    );
     cases.len()
 }
