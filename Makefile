@@ -18,7 +18,7 @@ test:
 # Lays out the demo installation in run/ and starts the dispatcher on it. The runtime is not
 # built yet, so for now this checks the demo configuration and prints what it means.
 run: build
-	scripts/demo-layout.sh run release >/dev/null
+	scripts/demo-layout.sh run target/release >/dev/null
 	run/lib/dispatcher --check
 
 clean:

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Lays out a self-contained installation under $1 (default run/) the way Messaging Server
-# installs one: lib/ holds the programs, config/ the configuration (from fixtures/demo/config),
-# log/ the logs. The tailor file gets absolute paths, as an installer writes them.
-# Existing configuration in $1/config is kept, so an administrator's edits survive `make run`.
+# Lays out a self-contained installation under ROOT the way Messaging Server installs one:
+# lib/ holds the programs, config/ the configuration (from fixtures/demo/config), log/ the logs.
+# The tailor file gets absolute paths, as an installer writes them. Existing configuration in
+# ROOT/config is kept, so an administrator's edits survive another `make run`.
+#
+# usage: scripts/demo-layout.sh [ROOT [BINDIR]]   (defaults: run/, target/release/)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 root=${1:-$here/run}
-profile=${2:-release}
+bindir=${2:-$here/target/release}
 mkdir -p "$root/lib" "$root/config" "$root/log" "$root/queue"
 root=$(cd "$root" && pwd)
 for prog in dispatcher tcp_lmtp_server tcp_lmtpn_server; do
-    install -m 0755 "$here/target/$profile/$prog" "$root/lib/$prog"
+    install -m 0755 "$bindir/$prog" "$root/lib/$prog"
 done
 for f in dispatcher.cnf mappings imta.cnf; do
     [ -e "$root/config/$f" ] || cp "$here/fixtures/demo/config/$f" "$root/config/$f"

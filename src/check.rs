@@ -1,7 +1,8 @@
 //! `dispatcher --check`: read the whole installation's configuration and show what it means.
 //!
 //! Loads the tailor file, `dispatcher.cnf`, `mappings`, `imta.cnf` and the channel option file
-//! of every channel a service names, checks what only the files together can tell (does each
+//! of every channel a service names, compiles the mapping tables, checks what only the files
+//! together can tell (does each
 //! service's `PARAMETER=CHANNEL=name` name a channel `imta.cnf` defines? can the LMTP images
 //! run on it?), and prints the effective configuration per service with the source of every
 //! value. Errors stop the check (exit 1); warnings are printed and, with `--strict`, also fail.
@@ -18,6 +19,7 @@ use crate::config::imta_cnf::{self, ImtaCnf};
 use crate::config::mappings::{self, MappingFile};
 use crate::config::service::{self, DispatcherConfig, Service, Setting};
 use crate::config::tailor::{Tailor, TailorOrigin, TailorValue};
+use crate::mapping::table::MappingSet;
 
 /// Image names that are LMTP servers and so need a channel with the `lmtp` keyword.
 const LMTP_IMAGES: &[&str] = &["tcp_lmtp_server", "tcp_lmtpn_server"];
@@ -32,6 +34,8 @@ pub struct Installation {
     pub mappings_path: PathBuf,
     /// `None` when the file does not exist (every connection is then accepted).
     pub mappings: Option<MappingFile>,
+    /// The same tables, compiled for the mapping engine.
+    pub mapping_set: Option<MappingSet>,
     pub imta_path: PathBuf,
     /// `None` when the file does not exist.
     pub imta: Option<ImtaCnf>,
@@ -60,6 +64,10 @@ pub fn load_installation(
             mappings_path.display()
         ));
         None
+    };
+    let mapping_set = match &mappings {
+        Some(m) => Some(MappingSet::compile(m, diags)?),
+        None => None,
     };
     if let Some(m) = &mappings {
         if m.table("PORT_ACCESS").is_none() {
@@ -94,6 +102,7 @@ pub fn load_installation(
         dispatcher,
         mappings_path,
         mappings,
+        mapping_set,
         imta_path,
         imta,
         channel_options,
@@ -348,7 +357,7 @@ fn describe_channel(inst: &Installation, name: &str) -> String {
     )
 }
 
-/// Prints warnings; returns how many there were.
+/// One line per warning.
 pub fn format_warnings(diags: &Diagnostics) -> String {
     let mut out = String::new();
     for w in &diags.warnings {
