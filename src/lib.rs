@@ -6,7 +6,9 @@
 //! * [`config`]: reading the files an installation already has — `imta_tailor`,
 //!   `dispatcher.cnf`, `mappings`, `imta.cnf` and the channel option files — with pest grammars
 //!   kept in `parsers/`, into typed models with the original's defaults applied.
+//! * [`mapping`]: the mapping engine (patterns, templates, tables) and the PORT_ACCESS decision.
 //! * [`check`]: `dispatcher --check`, the effective configuration as an administrator reads it.
+//! * [`test_mapping`]: `dispatcher --test-mapping`, probes through a table.
 //!
 //! The binaries in `src/bin/` carry the legacy program names (`dispatcher`,
 //! `tcp_lmtp_server`, `tcp_lmtpn_server`) and are thin wrappers over this library.
@@ -14,6 +16,7 @@
 pub mod check;
 pub mod config;
 pub mod mapping;
+pub mod test_mapping;
 
 /// The version every binary prints with `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,16 +7,27 @@ use std::process::ExitCode;
 
 use msdispatcher::check;
 use msdispatcher::config::error::Diagnostics;
-use msdispatcher::config::tailor;
+use msdispatcher::config::mappings;
+use msdispatcher::config::tailor::{self, Tailor};
+use msdispatcher::mapping::table::MappingSet;
+use msdispatcher::test_mapping;
 
 const USAGE: &str = "\
 usage: dispatcher [--tailor FILE] --check [--strict]
+       dispatcher [--tailor FILE] [--mapping-file FILE] --test-mapping TABLE PROBE|-
        dispatcher --version | --help
 
   --check         read imta_tailor, dispatcher.cnf, mappings, imta.cnf and the channel
                   option files; print the effective configuration of every service and
                   every warning; exit 0 when the configuration is usable, 1 when not
   --strict        with --check: treat every warning as an error
+  --test-mapping TABLE PROBE
+                  run PROBE through mapping table TABLE and print the output string,
+                  the flags and, for PORT_ACCESS, the decision (like imsimta test
+                  -mapping); PROBE `-` reads one probe a line from standard input
+  --mapping-file FILE
+                  with --test-mapping: the mappings file (default: the tailor's
+                  IMTA_MAPPING_FILE)
   --tailor FILE   the tailor file to use (default: $IMTA_TAILOR, else
                   ../config/imta_tailor beside this program, else
                   /opt/SUNWmsgsr/config/imta_tailor)
@@ -27,6 +38,8 @@ usage: dispatcher [--tailor FILE] --check [--strict]
 #[derive(Debug, Default)]
 struct Args {
     tailor: Option<PathBuf>,
+    mapping_file: Option<PathBuf>,
+    test_mapping: Option<(String, String)>,
     check: bool,
     strict: bool,
     version: bool,
@@ -44,6 +57,15 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--tailor" => {
                 let file = args.next().ok_or("--tailor needs a file name")?;
                 out.tailor = Some(PathBuf::from(file));
+            }
+            "--mapping-file" => {
+                let file = args.next().ok_or("--mapping-file needs a file name")?;
+                out.mapping_file = Some(PathBuf::from(file));
+            }
+            "--test-mapping" => {
+                let table = args.next().ok_or("--test-mapping needs a table name")?;
+                let probe = args.next().ok_or("--test-mapping needs a probe (or -)")?;
+                out.test_mapping = Some((table, probe));
             }
             other => match other.strip_prefix("--tailor=") {
                 Some(file) => out.tailor = Some(PathBuf::from(file)),
@@ -70,6 +92,9 @@ fn main() -> ExitCode {
         println!("dispatcher {}", msdispatcher::VERSION);
         return ExitCode::SUCCESS;
     }
+    if let Some((table, probe)) = &args.test_mapping {
+        return test_mapping(&args, table, probe);
+    }
     if !args.check {
         eprintln!(
             "dispatcher: running the dispatcher is not implemented in this version; \
@@ -77,9 +102,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let exe = std::env::current_exe().ok();
-    let env = std::env::var_os("IMTA_TAILOR");
-    let (path, origin) = tailor::locate(args.tailor.as_deref(), env.as_deref(), exe.as_deref());
+    let (path, origin) = locate_tailor(&args);
     let mut diags = Diagnostics::default();
     let result = check::load_installation(&path, origin, &mut diags);
     eprint!("{}", check::format_warnings(&diags));
@@ -100,4 +123,59 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn locate_tailor(args: &Args) -> (PathBuf, tailor::TailorOrigin) {
+    let exe = std::env::current_exe().ok();
+    let env = std::env::var_os("IMTA_TAILOR");
+    tailor::locate(args.tailor.as_deref(), env.as_deref(), exe.as_deref())
+}
+
+/// `--test-mapping`: loads only the tailor and the mappings file, as `imsimta test -mapping`.
+fn test_mapping(args: &Args, table: &str, probe: &str) -> ExitCode {
+    let mut diags = Diagnostics::default();
+    let (tailor_path, _) = locate_tailor(args);
+    let loaded = Tailor::load(&tailor_path, &mut diags).and_then(|t| {
+        let file = match &args.mapping_file {
+            Some(f) => f.clone(),
+            None => t.mapping_file()?,
+        };
+        let parsed = mappings::load(&file, &t, &mut diags)?;
+        MappingSet::compile(&parsed, &mut diags)
+    });
+    eprint!("{}", check::format_warnings(&diags));
+    let set = match loaded {
+        Ok(set) => set,
+        Err(e) => {
+            eprintln!("dispatcher: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if set.table(table).is_none() {
+        eprintln!("dispatcher: error: the mappings file has no table {table}");
+        return ExitCode::FAILURE;
+    }
+    if probe != "-" {
+        print!("{}", test_mapping::report(&set, table, probe));
+        return ExitCode::SUCCESS;
+    }
+    let mut first = true;
+    for line in std::io::stdin().lines() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("dispatcher: error: reading standard input: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        if !first {
+            println!();
+        }
+        first = false;
+        print!("{}", test_mapping::report(&set, table, &line));
+    }
+    ExitCode::SUCCESS
 }

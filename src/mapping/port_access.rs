@@ -44,10 +44,21 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Accept,
-    /// Send `text` (CRLF-terminated lines, possibly empty), then close.
+    /// Send [`Verdict::reply`] (the text's lines, each ending in CRLF), then close.
     Reject {
         text: String,
     },
+}
+
+impl Verdict {
+    /// What the client receives before the close: `~` separates lines, each line ends in
+    /// CRLF; an empty text sends nothing.
+    pub fn reply(&self) -> String {
+        match self {
+            Verdict::Accept => String::new(),
+            Verdict::Reject { text } => reply_lines(text),
+        }
+    }
 }
 
 /// The probe string for a connection from `client` to `server`.
@@ -101,7 +112,7 @@ pub fn decide(set: &MappingSet, probe: &str) -> Decision {
         decision.log_reject = log_reject;
         decision.connection_log = m.flags.contains(&'T');
         decision.verdict = Verdict::Reject {
-            text: reply_lines(reject_text.as_deref().unwrap_or("")),
+            text: reject_text.unwrap_or_default(),
         };
     }
     decision
@@ -141,6 +152,52 @@ fn reply_lines(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::error::Diagnostics;
+    use crate::config::mappings;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// The PORT_ACCESS table of `fixtures/test_mapping/logging`, compiled.
+    fn logging_table() -> MappingSet {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test_mapping/logging");
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        let file: Arc<Path> = Arc::from(path.as_path());
+        let mut d = Diagnostics::default();
+        let m = mappings::parse_str(&file, &text, &mut d).expect("parses");
+        MappingSet::compile(&m, &mut d).expect("compiles")
+    }
+
+    #[test]
+    fn log_match_text_and_reject_text_split_at_the_bar() {
+        let d = decide(&logging_table(), "TCP|10.0.0.1|25|192.0.2.66|3333");
+        assert_eq!(d.log_match.as_deref(), Some("Blocked smtp from 192.0.2.66"));
+        assert_eq!(d.verdict.reply(), "550 go away\r\n");
+        assert!(!d.connection_log);
+    }
+
+    #[test]
+    fn log_reject_text_multi_line_reply_and_connection_log_flag() {
+        let d = decide(&logging_table(), "TCP|10.0.0.1|25|192.0.2.67|3333");
+        assert_eq!(d.log_reject.as_deref(), Some("refused 192.0.2.67"));
+        assert_eq!(d.verdict.reply(), "421-busy\r\n421 try later\r\n");
+        assert!(d.connection_log);
+        assert_eq!(d.log_match, None);
+    }
+
+    #[test]
+    fn accept_with_connection_log_text() {
+        let d = decide(&logging_table(), "TCP|10.0.0.1|25|192.0.2.68|3333");
+        assert_eq!(d.verdict, Verdict::Accept);
+        assert_eq!(d.connection_text.as_deref(), Some("relay 68"));
+    }
+
+    #[test]
+    fn f_rejects_like_n_and_no_table_accepts() {
+        let d = decide(&logging_table(), "TCP|10.0.0.1|587|192.0.2.1|3333");
+        assert_eq!(d.verdict, Verdict::Reject { text: "no".into() });
+        let d = decide(&MappingSet::default(), "TCP|10.0.0.1|587|192.0.2.1|3333");
+        assert_eq!(d.verdict, Verdict::Accept);
+    }
 
     #[test]
     fn probe_puts_the_server_first_and_unmaps_ipv4() {

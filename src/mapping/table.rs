@@ -16,7 +16,8 @@
 //!
 //! `$|TABLE;arg|` calls another table of the same file; calls nest at most
 //! [`CALL_DEPTH_LIMIT`] deep, so a table that calls itself ends with a failed substitution
-//! rather than a stack overflow.
+//! rather than a stack overflow. No string grows past [`OUTPUT_LIMIT`], and no mapping tries
+//! more than [`ENTRY_BUDGET`] entries.
 
 use std::collections::HashMap;
 
@@ -30,6 +31,14 @@ pub const ITERATION_LIMIT: u32 = 10;
 
 /// How deep `$|TABLE;...|` calls may nest.
 pub const CALL_DEPTH_LIMIT: usize = 8;
+
+/// Most entries one mapping may try, table calls included; restarts inside nested calls
+/// could otherwise multiply (11 passes at each of 8 levels).
+pub const ENTRY_BUDGET: usize = 1_000_000;
+
+/// Longest string (in bytes) a mapping may build; a template that would make a longer one
+/// ends the mapping with the string it had, so `$0$0$R` cannot exhaust memory.
+pub const OUTPUT_LIMIT: usize = 16 * 1024;
 
 /// One compiled entry.
 #[derive(Debug, Clone)]
@@ -60,6 +69,10 @@ pub struct Notes {
     pub unsupported: Vec<String>,
     /// The iteration limit stopped a `$R`/`$L` loop.
     pub iteration_limit_hit: bool,
+    /// A template would have built a string longer than [`OUTPUT_LIMIT`].
+    pub output_limit_hit: bool,
+    /// The mapping tried [`ENTRY_BUDGET`] entries and stopped with what it had.
+    pub entry_budget_hit: bool,
 }
 
 /// Every table of a mappings file, compiled.
@@ -156,6 +169,7 @@ impl MappingSet {
             input_flags,
             notes,
             depth: 0,
+            budget: ENTRY_BUDGET,
             rng: seed(),
         };
         run.map(name, input)
@@ -175,6 +189,8 @@ struct Run<'a> {
     input_flags: &'a InputFlags,
     notes: &'a mut Notes,
     depth: usize,
+    /// Entries this mapping may still try.
+    budget: usize,
     rng: u64,
 }
 
@@ -201,6 +217,14 @@ impl Run<'_> {
                 });
             };
             i += 1;
+            if self.budget == 0 {
+                self.notes.entry_budget_hit = true;
+                return matched.then_some(Mapped {
+                    output: current,
+                    flags,
+                });
+            }
+            self.budget -= 1;
             let Some(captures) = entry.pattern.matches(&current) else {
                 continue;
             };
@@ -209,6 +233,13 @@ impl Run<'_> {
                 Expansion::Failed { continued: true } => continue,
                 Expansion::Failed { continued: false } => {
                     // Documented: the original input is the result, and the mapping ends.
+                    return Some(Mapped {
+                        output: current,
+                        flags,
+                    });
+                }
+                Expansion::Done { output, .. } if output.len() > OUTPUT_LIMIT => {
+                    self.notes.output_limit_hit = true;
                     return Some(Mapped {
                         output: current,
                         flags,
