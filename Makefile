@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make run` and `make test` (see README.md).
 CARGO ?= cargo
 
-.PHONY: all build test run check-demo fmt clippy clean
+.PHONY: all build test run bench clean
 
 all: build
 
@@ -20,6 +20,10 @@ test:
 run: build
 	scripts/demo-layout.sh run target/release >/dev/null
 	run/lib/dispatcher --check
+
+# Benchmarks, printed as tables (see docs/performance.md). Not part of `make test`.
+bench:
+	$(CARGO) bench --locked --bench mapping
 
 clean:
 	$(CARGO) clean

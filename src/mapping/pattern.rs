@@ -166,6 +166,8 @@ pub struct Pattern {
     /// Number of saved wildcards ($0 … $n-1).
     saved: usize,
     has_back_match: bool,
+    /// The longest literal run, which every matching input contains.
+    required: Vec<char>,
 }
 
 /// The texts the saved wildcards matched, in order.
@@ -326,10 +328,12 @@ impl Pattern {
             }
         }
         let has_back_match = tokens.iter().any(|t| matches!(t, Token::BackMatch(_)));
+        let required = longest_literal(&tokens);
         Ok(Pattern {
             tokens,
             saved,
             has_back_match,
+            required,
         })
     }
 
@@ -340,12 +344,24 @@ impl Pattern {
 
     /// Matches the whole of `input`; on success, the saved wildcards' texts.
     pub fn matches(&self, input: &str) -> Option<Captures> {
-        let chars: Vec<char> = input.chars().collect();
-        let folded: Vec<char> = chars.iter().map(|&c| fold(c)).collect();
+        self.matches_subject(&Subject::new(input))
+    }
+
+    /// Matches a subject prepared once for many patterns (a table's entries).
+    pub fn matches_subject(&self, subject: &Subject) -> Option<Captures> {
+        let (chars, folded) = (&subject.chars, &subject.folded);
+        // Cheap rejection: the pattern's longest literal run must occur in the input.
+        if !self.required.is_empty()
+            && !folded
+                .windows(self.required.len())
+                .any(|w| w == self.required.as_slice())
+        {
+            return None;
+        }
         let width = folded.len() + 1;
         let mut m = Matcher {
             tokens: &self.tokens,
-            text: &folded,
+            text: folded,
             failed: if self.has_back_match {
                 Vec::new()
             } else {
@@ -368,6 +384,42 @@ impl Pattern {
             None
         }
     }
+}
+
+/// A string prepared for matching: its characters, and the same lower-cased.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    chars: Vec<char>,
+    folded: Vec<char>,
+}
+
+impl Subject {
+    pub fn new(input: &str) -> Subject {
+        let chars: Vec<char> = input.chars().collect();
+        let folded = chars.iter().map(|&c| fold(c)).collect();
+        Subject { chars, folded }
+    }
+}
+
+/// The longest run of consecutive literal tokens.
+fn longest_literal(tokens: &[Token]) -> Vec<char> {
+    let mut best: Vec<char> = Vec::new();
+    let mut run: Vec<char> = Vec::new();
+    for t in tokens {
+        match t {
+            Token::Literal(c) => run.push(*c),
+            _ => {
+                if run.len() > best.len() {
+                    best = std::mem::take(&mut run);
+                }
+                run.clear();
+            }
+        }
+    }
+    if run.len() > best.len() {
+        best = run;
+    }
+    best
 }
 
 /// `%` or `*` after a glob letter or class.

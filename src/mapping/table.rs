@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 
-use super::pattern::Pattern;
+use super::pattern::{Pattern, Subject};
 use super::template::{Control, Environment, Expansion, Flags, Template, Unsupported};
 use crate::config::error::{ConfigError, Diagnostics, Loc};
 use crate::config::mappings::MappingFile;
@@ -204,6 +204,8 @@ impl Run<'_> {
         let mut restarts = 0u32;
         let mut previous_len = current.chars().count();
         let mut i = 0;
+        // Prepared once per string, not once per entry.
+        let mut subject = Subject::new(&current);
         loop {
             let Some(entry) = table.entries.get(i) else {
                 if extra_pass && self.count_restart(&current, &mut previous_len, &mut restarts) {
@@ -225,7 +227,7 @@ impl Run<'_> {
                 });
             }
             self.budget -= 1;
-            let Some(captures) = entry.pattern.matches(&current) else {
+            let Some(captures) = entry.pattern.matches_subject(&subject) else {
                 continue;
             };
             match entry.template.expand(&captures, self) {
@@ -253,6 +255,7 @@ impl Run<'_> {
                     matched = true;
                     flags.extend(entry_flags);
                     current = output;
+                    subject = Subject::new(&current);
                     match control {
                         Control::End => {
                             return Some(Mapped {
