@@ -327,18 +327,7 @@ pub fn parse_str(
     text: &str,
     diags: &mut Diagnostics,
 ) -> Result<MappingFile, ConfigError> {
-    let mut statements = Vec::new();
-    for line in parse_lines(file, text, diags)? {
-        match line {
-            Line::Item(st) => statements.push(st),
-            Line::Include { loc, .. } => {
-                return Err(ConfigError::other(
-                    loc,
-                    "includes are not read from a string",
-                ))
-            }
-        }
-    }
+    let statements = source::items_without_includes(file, text, diags, &parse_lines)?;
     assemble(statements, diags)
 }
 

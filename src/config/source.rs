@@ -66,6 +66,26 @@ pub fn read_text(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// Parses text that is not read from a file (tests, `--test-mapping` on a string): the
+/// items of its lines; an include line is an error, there being no file to be relative to.
+pub fn items_without_includes<T>(
+    file: &Arc<Path>,
+    text: &str,
+    diags: &mut Diagnostics,
+    parse: &ParseFn<'_, T>,
+) -> Result<Vec<T>, ConfigError> {
+    parse(file, text, diags)?
+        .into_iter()
+        .map(|line| match line {
+            Line::Item(item) => Ok(item),
+            Line::Include { loc, .. } => Err(ConfigError::other(
+                loc,
+                "includes are not read from a string",
+            )),
+        })
+        .collect()
+}
+
 /// Reads `path`, parses it with `parse`, and splices every include, recursively.
 pub fn load<T>(
     path: &Path,
