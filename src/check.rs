@@ -52,7 +52,10 @@ pub fn load_installation(
     let tailor = Tailor::load(tailor_path, diags)?;
     let dispatcher_path = tailor.dispatcher_config()?;
     let cnf = dispatcher_cnf::load(&dispatcher_path, &tailor, diags)?;
-    let dispatcher = service::build(&cnf, &tailor, diags)?;
+    let mut dispatcher = service::build(&cnf, &tailor, diags)?;
+    if let Some(value) = std::env::var_os(service::DEBUG_ENVIRONMENT) {
+        dispatcher.apply_debug_environment(&value.to_string_lossy())?;
+    }
 
     let mappings_path = tailor.mapping_file()?;
     let mappings = if mappings_path.exists() {

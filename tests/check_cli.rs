@@ -187,3 +187,17 @@ fn unreadable_tailor_is_an_error_naming_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot read /nonexistent/imta_tailor"));
 }
+
+#[test]
+fn debug_environment_variable_sets_the_dispatchers_mask_in_hex() {
+    let out = Command::new(DISPATCHER)
+        .args(["--tailor", &seed_tailor(), "--check"])
+        .env("IMTA_DISPATCHER_DEBUG", "FFFFFFFF")
+        .output()
+        .expect("run");
+    assert!(
+        text(&out.stdout).contains("DEBUG=0xffffffff (environment IMTA_DISPATCHER_DEBUG)"),
+        "{}",
+        text(&out.stdout)
+    );
+}

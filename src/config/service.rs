@@ -36,6 +36,8 @@ pub enum Source {
     Global(Loc),
     /// The service's own section, at this line.
     Section(Loc),
+    /// The environment variable of that name.
+    Environment(&'static str),
 }
 
 impl std::fmt::Display for Source {
@@ -45,6 +47,7 @@ impl std::fmt::Display for Source {
             Source::Derived(how) => write!(f, "default: {how}"),
             Source::Global(loc) => write!(f, "global, {}", short(loc)),
             Source::Section(loc) => write!(f, "service, {}", short(loc)),
+            Source::Environment(name) => write!(f, "environment {name}"),
         }
     }
 }
@@ -160,6 +163,32 @@ pub struct DispatcherConfig {
     /// Old `dispatcher.log` versions kept.
     pub history_to_retain: Setting<u64>,
     pub services: Vec<Service>,
+}
+
+/// The environment variable that overrides the dispatcher's DEBUG mask, in hexadecimal.
+pub const DEBUG_ENVIRONMENT: &str = "IMTA_DISPATCHER_DEBUG";
+
+impl DispatcherConfig {
+    /// Applies `IMTA_DISPATCHER_DEBUG` (hexadecimal, `FFFFFFFF` = everything, an optional
+    /// `0x`), which the original documents as an alternative to DEBUG; it wins over the file.
+    pub fn apply_debug_environment(&mut self, value: &str) -> Result<(), ConfigError> {
+        let digits = value.trim();
+        let digits = digits
+            .strip_prefix("0x")
+            .or_else(|| digits.strip_prefix("0X"))
+            .unwrap_or(digits);
+        let mask = u32::from_str_radix(digits, 16).map_err(|_| {
+            ConfigError::nowhere(ErrorKind::Other(format!(
+                "{DEBUG_ENVIRONMENT}={value}: not a 32-bit hexadecimal mask (FFFFFFFF sets \
+                 every bit)"
+            )))
+        })?;
+        self.debug = Setting {
+            value: mask,
+            source: Source::Environment(DEBUG_ENVIRONMENT),
+        };
+        Ok(())
+    }
 }
 
 /// Checks the file and applies defaults. `resolver` resolves IMAGE and LOGFILE paths.
@@ -761,6 +790,21 @@ mod tests {
         let (c, _) = build_text(&text).expect("valid");
         assert_eq!(c.services[0].interface_address.value, "::1".parse().ok());
         assert!(build_text(&format!("{MINIMAL}INTERFACE_ADDRESS=1.2.3\n")).is_err());
+    }
+
+    #[test]
+    fn debug_environment_is_hexadecimal_and_wins() {
+        let (mut c, _) = build_text(&format!("DEBUG=1\n{MINIMAL}")).expect("valid");
+        c.apply_debug_environment("FFFFFFFF").expect("hex");
+        assert_eq!(c.debug.value, u32::MAX);
+        assert_eq!(c.debug.source, Source::Environment(DEBUG_ENVIRONMENT));
+        c.apply_debug_environment("0x10").expect("hex");
+        assert_eq!(c.debug.value, 16);
+        let err = c.apply_debug_environment("-1").expect_err("not hex");
+        assert!(
+            err.to_string().starts_with("IMTA_DISPATCHER_DEBUG=-1:"),
+            "{err}"
+        );
     }
 
     #[test]
