@@ -6,6 +6,7 @@
 //! * [`config`]: reading the files an installation already has — `imta_tailor`,
 //!   `dispatcher.cnf`, `mappings`, `imta.cnf` and the channel option files — with pest grammars
 //!   kept in `parsers/`, into typed models with the original's defaults applied.
+//! * [`dispatcher`]: the dispatcher's decisions (so far the worker-pool policy).
 //! * [`mapping`]: the mapping engine (patterns, templates, tables) and the PORT_ACCESS decision.
 //! * [`check`]: `dispatcher --check`, the effective configuration as an administrator reads it.
 //! * [`test_mapping`]: `dispatcher --test-mapping`, probes through a table.
@@ -15,6 +16,7 @@
 
 pub mod check;
 pub mod config;
+pub mod dispatcher;
 pub mod mapping;
 pub mod test_mapping;
 

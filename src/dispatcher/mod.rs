@@ -1,0 +1,9 @@
+//! The dispatcher: listeners, the PORT_ACCESS check at accept, worker pools, hand-off,
+//! signals and logs.
+//!
+//! Built so far:
+//! * [`policy`]: the worker pool of a service as a pure state machine (which worker takes a
+//!   connection, when to start, retire or replace one), tested without sockets or processes.
+//!
+//! The event loop that performs its actions is not built yet.
+pub mod policy;
