@@ -7,6 +7,7 @@
 //!   `dispatcher.cnf`, `mappings`, `imta.cnf` and the channel option files — with pest grammars
 //!   kept in `parsers/`, into typed models with the original's defaults applied.
 //! * [`dispatcher`]: the dispatcher's decisions (so far the worker-pool policy).
+//! * [`handoff`]: the dispatcher↔worker protocol, with socket passing.
 //! * [`mapping`]: the mapping engine (patterns, templates, tables) and the PORT_ACCESS decision.
 //! * [`check`]: `dispatcher --check`, the effective configuration as an administrator reads it.
 //! * [`test_mapping`]: `dispatcher --test-mapping`, probes through a table.
@@ -17,6 +18,7 @@
 pub mod check;
 pub mod config;
 pub mod dispatcher;
+pub mod handoff;
 pub mod mapping;
 pub mod test_mapping;
 
