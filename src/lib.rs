@@ -9,6 +9,7 @@
 //! * [`dispatcher`]: the dispatcher's decisions (so far the worker-pool policy).
 //! * [`handoff`]: the dispatcher↔worker protocol, with socket passing.
 //! * [`mapping`]: the mapping engine (patterns, templates, tables) and the PORT_ACCESS decision.
+//! * [`worker`]: the runtime every worker image links.
 //! * [`check`]: `dispatcher --check`, the effective configuration as an administrator reads it.
 //! * [`test_mapping`]: `dispatcher --test-mapping`, probes through a table.
 //!
@@ -21,6 +22,7 @@ pub mod dispatcher;
 pub mod handoff;
 pub mod mapping;
 pub mod test_mapping;
+pub mod worker;
 
 /// The version every binary prints with `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

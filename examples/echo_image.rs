@@ -1,0 +1,64 @@
+//! A tiny worker image for the dispatcher's tests: greets each client with its connection id,
+//! the client address, how many connections this process holds, and its pid, then echoes
+//! lines until `QUIT`. Proves the hand-off path end to end without the LMTP images.
+
+use std::io::{BufRead, BufReader, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use msdispatcher::worker::runtime::{self, Connection, Handler, WorkerConfig};
+
+struct Echo {
+    service: String,
+    active: AtomicUsize,
+}
+
+impl Handler for Echo {
+    fn serve(&self, c: Connection) {
+        let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+        let _ = serve(&self.service, now, c);
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn serve(service: &str, active: usize, c: Connection) -> std::io::Result<()> {
+    let mut out = c.stream.try_clone()?;
+    write!(
+        out,
+        "220 {service} echo conn={} client={} active={active} pid={}\r\n",
+        c.id,
+        c.client,
+        std::process::id()
+    )?;
+    for line in BufReader::new(c.stream).lines() {
+        let line = line?;
+        if line.trim_end().eq_ignore_ascii_case("QUIT") {
+            write!(out, "221 bye\r\n")?;
+            break;
+        }
+        write!(out, "250 {}\r\n", line.trim_end())?;
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let config = WorkerConfig::from_env();
+    let control = match runtime::control_socket() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("echo_image: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let handler = Arc::new(Echo {
+        service: config.service.clone(),
+        active: AtomicUsize::new(0),
+    });
+    match runtime::run(control, &config, handler) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("echo_image: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The worker side: what every image (`tcp_lmtp_server`, `tcp_lmtpn_server`, the test echo
+//! image) links to receive connections from the dispatcher. See [`runtime`].
+pub mod runtime;

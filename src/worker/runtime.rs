@@ -1,0 +1,221 @@
+//! What every worker image links: receive connections from the dispatcher and serve each on a
+//! thread of its own.
+//!
+//! The runtime reads its settings from the environment the dispatcher gives it (see
+//! [`WorkerConfig::from_env`] and `docs/worker-protocol.md`), says `READY`, then handles
+//! `HANDOFF` and `DRAIN` from the control socket on descriptor 3. Each connection runs on a new
+//! thread whose stack is the service's `STACKSIZE`; when it ends, the runtime says `ENDED`.
+//! It never holds more than `MAX_CONNS` connections: one beyond that (the dispatcher's
+//! policy should never send it) is closed at once and reported ended. After `DRAIN`, or when
+//! the dispatcher goes away (end of file on the control socket), it takes nothing new and
+//! returns once the last connection has ended, and the image exits.
+//!
+//! What a connection means is the image's business: it passes a [`Handler`].
+
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError, CONTROL_FD};
+
+/// Environment variables the dispatcher sets for its workers.
+pub mod env {
+    pub const SERVICE: &str = "IMTA_SERVICE";
+    pub const PARAMETER: &str = "IMTA_PARAMETER";
+    pub const STACKSIZE: &str = "IMTA_STACKSIZE";
+    pub const MAX_CONNS: &str = "IMTA_MAX_CONNS";
+    pub const DEBUG: &str = "IMTA_DEBUG";
+    pub const TAILOR: &str = "IMTA_TAILOR";
+}
+
+/// A worker's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    pub service: String,
+    pub parameter: String,
+    pub stack_size: usize,
+    pub max_conns: usize,
+    pub debug: u32,
+}
+
+impl WorkerConfig {
+    /// Reads the settings from the environment; missing numbers take safe defaults
+    /// (a 2 MiB stack, 20 connections, no debugging).
+    pub fn from_env() -> WorkerConfig {
+        let var = |k: &str| std::env::var(k).unwrap_or_default();
+        let num = |k: &str, default: u64| var(k).trim().parse::<u64>().unwrap_or(default);
+        WorkerConfig {
+            service: var(env::SERVICE),
+            parameter: var(env::PARAMETER),
+            stack_size: usize::try_from(num(env::STACKSIZE, 2 << 20)).unwrap_or(2 << 20),
+            max_conns: usize::try_from(num(env::MAX_CONNS, 20))
+                .unwrap_or(20)
+                .max(1),
+            debug: u32::try_from(num(env::DEBUG, 0)).unwrap_or(0),
+        }
+    }
+}
+
+/// A connection as the handler receives it.
+#[derive(Debug)]
+pub struct Connection {
+    pub id: u64,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub stream: TcpStream,
+}
+
+/// What an image does with a connection. Called on the connection's own thread.
+pub trait Handler: Send + Sync + 'static {
+    fn serve(&self, connection: Connection);
+}
+
+/// Why the runtime stopped other than by draining.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("descriptor 3 is not a control socket from the dispatcher ({0}); images are started by the dispatcher")]
+    NoControlSocket(std::io::Error),
+}
+
+/// Connections in hand, and a signal when that number drops.
+#[derive(Default)]
+struct Active {
+    count: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Active {
+    fn add(&self) -> usize {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *n += 1;
+        *n
+    }
+
+    fn remove(&self) {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        self.changed.notify_all();
+    }
+
+    fn get(&self) -> usize {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_until_zero(&self) {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            n = self.changed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Takes descriptor 3 as the control socket.
+pub fn control_socket() -> Result<OwnedFd, WorkerError> {
+    // Check that descriptor 3 is a socket before owning it, so a mistaken start says so.
+    let stat = nix::sys::stat::fstat(
+        // SAFETY: only inspected; ownership is taken below, after the check.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(CONTROL_FD) },
+    )
+    .map_err(|e| WorkerError::NoControlSocket(e.into()))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(WorkerError::NoControlSocket(std::io::Error::other(
+            "it is not a socket",
+        )));
+    }
+    // SAFETY: the dispatcher placed our end of the control socket on descriptor 3 for this
+    // process; nothing else in the process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(CONTROL_FD) })
+}
+
+/// Serves connections from the dispatcher until told to drain (or the dispatcher is gone) and
+/// the last connection has ended.
+pub fn run(
+    control: OwnedFd,
+    config: &WorkerConfig,
+    handler: Arc<dyn Handler>,
+) -> Result<(), WorkerError> {
+    let control = Arc::new(control);
+    let active = Arc::new(Active::default());
+    wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ready)?;
+    loop {
+        match wire::recv_from_dispatcher(control.as_fd())? {
+            None => {
+                log::info!(
+                    "the dispatcher has gone away; finishing {} connection(s)",
+                    active.get()
+                );
+                break;
+            }
+            Some((ToWorker::Drain, _)) => {
+                wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Draining)?;
+                log::info!("draining: {} connection(s) left", active.get());
+                break;
+            }
+            Some((
+                ToWorker::HandOff {
+                    conn,
+                    client,
+                    server,
+                },
+                Some(fd),
+            )) => {
+                let stream = TcpStream::from(fd);
+                if active.add() > config.max_conns {
+                    log::warn!(
+                        "connection {conn} from {client} refused: already {} connections (MAX_CONNS)",
+                        config.max_conns
+                    );
+                    drop(stream);
+                    end(&control, &active, conn);
+                    continue;
+                }
+                let connection = Connection {
+                    id: conn,
+                    client,
+                    server,
+                    stream,
+                };
+                spawn_connection(config, &handler, &control, &active, connection);
+            }
+            Some((ToWorker::HandOff { conn, .. }, None)) => {
+                // recv_from_dispatcher already refuses this; kept for completeness.
+                log::error!("HANDOFF {conn} came without its socket");
+            }
+        }
+    }
+    active.wait_until_zero();
+    Ok(())
+}
+
+fn spawn_connection(
+    config: &WorkerConfig,
+    handler: &Arc<dyn Handler>,
+    control: &Arc<OwnedFd>,
+    active: &Arc<Active>,
+    connection: Connection,
+) {
+    let id = connection.id;
+    let (h, c, a) = (Arc::clone(handler), Arc::clone(control), Arc::clone(active));
+    let spawned = std::thread::Builder::new()
+        .name(format!("conn-{id}"))
+        .stack_size(config.stack_size)
+        .spawn(move || {
+            h.serve(connection);
+            end(&c, &a, id);
+        });
+    if let Err(e) = spawned {
+        // The closure (and with it the socket) was dropped: the client sees the close.
+        log::error!("connection {id}: cannot start a thread ({e}); closed");
+        end(control, active, id);
+    }
+}
+
+/// Reports a connection ended and frees its slot.
+fn end(control: &OwnedFd, active: &Active, conn: u64) {
+    if let Err(e) = wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ended { conn }) {
+        log::warn!("cannot report connection {conn} ended: {e}");
+    }
+    active.remove();
+}

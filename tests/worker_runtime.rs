@@ -1,0 +1,157 @@
+//! The worker runtime with a real process: the echo test image started the way the
+//! dispatcher starts workers, driven over its control socket with real TCP connections.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use common::ChildGuard;
+use msdispatcher::dispatcher::spawn::{spawn_worker, WorkerSpec};
+use msdispatcher::handoff::wire::{self, ToDispatcher, ToWorker};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Starts the echo image as a worker of service ECHO; returns the dispatcher's end.
+fn start(max_conns: u64) -> (ChildGuard, OwnedFd) {
+    let (dispatcher_end, worker_end) = wire::control_pair().expect("control pair");
+    let image = common::example("echo_image");
+    let spec = WorkerSpec {
+        image: &image,
+        service: "ECHO",
+        parameter: "CHANNEL=none",
+        stack_size: 256 * 1024,
+        max_conns,
+        debug: 0,
+        tailor: Path::new("/nonexistent/imta_tailor"),
+    };
+    let child = spawn_worker(&spec, &worker_end, None).expect("spawn echo image");
+    drop(worker_end);
+    (ChildGuard(child), dispatcher_end)
+}
+
+/// The next message from the worker, waiting at most WAIT.
+fn next(ctrl: &OwnedFd) -> Option<ToDispatcher> {
+    let mut fds = [PollFd::new(ctrl.as_fd(), PollFlags::POLLIN)];
+    let ready = poll(&mut fds, PollTimeout::from(10_000u16)).expect("poll");
+    assert!(ready > 0, "no message from the worker within 10 s");
+    wire::recv_from_worker(ctrl.as_fd()).expect("receive")
+}
+
+/// Accepts a client connection and hands it to the worker; returns the client's stream.
+fn hand_off(ctrl: &OwnedFd, listener: &TcpListener, conn: u64) -> BufReader<TcpStream> {
+    let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    client.set_read_timeout(Some(WAIT)).expect("timeout");
+    let (accepted, peer) = listener.accept().expect("accept");
+    let msg = ToWorker::HandOff {
+        conn,
+        client: peer,
+        server: listener.local_addr().expect("addr"),
+    };
+    wire::send_to_worker(ctrl.as_fd(), &msg, Some(accepted.as_fd())).expect("hand off");
+    BufReader::new(client)
+}
+
+fn line(r: &mut BufReader<TcpStream>) -> String {
+    let mut s = String::new();
+    r.read_line(&mut s).expect("read line");
+    s
+}
+
+fn say(r: &mut BufReader<TcpStream>, text: &str) {
+    r.get_mut()
+        .write_all(format!("{text}\r\n").as_bytes())
+        .expect("write");
+}
+
+#[test]
+fn handed_connection_is_served_and_its_end_reported() {
+    let (mut child, ctrl) = start(20);
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut c = hand_off(&ctrl, &listener, 41);
+    let greeting = line(&mut c);
+    assert!(
+        greeting.starts_with("220 ECHO echo conn=41 client=127.0.0.1:"),
+        "{greeting}"
+    );
+    assert!(
+        greeting.contains(&format!("pid={}", child.pid())),
+        "{greeting}"
+    );
+    say(&mut c, "hello");
+    assert_eq!(line(&mut c), "250 hello\r\n");
+    say(&mut c, "QUIT");
+    assert_eq!(line(&mut c), "221 bye\r\n");
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 41 }));
+    wire::send_to_worker(ctrl.as_fd(), &ToWorker::Drain, None).expect("drain");
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Draining));
+    let status = child.wait_for(WAIT).expect("exits after draining");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn draining_worker_finishes_an_open_session_before_exiting() {
+    let (mut child, ctrl) = start(20);
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut c = hand_off(&ctrl, &listener, 1);
+    line(&mut c);
+    wire::send_to_worker(ctrl.as_fd(), &ToWorker::Drain, None).expect("drain");
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Draining));
+    assert!(
+        child.wait_for(Duration::from_millis(300)).is_none(),
+        "must not exit mid-session"
+    );
+    say(&mut c, "still here");
+    assert_eq!(line(&mut c), "250 still here\r\n");
+    say(&mut c, "QUIT");
+    line(&mut c);
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 1 }));
+    assert!(child.wait_for(WAIT).expect("exits").success());
+}
+
+#[test]
+fn worker_whose_dispatcher_is_gone_exits_after_its_sessions() {
+    let (mut child, ctrl) = start(20);
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut c = hand_off(&ctrl, &listener, 1);
+    line(&mut c);
+    drop(ctrl);
+    assert!(
+        child.wait_for(Duration::from_millis(300)).is_none(),
+        "session still open"
+    );
+    say(&mut c, "QUIT");
+    assert_eq!(line(&mut c), "221 bye\r\n");
+    assert!(child.wait_for(WAIT).expect("exits").success());
+}
+
+#[test]
+fn worker_enforces_max_conns_on_its_side() {
+    let (_child, ctrl) = start(1);
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut first = hand_off(&ctrl, &listener, 1);
+    assert!(line(&mut first).contains("active=1"));
+    let mut second = hand_off(&ctrl, &listener, 2);
+    assert_eq!(line(&mut second), "", "closed without a greeting");
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 2 }));
+    say(&mut first, "QUIT");
+    line(&mut first);
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 1 }));
+}
+
+#[test]
+fn image_started_by_hand_says_it_needs_the_dispatcher() {
+    let out = std::process::Command::new(common::example("echo_image"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("started by the dispatcher"));
+}
