@@ -169,13 +169,20 @@ fn version_and_help() {
 }
 
 #[test]
-fn unknown_argument_and_missing_mode_are_usage_errors() {
+fn unknown_argument_is_a_usage_error() {
     let out = run(Path::new(DISPATCHER), &["--frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("unknown argument `--frobnicate`"));
-    let out = run(Path::new(DISPATCHER), &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("not implemented"));
+}
+
+#[test]
+fn running_without_a_readable_tailor_fails_before_detaching() {
+    let out = run(
+        Path::new(DISPATCHER),
+        &["--tailor", "/nonexistent/imta_tailor", "--foreground"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read /nonexistent/imta_tailor"));
 }
 
 #[test]

@@ -5,18 +5,28 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use msdispatcher::check;
 use msdispatcher::config::error::Diagnostics;
 use msdispatcher::config::mappings;
 use msdispatcher::config::tailor::{self, Tailor};
+use msdispatcher::dispatcher::start::{self, StartOptions};
 use msdispatcher::mapping::table::MappingSet;
 use msdispatcher::test_mapping;
 
 const USAGE: &str = "\
-usage: dispatcher [--tailor FILE] --check [--strict]
+usage: dispatcher [--tailor FILE] [--foreground] [--shutdown-timeout SECONDS]
+       dispatcher [--tailor FILE] --check [--strict]
        dispatcher [--tailor FILE] [--mapping-file FILE] --test-mapping TABLE PROBE|-
        dispatcher --version | --help
 
+  (no mode)       run the dispatcher: listen on every service's ports, check each
+                  connection against PORT_ACCESS, hand it to a worker; detaches
+                  unless --foreground; stop with SIGTERM
+  --foreground    stay attached (for service managers and tests); log also to stderr
+  --shutdown-timeout SECONDS
+                  how long SIGTERM waits for workers to finish (default 30)
   --check         read imta_tailor, dispatcher.cnf, mappings, imta.cnf and the channel
                   option files; print the effective configuration of every service and
                   every warning; exit 0 when the configuration is usable, 1 when not
@@ -40,6 +50,8 @@ struct Args {
     tailor: Option<PathBuf>,
     mapping_file: Option<PathBuf>,
     test_mapping: Option<(String, String)>,
+    foreground: bool,
+    shutdown_timeout: Option<u64>,
     check: bool,
     strict: bool,
     version: bool,
@@ -52,6 +64,16 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         match arg.as_str() {
             "--check" | "-check" => out.check = true,
             "--strict" => out.strict = true,
+            "--foreground" | "-f" => out.foreground = true,
+            "--shutdown-timeout" => {
+                let s = args
+                    .next()
+                    .ok_or("--shutdown-timeout needs a number of seconds")?;
+                let n = s
+                    .parse()
+                    .map_err(|_| format!("--shutdown-timeout {s}: not a number of seconds"))?;
+                out.shutdown_timeout = Some(n);
+            }
             "--version" | "-V" => out.version = true,
             "--help" | "-h" => out.help = true,
             "--tailor" => {
@@ -96,11 +118,20 @@ fn main() -> ExitCode {
         return test_mapping(&args, table, probe);
     }
     if !args.check {
-        eprintln!(
-            "dispatcher: running the dispatcher is not implemented in this version; \
-             only --check is (see --help)"
-        );
-        return ExitCode::from(2);
+        let (tailor, tailor_origin) = locate_tailor(&args);
+        let opts = StartOptions {
+            tailor,
+            tailor_origin,
+            foreground: args.foreground,
+            shutdown_bound: Duration::from_secs(args.shutdown_timeout.unwrap_or(30)),
+        };
+        return match start::start(&opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dispatcher: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let (path, origin) = locate_tailor(&args);
     let mut diags = Diagnostics::default();

@@ -1,11 +1,18 @@
 //! The dispatcher: listeners, the PORT_ACCESS check at accept, worker pools, hand-off,
 //! signals and logs.
 //!
-//! Built so far:
 //! * [`policy`]: the worker pool of a service as a pure state machine (which worker takes a
 //!   connection, when to start, retire or replace one), tested without sockets or processes.
+//! * [`event_loop`]: performs the policy's actions; knows no limits.
+//! * [`listen`]: opening the ports; [`access`]: PORT_ACCESS at accept.
 //! * [`spawn`]: starting a worker process with its control socket on descriptor 3.
-//!
-//! The event loop that performs its actions is not built yet.
+//! * [`log`]: `dispatcher.log`; [`pidfile`]: the locked pid file.
+//! * [`start`]: from the command line to a running event loop.
+pub mod access;
+pub mod event_loop;
+pub mod listen;
+pub mod log;
+pub mod pidfile;
 pub mod policy;
 pub mod spawn;
+pub mod start;

@@ -2,6 +2,8 @@
 //! is checked against the exact error it must produce.
 #![allow(dead_code)]
 
+pub mod dispatcher;
+
 use std::path::{Path, PathBuf};
 
 /// `fixtures/` of this repository.

@@ -1,0 +1,675 @@
+//! The dispatcher's event loop: performs what the pools decide.
+//!
+//! It waits (mio) on the listeners, the workers' control sockets and a signal pipe, and
+//! turns what happens into [`Event`]s for each service's [`Pool`]; the pool's [`Action`]s
+//! are carried out here: start a worker, hand a connection over, tell a worker to drain,
+//! stop or resume reading a listener. Every connection is judged by PORT_ACCESS
+//! ([`super::access`]) as it is accepted, before any worker sees it. This module knows no
+//! limits: those are the pool's.
+//!
+//! Signals: SIGTERM and SIGINT stop gracefully (close the listeners, drain every worker, wait
+//! up to the shutdown bound, then kill what is left, by pid); SIGCHLD reaps workers; SIGUSR1
+//! reopens the log file; SIGUSR2 writes a status report to the log. SIGHUP (reload) is logged
+//! as not supported yet.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::access::{self, RefusalLog};
+use super::policy::{Action, ConnId, Event, Pool, PoolLimits, PoolLog, WorkerId};
+use super::spawn::{spawn_worker, WorkerSpec};
+use crate::config::service::Service;
+use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError};
+use crate::mapping::port_access::Verdict;
+use crate::mapping::table::MappingSet;
+
+/// How often the pools get a `Tick`.
+const TICK: Duration = Duration::from_secs(1);
+
+/// What a running dispatcher is given.
+pub struct Setup {
+    pub services: Vec<Service>,
+    /// The listeners of each service, already open (in `services` order).
+    pub listeners: Vec<Vec<TcpListener>>,
+    pub port_access: Option<MappingSet>,
+    pub tailor: PathBuf,
+    /// Longest wait for draining workers at shutdown before they are killed.
+    pub shutdown_bound: Duration,
+    /// Called on SIGUSR1 to reopen the log file.
+    pub reopen_log: Box<dyn Fn() -> std::io::Result<()>>,
+}
+
+/// Signals, as flags set by the handlers and read by the loop.
+struct Signals {
+    wake: UnixStream,
+    stop: Arc<AtomicBool>,
+    child: Arc<AtomicBool>,
+    reopen: Arc<AtomicBool>,
+    status: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        let (wake, ping) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        ping.set_nonblocking(true)?;
+        let flag = |sigs: &[i32]| -> std::io::Result<Arc<AtomicBool>> {
+            let f = Arc::new(AtomicBool::new(false));
+            for &s in sigs {
+                signal_hook::flag::register(s, Arc::clone(&f))?;
+                signal_hook::low_level::pipe::register(s, ping.try_clone()?)?;
+            }
+            Ok(f)
+        };
+        use signal_hook::consts::*;
+        Ok(Signals {
+            stop: flag(&[SIGTERM, SIGINT])?,
+            child: flag(&[SIGCHLD])?,
+            reopen: flag(&[SIGUSR1])?,
+            status: flag(&[SIGUSR2])?,
+            reload: flag(&[SIGHUP])?,
+            wake,
+        })
+    }
+
+    fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = std::io::Read::read(&mut &self.wake, &mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+struct WorkerProc {
+    child: Child,
+    ctrl: OwnedFd,
+    token: Token,
+    outbox: VecDeque<(ToWorker, Option<TcpStream>)>,
+    /// The worker closed its control socket; it is exiting.
+    closed: bool,
+}
+
+struct ServiceRt {
+    config: Service,
+    pool: Pool,
+    listeners: Vec<(TcpListener, Token)>,
+    workers: HashMap<WorkerId, WorkerProc>,
+    /// Accepted connections waiting for the pool to hand them off.
+    waiting: HashMap<ConnId, (TcpStream, SocketAddr, SocketAddr)>,
+    output: Option<std::fs::File>,
+    last_saturation_log: Option<u64>,
+}
+
+#[derive(Clone, Copy)]
+enum Source {
+    Listener(usize),
+    Control(usize, WorkerId),
+    Signals,
+}
+
+struct Runtime {
+    poll: Poll,
+    services: Vec<ServiceRt>,
+    port_access: Option<MappingSet>,
+    tailor: PathBuf,
+    sources: HashMap<Token, Source>,
+    next_token: usize,
+    next_conn: ConnId,
+    refusals: RefusalLog,
+    accepted: u64,
+    handed: u64,
+    origin: Instant,
+    stopping: Option<Instant>,
+    shutdown_bound: Duration,
+}
+
+/// Runs until SIGTERM or SIGINT has stopped every worker.
+pub fn run(setup: Setup) -> std::io::Result<()> {
+    let signals = Signals::install()?;
+    let poll = Poll::new()?;
+    let mut rt = Runtime {
+        poll,
+        services: Vec::new(),
+        port_access: setup.port_access,
+        tailor: setup.tailor,
+        sources: HashMap::new(),
+        next_token: 1,
+        next_conn: 1,
+        refusals: RefusalLog::default(),
+        accepted: 0,
+        handed: 0,
+        origin: Instant::now(),
+        stopping: None,
+        shutdown_bound: setup.shutdown_bound,
+    };
+    let signal_token = rt.token(Source::Signals);
+    rt.poll.registry().register(
+        &mut SourceFd(&signals.wake.as_raw_fd()),
+        signal_token,
+        Interest::READABLE,
+    )?;
+    for (config, listeners) in setup.services.into_iter().zip(setup.listeners) {
+        let index = rt.services.len();
+        let output = match &config.logfile.value {
+            Some(p) => match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    log::error!(
+                        "[SERVICE={}] cannot open LOGFILE {}: {e}; worker output is discarded",
+                        config.name,
+                        p.display()
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut rs = ServiceRt {
+            pool: Pool::new(PoolLimits::from_config(&config.limits)),
+            config,
+            listeners: Vec::new(),
+            workers: HashMap::new(),
+            waiting: HashMap::new(),
+            output,
+            last_saturation_log: None,
+        };
+        for l in listeners {
+            let token = rt.token(Source::Listener(index));
+            rt.poll.registry().register(
+                &mut SourceFd(&l.as_raw_fd()),
+                token,
+                Interest::READABLE,
+            )?;
+            log::info!(
+                "[SERVICE={}] listening on {}",
+                rs.config.name,
+                l.local_addr().map_or("?".into(), |a| a.to_string())
+            );
+            rs.listeners.push((l, token));
+        }
+        rt.services.push(rs);
+    }
+    for s in 0..rt.services.len() {
+        rt.feed(s, Event::Tick);
+    }
+
+    let mut events = Events::with_capacity(256);
+    let mut next_tick = Instant::now() + TICK;
+    loop {
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        if let Err(e) = rt.poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        for ev in events.iter() {
+            match rt.sources.get(&ev.token()).copied() {
+                Some(Source::Listener(s)) => rt.accept(s),
+                Some(Source::Control(s, w)) => {
+                    if ev.is_writable() {
+                        rt.flush(s, w);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() {
+                        rt.read_worker(s, w);
+                    }
+                }
+                Some(Source::Signals) => signals.drain(),
+                None => {}
+            }
+        }
+        if signals.child.swap(false, Ordering::SeqCst) {
+            rt.reap();
+        }
+        if signals.reopen.swap(false, Ordering::SeqCst) {
+            match (setup.reopen_log)() {
+                Ok(()) => log::info!("log file reopened (SIGUSR1)"),
+                Err(e) => log::error!("cannot reopen the log file: {e}"),
+            }
+        }
+        if signals.status.swap(false, Ordering::SeqCst) {
+            rt.status_report();
+        }
+        if signals.reload.swap(false, Ordering::SeqCst) {
+            log::warn!("SIGHUP received: reloading is not supported yet; restart the dispatcher to apply changes");
+        }
+        if signals.stop.swap(false, Ordering::SeqCst) && rt.stopping.is_none() {
+            rt.begin_stop();
+        }
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + TICK;
+            // Reap here too: a SIGCHLD may have arrived between two polls.
+            rt.reap();
+            if rt.stopping.is_none() {
+                for s in 0..rt.services.len() {
+                    rt.feed(s, Event::Tick);
+                }
+            }
+        }
+        if let Some(deadline) = rt.stopping {
+            if rt.services.iter().all(|s| s.workers.is_empty()) {
+                log::info!("all workers have exited; dispatcher stopped");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                rt.kill_all();
+                log::info!("dispatcher stopped");
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Runtime {
+    fn token(&mut self, source: Source) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        self.sources.insert(t, source);
+        t
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Feeds one event to a pool and performs its actions (and those they lead to).
+    fn feed(&mut self, s: usize, event: Event) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(ev) = queue.pop_front() {
+            let now = self.now();
+            let actions = self.services[s].pool.handle(ev, now);
+            for a in actions {
+                if let Some(follow_up) = self.perform(s, a) {
+                    queue.push_back(follow_up);
+                }
+            }
+        }
+    }
+
+    fn perform(&mut self, s: usize, action: Action) -> Option<Event> {
+        let name = self.services[s].config.name.clone();
+        match action {
+            Action::Spawn(id) => return self.spawn(s, id),
+            Action::HandOff { conn, worker } => {
+                let rs = &mut self.services[s];
+                if let Some((stream, client, server)) = rs.waiting.remove(&conn) {
+                    if let Some(w) = rs.workers.get_mut(&worker) {
+                        w.outbox.push_back((
+                            ToWorker::HandOff {
+                                conn,
+                                client,
+                                server,
+                            },
+                            Some(stream),
+                        ));
+                    }
+                    self.flush(s, worker);
+                }
+            }
+            Action::Retire { worker, reason } => {
+                log::info!("[SERVICE={name}] worker {worker} retires ({reason:?}); it exits when its connections end");
+                if let Some(w) = self.services[s].workers.get_mut(&worker) {
+                    w.outbox.push_back((ToWorker::Drain, None));
+                }
+                self.flush(s, worker);
+            }
+            Action::PauseAccepting => {
+                log::debug!("[SERVICE={name}] not accepting: no worker capacity");
+            }
+            Action::ResumeAccepting => {
+                // The listeners are edge-triggered: clients already queued raise no new event.
+                self.accept(s);
+            }
+            Action::Log(PoolLog::Saturated {
+                max_procs,
+                max_conns,
+            }) => {
+                let now = self.now();
+                let rs = &mut self.services[s];
+                if rs
+                    .last_saturation_log
+                    .is_none_or(|t| now.saturating_sub(t) >= 60_000)
+                {
+                    rs.last_saturation_log = Some(now);
+                    log::warn!(
+                        "[SERVICE={name}] MAX_PROCS={max_procs} workers with MAX_CONNS={max_conns} connections each are busy; new clients wait in the listen queue (raise MAX_PROCS or MAX_CONNS)"
+                    );
+                }
+            }
+            Action::Log(PoolLog::WorkerLost {
+                worker,
+                connections,
+            }) => log::error!(
+                "[SERVICE={name}] worker {worker} died with {connections} connection(s) open"
+            ),
+            Action::Log(PoolLog::StartFailed { worker, retry_in }) => log::error!(
+                "[SERVICE={name}] worker {worker} failed to start; next start in {} s",
+                retry_in / 1000
+            ),
+        }
+        None
+    }
+
+    fn spawn(&mut self, s: usize, id: WorkerId) -> Option<Event> {
+        let rs = &self.services[s];
+        let spec = WorkerSpec {
+            image: &rs.config.image.value,
+            service: &rs.config.name,
+            parameter: rs.config.parameter.value.as_deref().unwrap_or(""),
+            stack_size: rs.config.limits.stacksize.value,
+            max_conns: rs.config.limits.max_conns.value,
+            debug: rs.config.debug.value,
+            tailor: &self.tailor,
+        };
+        let started = wire::control_pair().and_then(|(mine, theirs)| {
+            let child = spawn_worker(&spec, &theirs, rs.output.as_ref())?;
+            Ok((mine, child))
+        });
+        let name = rs.config.name.clone();
+        match started {
+            Ok((ctrl, child)) => {
+                log::info!("[SERVICE={name}] worker {id} started, pid {}", child.id());
+                let token = self.token(Source::Control(s, id));
+                if let Err(e) = self.poll.registry().register(
+                    &mut SourceFd(&ctrl.as_raw_fd()),
+                    token,
+                    Interest::READABLE,
+                ) {
+                    log::error!("[SERVICE={name}] cannot watch worker {id}: {e}");
+                }
+                self.services[s].workers.insert(
+                    id,
+                    WorkerProc {
+                        child,
+                        ctrl,
+                        token,
+                        outbox: VecDeque::new(),
+                        closed: false,
+                    },
+                );
+                None
+            }
+            Err(e) => {
+                log::error!(
+                    "[SERVICE={name}] cannot start {}: {e}",
+                    self.services[s].config.image.value.display()
+                );
+                Some(Event::WorkerExited {
+                    worker: id,
+                    clean: false,
+                })
+            }
+        }
+    }
+
+    /// Sends what waits for a worker, as far as its socket takes it.
+    fn flush(&mut self, s: usize, id: WorkerId) {
+        let name = self.services[s].config.name.clone();
+        let Some(w) = self.services[s].workers.get_mut(&id) else {
+            return;
+        };
+        while let Some((msg, stream)) = w.outbox.front() {
+            match wire::send_to_worker(w.ctrl.as_fd(), msg, stream.as_ref().map(|t| t.as_fd())) {
+                Ok(()) => {
+                    if matches!(msg, ToWorker::HandOff { .. }) {
+                        self.handed += 1;
+                    }
+                    // Dropping the stream closes the dispatcher's copy.
+                    w.outbox.pop_front();
+                }
+                Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let _ = self.poll.registry().reregister(
+                        &mut SourceFd(&w.ctrl.as_raw_fd()),
+                        w.token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    return;
+                }
+                Err(e) => {
+                    log::error!(
+                        "[SERVICE={name}] worker {id}: {e}; its queued connections are closed"
+                    );
+                    w.outbox.clear();
+                    return;
+                }
+            }
+        }
+        let _ = self.poll.registry().reregister(
+            &mut SourceFd(&w.ctrl.as_raw_fd()),
+            w.token,
+            Interest::READABLE,
+        );
+    }
+
+    fn read_worker(&mut self, s: usize, id: WorkerId) {
+        let name = self.services[s].config.name.clone();
+        loop {
+            let Some(w) = self.services[s].workers.get_mut(&id) else {
+                return;
+            };
+            if w.closed {
+                return;
+            }
+            match wire::recv_from_worker(w.ctrl.as_fd()) {
+                Ok(Some(ToDispatcher::Ready)) => self.feed(s, Event::WorkerReady(id)),
+                Ok(Some(ToDispatcher::Ended { .. })) => self.feed(s, Event::ConnectionEnded(id)),
+                Ok(Some(ToDispatcher::Draining)) => {}
+                Ok(None) => {
+                    w.closed = true;
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
+                    return;
+                }
+                Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::error!(
+                        "[SERVICE={name}] worker {id} (pid {}): {e}; killing it",
+                        w.child.id()
+                    );
+                    let _ = w.child.kill();
+                    w.closed = true;
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Accepts and judges connections while the pool can take them.
+    fn accept(&mut self, s: usize) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let mut i = 0;
+        while i < self.services[s].listeners.len() {
+            if !self.services[s].pool.accepting() {
+                return;
+            }
+            let accepted = self.services[s].listeners[i].0.accept();
+            match accepted {
+                Ok((stream, client)) => self.admit(s, stream, client),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => i += 1,
+                Err(e) => {
+                    log::warn!("[SERVICE={}] accept: {e}", self.services[s].config.name);
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, s: usize, stream: TcpStream, client: SocketAddr) {
+        let name = self.services[s].config.name.clone();
+        let Ok(server) = stream.local_addr() else {
+            return;
+        };
+        let (probe, decision) = access::judge(self.port_access.as_ref(), server, client);
+        if let Some(text) = &decision.log_match {
+            log::info!("PORT_ACCESS {probe}: {text}");
+        }
+        for u in &decision.notes.unsupported {
+            log::warn!("PORT_ACCESS {probe}: {u} is not supported; counted as no answer");
+        }
+        if let Verdict::Reject { text } = &decision.verdict {
+            let (log_it, suppressed) = self.refusals.record(self.now());
+            if suppressed > 0 {
+                log::warn!(
+                    "PORT_ACCESS: {suppressed} more refusals in the last minute were not logged"
+                );
+            }
+            if log_it {
+                log::info!("[SERVICE={name}] PORT_ACCESS refused {probe}: \"{text}\"");
+            }
+            if let Some(t) = &decision.log_reject {
+                log::info!("PORT_ACCESS {probe}: {t}");
+            }
+            let _ = stream.set_nonblocking(true);
+            access::refuse(stream, &decision);
+            return;
+        }
+        self.accepted += 1;
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        log::debug!("[SERVICE={name}] connection {conn} from {client} accepted");
+        self.services[s]
+            .waiting
+            .insert(conn, (stream, client, server));
+        self.feed(s, Event::ConnectionArrived(conn));
+    }
+
+    /// Reaps every worker that has exited.
+    fn reap(&mut self) {
+        for s in 0..self.services.len() {
+            let exited: Vec<(WorkerId, std::process::ExitStatus)> = self.services[s]
+                .workers
+                .iter_mut()
+                .filter_map(|(&id, w)| w.child.try_wait().ok().flatten().map(|st| (id, st)))
+                .collect();
+            for (id, status) in exited {
+                if let Some(w) = self.services[s].workers.remove(&id) {
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
+                    self.sources.remove(&w.token);
+                    let how = match (status.code(), status.signal()) {
+                        (Some(c), _) => format!("exit status {c}"),
+                        (None, Some(sig)) => format!("signal {sig}"),
+                        _ => "unknown status".to_string(),
+                    };
+                    log::info!(
+                        "[SERVICE={}] worker {id} (pid {}) exited: {how}",
+                        self.services[s].config.name,
+                        w.child.id()
+                    );
+                    if self.stopping.is_none() {
+                        self.feed(
+                            s,
+                            Event::WorkerExited {
+                                worker: id,
+                                clean: status.success(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        log::info!(
+            "stopping: listeners closed, workers draining (at most {} s)",
+            self.shutdown_bound.as_secs()
+        );
+        self.stopping = Some(Instant::now() + self.shutdown_bound);
+        for s in 0..self.services.len() {
+            for (l, token) in self.services[s].listeners.drain(..) {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&l.as_raw_fd()));
+                self.sources.remove(&token);
+            }
+            self.services[s].waiting.clear();
+            let ids: Vec<WorkerId> = self.services[s].workers.keys().copied().collect();
+            for id in ids {
+                if let Some(w) = self.services[s].workers.get_mut(&id) {
+                    w.outbox.push_back((ToWorker::Drain, None));
+                }
+                self.flush(s, id);
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for rs in &mut self.services {
+            for (id, w) in rs.workers.iter_mut() {
+                log::warn!(
+                    "[SERVICE={}] worker {id} (pid {}) still running after the shutdown bound; killed",
+                    rs.config.name,
+                    w.child.id()
+                );
+                let _ = w.child.kill();
+                let _ = w.child.wait();
+            }
+            rs.workers.clear();
+        }
+    }
+
+    fn status_report(&self) {
+        let now = self.now();
+        log::info!(
+            "status: {} accepted, {} refused, {} handed off",
+            self.accepted,
+            self.refusals.total,
+            self.handed
+        );
+        for rs in &self.services {
+            let statuses = rs.pool.status();
+            log::info!(
+                "status: [SERVICE={}] {} worker(s), {} connection(s) waiting, {}",
+                rs.config.name,
+                statuses.len(),
+                rs.waiting.len(),
+                if rs.pool.accepting() {
+                    "accepting"
+                } else {
+                    "not accepting"
+                }
+            );
+            for st in statuses {
+                let pid = rs.workers.get(&st.worker).map_or(0, |w| w.child.id());
+                log::info!(
+                    "status: [SERVICE={}] worker {} pid {pid} {} age {} s, {} active, {} served",
+                    rs.config.name,
+                    st.worker,
+                    st.state,
+                    now.saturating_sub(st.started) / 1000,
+                    st.active,
+                    st.served
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Opening the listening sockets of a service: one per `PORT`, on `INTERFACE_ADDRESS` or, when
+//! it is unset, on every address (one dual-stack IPv6 socket that also takes IPv4, or IPv4
+//! alone where the host has no IPv6), with `SO_REUSEADDR`, close-on-exec, non-blocking, and
+//! the service's `BACKLOG`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::service::Service;
+
+/// A port that could not be opened, named for the administrator.
+#[derive(Debug, thiserror::Error)]
+#[error("[SERVICE={service}]: cannot listen on {address}: {source}")]
+pub struct ListenError {
+    pub service: String,
+    pub address: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Opens every port of `service`.
+pub fn open(service: &Service) -> Result<Vec<std::net::TcpListener>, ListenError> {
+    let backlog = i32::try_from(service.limits.backlog.value).unwrap_or(i32::MAX);
+    service
+        .ports
+        .value
+        .iter()
+        .map(|&port| match service.interface_address.value {
+            Some(ip) => bind(&service.name, SocketAddr::new(ip, port), backlog),
+            None => bind(
+                &service.name,
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+                backlog,
+            )
+            .or_else(|e| match e.source.raw_os_error() {
+                // No IPv6 on this host: all IPv4 addresses.
+                Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) => bind(
+                    &service.name,
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                    backlog,
+                ),
+                _ => Err(e),
+            }),
+        })
+        .collect()
+}
+
+fn bind(
+    service: &str,
+    address: SocketAddr,
+    backlog: i32,
+) -> Result<std::net::TcpListener, ListenError> {
+    let fail = |source| ListenError {
+        service: service.to_string(),
+        address,
+        source,
+    };
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )
+    .map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    if address.is_ipv6() && address.ip().is_unspecified() {
+        socket.set_only_v6(false).map_err(fail)?;
+    }
+    socket.bind(&address.into()).map_err(fail)?;
+    socket.listen(backlog).map_err(fail)?;
+    Ok(socket.into())
+}

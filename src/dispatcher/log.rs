@@ -1,0 +1,123 @@
+//! The dispatcher's own log, `IMTA_LOG:dispatcher.log`: one line per event, each with the
+//! time (UTC), the pid and the level, so an operator can grep it.
+//!
+//! ```text
+//! 2026-11-24T10:39:01Z dispatcher[4242] INFO: [SERVICE=LMTPSS] worker 1 started, pid 4250
+//! ```
+//!
+//! The file is opened for appending and can be reopened (after logrotate moved it). With
+//! `--foreground` every line also goes to standard error.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The logger installed with `log::set_boxed_logger`.
+pub struct DispatcherLog {
+    path: PathBuf,
+    file: Mutex<Option<File>>,
+    to_stderr: bool,
+    level: log::LevelFilter,
+}
+
+impl DispatcherLog {
+    /// Opens (creates) the log file; `to_stderr` also copies every line to standard error.
+    pub fn open(
+        path: &Path,
+        to_stderr: bool,
+        level: log::LevelFilter,
+    ) -> std::io::Result<DispatcherLog> {
+        let file = open_append(path)?;
+        Ok(DispatcherLog {
+            path: path.to_path_buf(),
+            file: Mutex::new(Some(file)),
+            to_stderr,
+            level,
+        })
+    }
+
+    /// Reopens the file at its path (for SIGUSR1 after a rotation).
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let file = open_append(&self.path)?;
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl log::Log for DispatcherLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = format!(
+            "{} dispatcher[{}] {}: {}\n",
+            utc_timestamp(std::time::SystemTime::now()),
+            std::process::id(),
+            record.level(),
+            record.args()
+        );
+        if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            // One write per line, so lines of concurrent writers do not interleave.
+            let _ = f.write_all(line.as_bytes());
+        }
+        if self.to_stderr {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// A time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_timestamp(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_661); // 2000-02-29 01:01:01
+        assert_eq!(utc_timestamp(t), "2000-02-29T01:01:01Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(utc_timestamp(t), "2026-11-18T11:06:40Z");
+    }
+}

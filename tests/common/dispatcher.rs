@@ -1,0 +1,170 @@
+//! A dispatcher installation in a temporary directory, started in the foreground on free
+//! loopback ports, and the client side of the echo test image.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{example, fixtures, ChildGuard};
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A running dispatcher and its layout.
+pub struct Dispatcher {
+    pub child: ChildGuard,
+    pub root: PathBuf,
+    pub ports: [u16; 2],
+    _dir: tempfile::TempDir,
+}
+
+/// Two different ports nobody listens on now (both held open while choosing, so they differ).
+pub fn free_ports() -> [u16; 2] {
+    let a = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let b = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).expect("port");
+    [port(&a), port(&b)]
+}
+
+impl Dispatcher {
+    /// Lays out an installation with the seed's services on free ports, `limits` as global
+    /// options, and starts `dispatcher --foreground`; returns once both ports listen.
+    pub fn start(limits: &str) -> Dispatcher {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bindir = Path::new(env!("CARGO_BIN_EXE_dispatcher"))
+            .parent()
+            .expect("bin dir")
+            .to_path_buf();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-layout.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(dir.path())
+            .arg(&bindir)
+            .output()
+            .expect("demo-layout.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let root = dir.path().to_path_buf();
+        std::fs::copy(example("echo_image"), root.join("lib/echo_image")).expect("copy image");
+        let ports = free_ports();
+        let fill = |name: &str| {
+            let text =
+                std::fs::read_to_string(fixtures().join("runtime").join(name)).expect("fixture");
+            text.replace("@LIMITS@", limits)
+                .replace("@PORT1@", &ports[0].to_string())
+                .replace("@PORT2@", &ports[1].to_string())
+        };
+        std::fs::write(
+            root.join("config/dispatcher.cnf"),
+            fill("dispatcher.cnf.in"),
+        )
+        .expect("write dispatcher.cnf");
+        std::fs::write(root.join("config/mappings"), fill("mappings.in")).expect("write mappings");
+        let child = Command::new(root.join("lib/dispatcher"))
+            .args(["--foreground", "--shutdown-timeout", "5"])
+            .env_remove("IMTA_TAILOR")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("stderr.log")).expect("stderr file"))
+            .spawn()
+            .expect("start dispatcher");
+        let d = Dispatcher {
+            child: ChildGuard(child),
+            root,
+            ports,
+            _dir: dir,
+        };
+        d.wait_for_log(&format!("listening on 127.0.0.1:{}", ports[1]));
+        d
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("log/dispatcher.log")).unwrap_or_default()
+    }
+
+    /// Waits until the dispatcher log contains `text`; panics with the log after WAIT.
+    pub fn wait_for_log(&self, text: &str) {
+        let end = Instant::now() + WAIT;
+        while Instant::now() < end {
+            if self.log().contains(text) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stderr = std::fs::read_to_string(self.root.join("stderr.log")).unwrap_or_default();
+        panic!(
+            "`{text}` not in the dispatcher log:\n{}\nstandard error:\n{stderr}",
+            self.log()
+        );
+    }
+
+    /// How many lines of the log contain `text`.
+    pub fn count_in_log(&self, text: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(text)).count()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.pid() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal the dispatcher");
+    }
+
+    pub fn addr(&self, which: usize) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports[which]))
+    }
+}
+
+/// A client of the echo image, connecting from a chosen loopback address.
+pub struct Client {
+    pub reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(from: Ipv4Addr, to: SocketAddr) -> Client {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&SocketAddr::from((from, 0)).into())
+            .expect("bind the client address");
+        socket.connect(&to.into()).expect("connect");
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        Client {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// The next line, or "" at end of file.
+    pub fn line(&mut self) -> String {
+        let mut s = String::new();
+        match self.reader.read_line(&mut s) {
+            Ok(_) => s,
+            Err(e) => panic!("reading from the server: {e}"),
+        }
+    }
+
+    pub fn say(&mut self, text: &str) {
+        self.reader
+            .get_mut()
+            .write_all(format!("{text}\r\n").as_bytes())
+            .expect("write");
+    }
+
+    /// Sends QUIT and reads the reply.
+    pub fn quit(mut self) -> String {
+        self.say("QUIT");
+        self.line()
+    }
+}
+
+/// A field `key=value` of an echo greeting.
+pub fn field(greeting: &str, key: &str) -> String {
+    greeting
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_default()
+        .to_string()
+}

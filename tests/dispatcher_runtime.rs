@@ -1,0 +1,213 @@
+//! The dispatcher with real processes and real sockets: the seed's configuration on free
+//! loopback ports, the echo test image as the workers, clients from distinct loopback
+//! addresses (127.0.0.2 and .3 are the relays, .9 is a stranger).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::dispatcher::{field, Client, Dispatcher, WAIT};
+use nix::sys::signal::Signal;
+
+const RELAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const RELAY2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
+
+fn pid_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+#[test]
+fn relay_reaches_a_worker_and_a_stranger_is_refused_without_one() {
+    let d = Dispatcher::start("MIN_PROCS=0");
+    let mut stranger = Client::connect(STRANGER, d.addr(0));
+    assert_eq!(stranger.line(), "500 Do not connect to this machine\r\n");
+    assert_eq!(stranger.line(), "", "closed after the text");
+    d.wait_for_log("PORT_ACCESS refused TCP|127.0.0.1|");
+    assert_eq!(
+        d.count_in_log("worker 1 started"),
+        0,
+        "no worker for a refused client"
+    );
+
+    let mut relay = Client::connect(RELAY, d.addr(0));
+    let greeting = relay.line();
+    assert!(greeting.starts_with("220 LMTPSS echo conn="), "{greeting}");
+    assert!(greeting.contains("client=127.0.0.2:"), "{greeting}");
+    assert_eq!(relay.quit(), "221 bye\r\n");
+    let mut other = Client::connect(RELAY2, d.addr(1));
+    assert!(other.line().starts_with("220 LMTPSN echo"));
+}
+
+#[test]
+fn min_procs_workers_are_started_before_any_connection() {
+    let d = Dispatcher::start("MIN_PROCS=2\nMAX_PROCS=3");
+    d.wait_for_log("[SERVICE=LMTPSS] worker 2 started");
+    d.wait_for_log("[SERVICE=LMTPSN] worker 2 started");
+    assert_eq!(d.count_in_log("[SERVICE=LMTPSS] worker 3 started"), 0);
+}
+
+#[test]
+fn eight_clients_two_workers_of_three_six_served_two_wait_then_served() {
+    let d = Dispatcher::start("MIN_PROCS=0\nMAX_PROCS=2\nMIN_CONNS=3\nMAX_CONNS=3");
+    let mut clients: Vec<Client> = (0..8).map(|_| Client::connect(RELAY, d.addr(0))).collect();
+    // Six are greeted: at most two processes, at most three connections each.
+    let mut served = Vec::new();
+    for c in clients.iter_mut().take(6) {
+        served.push(c.line());
+    }
+    let pids: BTreeSet<String> = served.iter().map(|g| field(g, "pid")).collect();
+    assert_eq!(pids.len(), 2, "{served:#?}");
+    for g in &served {
+        let active: usize = field(g, "active").parse().expect("active count");
+        assert!((1..=3).contains(&active), "{g}");
+    }
+    // The other two wait (in the listen queue or the dispatcher), not refused.
+    let mut waiting = clients.split_off(6);
+    for c in &waiting {
+        c.reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut probe = [0u8; 1];
+        let r = std::io::Read::read(&mut c.reader.get_ref(), &mut probe);
+        assert!(r.is_err(), "a seventh client was served too early: {r:?}");
+        c.reader
+            .get_ref()
+            .set_read_timeout(Some(WAIT))
+            .expect("timeout");
+    }
+    // Two leave; the two waiting ones are served by the same two processes.
+    for c in clients.drain(..2) {
+        assert_eq!(c.quit(), "221 bye\r\n");
+    }
+    for c in waiting.iter_mut() {
+        let g = c.line();
+        assert!(
+            pids.contains(&field(&g, "pid")),
+            "served by a third process: {g}"
+        );
+        let active: usize = field(&g, "active").parse().expect("active count");
+        assert!(active <= 3, "{g}");
+    }
+    assert_eq!(d.count_in_log("[SERVICE=LMTPSS] worker 3 started"), 0);
+    d.wait_for_log("MAX_PROCS=2 workers with MAX_CONNS=3 connections each are busy");
+}
+
+#[test]
+fn max_life_conns_replaces_a_worker_without_cutting_its_session() {
+    let d = Dispatcher::start("MIN_PROCS=1\nMAX_PROCS=2\nMAX_LIFE_CONNS=5");
+    d.wait_for_log("[SERVICE=LMTPSS] worker 1 started");
+    // One long session, then four short ones: the worker has been handed five.
+    let mut long = Client::connect(RELAY, d.addr(0));
+    let first_pid = field(&long.line(), "pid");
+    for _ in 0..4 {
+        let mut c = Client::connect(RELAY, d.addr(0));
+        assert_eq!(field(&c.line(), "pid"), first_pid);
+        c.quit();
+    }
+    d.wait_for_log("worker 1 retires (LifeConns)");
+    let mut next = Client::connect(RELAY, d.addr(0));
+    let next_pid = field(&next.line(), "pid");
+    assert_ne!(
+        next_pid, first_pid,
+        "the sixth connection goes to a new worker"
+    );
+    // The long session on the retiring worker still works.
+    long.say("still there");
+    assert_eq!(long.line(), "250 still there\r\n");
+    assert_eq!(long.quit(), "221 bye\r\n");
+    d.wait_for_log("[SERVICE=LMTPSS] worker 1 (pid");
+    let pid: i32 = first_pid.parse().expect("pid");
+    let end = std::time::Instant::now() + WAIT;
+    while pid_alive(pid) && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !pid_alive(pid),
+        "the retired worker exited after its last session"
+    );
+    next.quit();
+}
+
+#[test]
+fn max_life_time_retires_a_worker_after_its_session() {
+    let d = Dispatcher::start("MIN_PROCS=0\nMAX_LIFE_TIME=1");
+    let mut c = Client::connect(RELAY, d.addr(0));
+    let pid = field(&c.line(), "pid");
+    d.wait_for_log("worker 1 retires (LifeTime)");
+    c.say("after retirement");
+    assert_eq!(c.line(), "250 after retirement\r\n");
+    c.quit();
+    d.wait_for_log(&format!("worker 1 (pid {pid}) exited: exit status 0"));
+}
+
+#[test]
+fn a_killed_worker_frees_its_slots_and_others_are_untouched() {
+    let d = Dispatcher::start("MIN_PROCS=0\nMAX_PROCS=2\nMIN_CONNS=1\nMAX_CONNS=1");
+    let mut a = Client::connect(RELAY, d.addr(0));
+    let pid_a: i32 = field(&a.line(), "pid").parse().expect("pid");
+    let mut b = Client::connect(RELAY, d.addr(0));
+    let pid_b = field(&b.line(), "pid");
+    assert_ne!(pid_a.to_string(), pid_b);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid_a), Signal::SIGKILL).expect("kill -9");
+    assert_eq!(a.line(), "", "the killed worker's client sees the close");
+    d.wait_for_log("exited: signal 9");
+    let mut c = Client::connect(RELAY, d.addr(0));
+    assert!(c.line().starts_with("220 "), "a new connection is served");
+    b.say("untouched");
+    assert_eq!(b.line(), "250 untouched\r\n");
+    c.quit();
+    b.quit();
+}
+
+#[test]
+fn sigterm_stops_everything_within_the_bound_and_leaves_no_worker() {
+    let mut d = Dispatcher::start("MIN_PROCS=2");
+    d.wait_for_log("[SERVICE=LMTPSN] worker 2 started");
+    let mut c = Client::connect(RELAY, d.addr(0));
+    let pid: i32 = field(&c.line(), "pid").parse().expect("pid");
+    let pid_file = d.root.join("log/dispatcher.pid");
+    assert!(pid_file.exists());
+    d.signal(Signal::SIGTERM);
+    // The open session keeps its worker until the bound (5 s), then it is killed.
+    let status = d.child.wait_for(WAIT).expect("the dispatcher exits");
+    assert!(status.success(), "{status:?}");
+    assert!(!pid_alive(pid), "no worker left behind");
+    assert!(!pid_file.exists(), "pid file removed");
+    assert!(d.log().contains("stopping: listeners closed"));
+    drop(c.line());
+}
+
+#[test]
+fn sigusr2_writes_a_status_report_matching_the_workers() {
+    let d = Dispatcher::start("MIN_PROCS=0");
+    let mut c = Client::connect(RELAY, d.addr(0));
+    let pid = field(&c.line(), "pid");
+    d.signal(Signal::SIGUSR2);
+    d.wait_for_log("status: [SERVICE=LMTPSS] 1 worker(s)");
+    d.wait_for_log(&format!(
+        "status: [SERVICE=LMTPSS] worker 1 pid {pid} ready"
+    ));
+    d.wait_for_log("1 active, 1 served");
+    d.wait_for_log("status: [SERVICE=LMTPSN] 0 worker(s)");
+    c.quit();
+}
+
+#[test]
+fn a_second_dispatcher_of_the_same_installation_refuses_to_start() {
+    let d = Dispatcher::start("MIN_PROCS=0");
+    let out = std::process::Command::new(d.root.join("lib/dispatcher"))
+        .arg("--foreground")
+        .env_remove("IMTA_TAILOR")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") || err.contains("another dispatcher"),
+        "{err}"
+    );
+}
