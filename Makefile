@@ -15,11 +15,12 @@ test:
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) fmt --all -- --check
 
-# Lays out the demo installation in run/ and starts the dispatcher on it. The runtime is not
-# built yet, so for now this checks the demo configuration and prints what it means.
+# Lays out the demo installation in run/, checks it, and runs the dispatcher on it in the
+# foreground (Ctrl-C stops it).
 run: build
 	scripts/demo-layout.sh run target/release >/dev/null
 	run/lib/dispatcher --check
+	run/lib/dispatcher --foreground
 
 # Benchmarks, printed as tables (see docs/performance.md). Not part of `make test`.
 bench:

@@ -93,6 +93,17 @@ use DefaultValue::{Derived, Int};
 use Support::{Acted, Historical, NotActed};
 use ValueKind::{Address, Bytes, Count, FileSpec, Flag, Mask, Ports, Seconds, Text};
 
+/// The OpenVMS process quotas of the PMDF option table ("old Dispatcher options").
+const fn vms(name: &'static str) -> OptionSpec {
+    opt(
+        name,
+        Count { min: 0 },
+        DefaultValue::None,
+        Historical("an OpenVMS process quota (PMDF)"),
+        "OpenVMS only: a process quota of the worker processes",
+    )
+}
+
 const NO_RBL: &str = "DNS block-list checks are not implemented; no DNS lookups are made";
 
 /// Every option, in the order the documentation lists them.
@@ -275,6 +286,20 @@ pub const OPTIONS: &[OptionSpec] = &[
         Historical("an OpenVMS UCX setting"),
         "OpenVMS only: keep the dispatcher's channel to handed-off sockets",
     ),
+    vms("ASTLM"),
+    vms("BIOLM"),
+    vms("BYTLM"),
+    vms("CPULM"),
+    vms("DIOLM"),
+    vms("ENQLM"),
+    vms("FILLM"),
+    vms("JTQUOTA"),
+    vms("PGFLQUOTA"),
+    vms("PRCLM"),
+    vms("TQELM"),
+    vms("WSDEFAULT"),
+    vms("WSEXTENT"),
+    vms("WSQUOTA"),
 ];
 
 /// The row for `name` (any case).

@@ -175,13 +175,13 @@ impl Tailor {
                     ),
                 );
             }
-            if DIRECTORY_NAMES.contains(&key.as_str()) && !s.value.ends_with('/') {
+            if is_directory(&key) && !s.value.ends_with('/') {
                 diags.warn(
                     s.value_loc.clone(),
                     format!(
-                        "{}={}: directory values are prefixes and should end in `/` \
-                         ({}:file becomes {}file)",
-                        s.name, s.value, s.name, s.value
+                        "{}={}: directory values are prefixes and should end in `/`; \
+                         read as {}/",
+                        s.name, s.value, s.value
                     ),
                 );
             }
@@ -301,6 +301,11 @@ impl ResolvePath for Tailor {
             return Ok(PathBuf::from(spec));
         };
         match self.get(name) {
+            // A directory prefix written without its `/` (a warning at load) still names
+            // the directory: nobody means /opt/libtcp_lmtp_server.
+            Some(v) if is_directory(name) && !v.value().ends_with('/') => {
+                Ok(PathBuf::from(format!("{}/{}", v.value(), rest)))
+            }
             Some(v) => Ok(PathBuf::from(format!("{}{}", v.value(), rest))),
             None => Err(ConfigError {
                 loc: loc.cloned(),
@@ -312,6 +317,10 @@ impl ResolvePath for Tailor {
             }),
         }
     }
+}
+
+fn is_directory(name: &str) -> bool {
+    DIRECTORY_NAMES.contains(&name.to_ascii_uppercase().as_str())
 }
 
 /// Splits `NAME:rest` when NAME is an identifier of two characters or more (a one-letter
@@ -425,6 +434,16 @@ mod tests {
             "{w}"
         );
         assert!(w.contains("should end in `/`"), "{w}");
+    }
+
+    #[test]
+    fn directory_without_slash_still_names_the_directory() {
+        let (t, _) = tailor("IMTA_BIN=/opt/lib\n");
+        assert_eq!(
+            t.resolve_spec("IMTA_BIN:tcp_lmtp_server", None)
+                .expect("resolves"),
+            PathBuf::from("/opt/lib/tcp_lmtp_server")
+        );
     }
 
     #[test]
