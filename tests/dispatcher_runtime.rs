@@ -15,6 +15,17 @@ const RELAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const RELAY2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
 
+/// Kills a process that is not our child (the detached daemon) if the test fails early.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if pid_alive(self.0) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGKILL);
+        }
+    }
+}
+
 fn pid_alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
@@ -210,4 +221,50 @@ fn a_second_dispatcher_of_the_same_installation_refuses_to_start() {
         err.contains("cannot listen on") || err.contains("another dispatcher"),
         "{err}"
     );
+}
+
+#[test]
+fn without_foreground_it_detaches_and_the_pid_file_names_the_daemon() {
+    let d = Dispatcher::start("MIN_PROCS=0");
+    // Stop the foreground one; start the same installation detached.
+    d.signal(Signal::SIGTERM);
+    let mut d = d;
+    d.child.wait_for(WAIT).expect("foreground dispatcher stops");
+    let launcher = std::process::Command::new(d.root.join("lib/dispatcher"))
+        .env_remove("IMTA_TAILOR")
+        .output()
+        .expect("run");
+    assert!(
+        launcher.status.success(),
+        "{}",
+        String::from_utf8_lossy(&launcher.stderr)
+    );
+    let pid_file = d.root.join("log/dispatcher.pid");
+    let end = std::time::Instant::now() + WAIT;
+    let mut pid = 0;
+    while std::time::Instant::now() < end {
+        pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if pid != 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        pid > 0 && pid_alive(pid),
+        "the daemon runs and its pid is in the pid file"
+    );
+    let _guard = KillOnDrop(pid);
+    let mut c = Client::connect(RELAY, d.addr(0));
+    assert!(c.line().starts_with("220 LMTPSS echo"));
+    c.quit();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).expect("stop it");
+    let end = std::time::Instant::now() + WAIT;
+    while pid_alive(pid) && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!pid_alive(pid), "the daemon stopped");
+    assert!(!pid_file.exists(), "and removed its pid file");
 }
