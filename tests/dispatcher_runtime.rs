@@ -268,3 +268,63 @@ fn without_foreground_it_detaches_and_the_pid_file_names_the_daemon() {
     assert!(!pid_alive(pid), "the daemon stopped");
     assert!(!pid_file.exists(), "and removed its pid file");
 }
+
+#[test]
+fn sighup_with_a_broken_file_keeps_the_old_configuration_and_says_where() {
+    let d = Dispatcher::start("MIN_PROCS=0");
+    let mut open = Client::connect(RELAY, d.addr(0));
+    open.line();
+    d.edit_config("dispatcher.cnf", |t| format!("{t}MAX_CONNS=abc\n"));
+    d.signal(Signal::SIGHUP);
+    d.wait_for_log("reload refused, still running on the previous configuration");
+    d.wait_for_log("dispatcher.cnf:23:11: MAX_CONNS=abc: not a whole number");
+    let mut c = Client::connect(RELAY, d.addr(0));
+    assert!(c.line().starts_with("220 LMTPSS echo"), "still serving");
+    open.say("fine");
+    assert_eq!(open.line(), "250 fine\r\n");
+    c.quit();
+    open.quit();
+}
+
+#[test]
+fn sighup_adds_a_port_and_a_limit_and_open_sessions_survive() {
+    let d = Dispatcher::start("MIN_PROCS=0");
+    let mut open = Client::connect(RELAY, d.addr(0));
+    let old_pid = field(&open.line(), "pid");
+    let [new_port] = common::dispatcher::free_ports::<1>();
+    let p1 = d.ports[0];
+    d.edit_config("dispatcher.cnf", |t| {
+        format!("MAX_CONNS=1\nMIN_CONNS=1\n{t}")
+            .replace(&format!("PORT={p1}\n"), &format!("PORT={p1},{new_port}\n"))
+    });
+    d.edit_config("mappings", |t| {
+        t.replace(
+            "  TCP|*|*|*|*",
+            &format!("  TCP|*|{new_port}|127.0.0.2|* $Y\n  TCP|*|*|*|*"),
+        )
+    });
+    d.signal(Signal::SIGHUP);
+    d.wait_for_log("configuration reloaded");
+    d.wait_for_log(&format!("listening on port {new_port}"));
+    // The new port serves, from new workers.
+    let mut a = Client::connect(
+        RELAY,
+        std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, new_port)),
+    );
+    let ga = a.line();
+    assert!(ga.starts_with("220 LMTPSS echo"), "{ga}");
+    // The new limit holds: a second client at the same time gets another process.
+    let mut b = Client::connect(RELAY, d.addr(0));
+    let gb = b.line();
+    assert_ne!(field(&ga, "pid"), field(&gb, "pid"), "MAX_CONNS=1 now");
+    for g in [&ga, &gb] {
+        assert_ne!(field(g, "pid"), old_pid, "the old worker takes nothing new");
+    }
+    // The session opened before the reload is untouched, then its worker goes.
+    open.say("survived");
+    assert_eq!(open.line(), "250 survived\r\n");
+    assert_eq!(open.quit(), "221 bye\r\n");
+    d.wait_for_log(&format!("(pid {old_pid}) exited: exit status 0"));
+    a.quit();
+    b.quit();
+}

@@ -9,8 +9,13 @@
 //!
 //! Signals: SIGTERM and SIGINT stop gracefully (close the listeners, drain every worker, wait
 //! up to the shutdown bound, then kill what is left, by pid); SIGCHLD reaps workers; SIGUSR1
-//! reopens the log file; SIGUSR2 writes a status report to the log. SIGHUP (reload) is logged
-//! as not supported yet.
+//! reopens the log file; SIGUSR2 writes a status report to the log; SIGHUP reloads.
+//!
+//! Reload: every file is read again. If the new configuration is not usable, the error is
+//! logged (with its file, line and column) and nothing changes. Otherwise ports that stay are
+//! kept open (no connection waiting on them is lost), new ports are opened (if one cannot be,
+//! nothing changes), removed ports are closed; every running worker is told to drain and new
+//! workers are started on the new configuration, so open sessions finish where they are.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -48,6 +53,14 @@ pub struct Setup {
     pub shutdown_bound: Duration,
     /// Called on SIGUSR1 to reopen the log file.
     pub reopen_log: Box<dyn Fn() -> std::io::Result<()>>,
+    /// Called on SIGHUP: the configuration read again, or why it cannot be used.
+    pub reload: Box<dyn Fn() -> Result<Reloaded, String>>,
+}
+
+/// A configuration read again on SIGHUP.
+pub struct Reloaded {
+    pub services: Vec<Service>,
+    pub port_access: Option<MappingSet>,
 }
 
 /// Signals, as flags set by the handlers and read by the loop.
@@ -101,12 +114,17 @@ struct WorkerProc {
     outbox: VecDeque<(ToWorker, Option<TcpStream>)>,
     /// The worker closed its control socket; it is exiting.
     closed: bool,
+    /// Started on a configuration since replaced by a reload: draining, unknown to the pool.
+    old: bool,
 }
 
 struct ServiceRt {
     config: Service,
     pool: Pool,
-    listeners: Vec<(TcpListener, Token)>,
+    /// Listening sockets, their tokens and ports.
+    listeners: Vec<(TcpListener, Token, u16)>,
+    /// Removed from the configuration by a reload: no listeners, workers draining.
+    removed: bool,
     workers: HashMap<WorkerId, WorkerProc>,
     /// Accepted connections waiting for the pool to hand them off.
     waiting: HashMap<ConnId, (TcpStream, SocketAddr, SocketAddr)>,
@@ -186,6 +204,7 @@ pub fn run(setup: Setup) -> std::io::Result<()> {
             pool: Pool::new(PoolLimits::from_config(&config.limits)),
             config,
             listeners: Vec::new(),
+            removed: false,
             workers: HashMap::new(),
             waiting: HashMap::new(),
             output,
@@ -203,7 +222,8 @@ pub fn run(setup: Setup) -> std::io::Result<()> {
                 rs.config.name,
                 l.local_addr().map_or("?".into(), |a| a.to_string())
             );
-            rs.listeners.push((l, token));
+            let port = l.local_addr().map_or(0, |a| a.port());
+            rs.listeners.push((l, token, port));
         }
         rt.services.push(rs);
     }
@@ -247,8 +267,14 @@ pub fn run(setup: Setup) -> std::io::Result<()> {
         if signals.status.swap(false, Ordering::SeqCst) {
             rt.status_report();
         }
-        if signals.reload.swap(false, Ordering::SeqCst) {
-            log::warn!("SIGHUP received: reloading is not supported yet; restart the dispatcher to apply changes");
+        if signals.reload.swap(false, Ordering::SeqCst) && rt.stopping.is_none() {
+            log::info!("SIGHUP: reloading the configuration");
+            match (setup.reload)() {
+                Ok(new) => rt.apply_reload(new),
+                Err(e) => {
+                    log::error!("reload refused, still running on the previous configuration: {e}")
+                }
+            }
         }
         if signals.stop.swap(false, Ordering::SeqCst) && rt.stopping.is_none() {
             rt.begin_stop();
@@ -291,6 +317,9 @@ impl Runtime {
 
     /// Feeds one event to a pool and performs its actions (and those they lead to).
     fn feed(&mut self, s: usize, event: Event) {
+        if self.services[s].removed {
+            return;
+        }
         let mut queue = VecDeque::from([event]);
         while let Some(ev) = queue.pop_front() {
             let now = self.now();
@@ -402,6 +431,7 @@ impl Runtime {
                         token,
                         outbox: VecDeque::new(),
                         closed: false,
+                        old: false,
                     },
                 );
                 None
@@ -467,7 +497,9 @@ impl Runtime {
             if w.closed {
                 return;
             }
+            let old = w.old;
             match wire::recv_from_worker(w.ctrl.as_fd()) {
+                Ok(Some(_)) if old => {}
                 Ok(Some(ToDispatcher::Ready)) => self.feed(s, Event::WorkerReady(id)),
                 Ok(Some(ToDispatcher::Ended { .. })) => self.feed(s, Event::ConnectionEnded(id)),
                 Ok(Some(ToDispatcher::Draining)) => {}
@@ -583,7 +615,7 @@ impl Runtime {
                         self.services[s].config.name,
                         w.child.id()
                     );
-                    if self.stopping.is_none() {
+                    if self.stopping.is_none() && !w.old {
                         self.feed(
                             s,
                             Event::WorkerExited {
@@ -604,7 +636,7 @@ impl Runtime {
         );
         self.stopping = Some(Instant::now() + self.shutdown_bound);
         for s in 0..self.services.len() {
-            for (l, token) in self.services[s].listeners.drain(..) {
+            for (l, token, _) in self.services[s].listeners.drain(..) {
                 let _ = self
                     .poll
                     .registry()
@@ -637,6 +669,200 @@ impl Runtime {
         }
     }
 
+    /// Switches to a configuration read again (see the module comment).
+    fn apply_reload(&mut self, new: Reloaded) {
+        // Phase 1: open every port that is not open yet; any failure changes nothing.
+        let mut opened: Vec<(usize, u16, TcpListener)> = Vec::new();
+        for (n, ns) in new.services.iter().enumerate() {
+            let old = self.find_service(&ns.name);
+            for &port in &ns.ports.value {
+                let kept = old.is_some_and(|o| {
+                    let rs = &self.services[o];
+                    rs.listeners.iter().any(|(_, _, p)| *p == port)
+                        && super::listen::address(&rs.config, port)
+                            == super::listen::address(ns, port)
+                });
+                if kept {
+                    continue;
+                }
+                match super::listen::open_port(ns, port) {
+                    Ok(l) => opened.push((n, port, l)),
+                    Err(e) => {
+                        log::error!(
+                            "reload refused, still running on the previous configuration: {e}"
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        // Phase 2: build the new services, keeping what stays.
+        let mut old_services: Vec<Option<ServiceRt>> = std::mem::take(&mut self.services)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut services = Vec::new();
+        let mut resubmit: Vec<(usize, ConnId)> = Vec::new();
+        for (n, ns) in new.services.into_iter().enumerate() {
+            let previous = old_services
+                .iter_mut()
+                .find(|o| {
+                    o.as_ref()
+                        .is_some_and(|o| !o.removed && o.config.name.eq_ignore_ascii_case(&ns.name))
+                })
+                .and_then(Option::take);
+            let limits = PoolLimits::from_config(&ns.limits);
+            let output = ns.logfile.value.as_ref().and_then(|p| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .ok()
+            });
+            let rs = match previous {
+                Some(mut prev) => {
+                    let first = prev.pool.next_worker_id();
+                    for conn in prev.pool.take_waiting() {
+                        resubmit.push((n, conn));
+                    }
+                    // Ports that stay keep their socket; the others close.
+                    let (keep, close): (Vec<_>, Vec<_>) =
+                        prev.listeners.drain(..).partition(|(_, _, p)| {
+                            ns.ports.value.contains(p)
+                                && super::listen::address(&prev.config, *p)
+                                    == super::listen::address(&ns, *p)
+                        });
+                    for (l, _, p) in close {
+                        let _ = self
+                            .poll
+                            .registry()
+                            .deregister(&mut SourceFd(&l.as_raw_fd()));
+                        log::info!(
+                            "[SERVICE={}] no longer listening on port {p}",
+                            prev.config.name
+                        );
+                    }
+                    for w in prev.workers.values_mut() {
+                        if !w.old {
+                            w.old = true;
+                            w.outbox.push_back((ToWorker::Drain, None));
+                        }
+                    }
+                    ServiceRt {
+                        pool: Pool::numbering_from(limits, first),
+                        config: ns,
+                        listeners: keep,
+                        removed: false,
+                        workers: prev.workers,
+                        waiting: prev.waiting,
+                        output,
+                        last_saturation_log: None,
+                    }
+                }
+                None => ServiceRt {
+                    pool: Pool::new(limits),
+                    config: ns,
+                    listeners: Vec::new(),
+                    removed: false,
+                    workers: HashMap::new(),
+                    waiting: HashMap::new(),
+                    output,
+                    last_saturation_log: None,
+                },
+            };
+            services.push(rs);
+        }
+        // Opened listeners join their service.
+        for (n, port, l) in opened {
+            log::info!(
+                "[SERVICE={}] listening on port {port}",
+                services[n].config.name
+            );
+            services[n].listeners.push((l, Token(0), port));
+        }
+        // Services no longer configured: listeners closed, workers draining until they exit.
+        for mut prev in old_services.into_iter().flatten() {
+            for (l, _, _) in prev.listeners.drain(..) {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&l.as_raw_fd()));
+            }
+            for w in prev.workers.values_mut() {
+                if !w.old {
+                    w.old = true;
+                    w.outbox.push_back((ToWorker::Drain, None));
+                }
+            }
+            if !prev.workers.is_empty() {
+                log::info!(
+                    "[SERVICE={}] removed from the configuration; its workers drain",
+                    prev.config.name
+                );
+                prev.removed = true;
+                prev.waiting.clear();
+                services.push(prev);
+            }
+        }
+        self.services = services;
+        self.port_access = new.port_access;
+        self.rebuild_sources();
+        for s in 0..self.services.len() {
+            let ids: Vec<WorkerId> = self.services[s].workers.keys().copied().collect();
+            for id in ids {
+                self.flush(s, id);
+            }
+        }
+        for (s, conn) in resubmit {
+            self.feed(s, Event::ConnectionArrived(conn));
+        }
+        for s in 0..self.services.len() {
+            self.feed(s, Event::Tick);
+            self.accept(s);
+        }
+        log::info!("configuration reloaded");
+    }
+
+    /// Gives every listener and worker socket a token again after the services changed
+    /// places, registering the listeners that have none yet.
+    fn rebuild_sources(&mut self) {
+        self.sources.retain(|_, src| matches!(src, Source::Signals));
+        for s in 0..self.services.len() {
+            for i in 0..self.services[s].listeners.len() {
+                let token = Token(self.next_token);
+                self.next_token += 1;
+                let (l, t, _) = &mut self.services[s].listeners[i];
+                let fd = l.as_raw_fd();
+                let registered = if t.0 == 0 {
+                    self.poll
+                        .registry()
+                        .register(&mut SourceFd(&fd), token, Interest::READABLE)
+                } else {
+                    self.poll
+                        .registry()
+                        .reregister(&mut SourceFd(&fd), token, Interest::READABLE)
+                };
+                if let Err(e) = registered {
+                    log::error!("cannot watch a listener: {e}");
+                }
+                *t = token;
+                self.sources.insert(token, Source::Listener(s));
+            }
+            let ids: Vec<WorkerId> = self.services[s].workers.keys().copied().collect();
+            for id in ids {
+                if let Some(w) = self.services[s].workers.get(&id) {
+                    self.sources.insert(w.token, Source::Control(s, id));
+                }
+            }
+        }
+    }
+
+    fn find_service(&self, name: &str) -> Option<usize> {
+        self.services
+            .iter()
+            .position(|s| !s.removed && s.config.name.eq_ignore_ascii_case(name))
+    }
+
     fn status_report(&self) {
         let now = self.now();
         log::info!(
@@ -658,6 +884,13 @@ impl Runtime {
                     "not accepting"
                 }
             );
+            let old = rs.workers.values().filter(|w| w.old).count();
+            if old > 0 {
+                log::info!(
+                    "status: [SERVICE={}] {old} worker(s) from before the last reload, draining",
+                    rs.config.name
+                );
+            }
             for st in statuses {
                 let pid = rs.workers.get(&st.worker).map_or(0, |w| w.child.id());
                 log::info!(

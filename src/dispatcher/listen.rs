@@ -21,29 +21,40 @@ pub struct ListenError {
 
 /// Opens every port of `service`.
 pub fn open(service: &Service) -> Result<Vec<std::net::TcpListener>, ListenError> {
-    let backlog = i32::try_from(service.limits.backlog.value).unwrap_or(i32::MAX);
     service
         .ports
         .value
         .iter()
-        .map(|&port| match service.interface_address.value {
-            Some(ip) => bind(&service.name, SocketAddr::new(ip, port), backlog),
-            None => bind(
+        .map(|&port| open_port(service, port))
+        .collect()
+}
+
+/// Where `service` listens for `port`: its INTERFACE_ADDRESS, or every address.
+pub fn address(service: &Service, port: u16) -> SocketAddr {
+    let ip = service
+        .interface_address
+        .value
+        .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    SocketAddr::new(ip, port)
+}
+
+/// Opens one port of `service`.
+pub fn open_port(service: &Service, port: u16) -> Result<std::net::TcpListener, ListenError> {
+    let backlog = i32::try_from(service.limits.backlog.value).unwrap_or(i32::MAX);
+    let wanted = address(service, port);
+    bind(&service.name, wanted, backlog).or_else(|e| match e.source.raw_os_error() {
+        // No IPv6 on this host: all IPv4 addresses.
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+            if service.interface_address.value.is_none() =>
+        {
+            bind(
                 &service.name,
-                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
                 backlog,
             )
-            .or_else(|e| match e.source.raw_os_error() {
-                // No IPv6 on this host: all IPv4 addresses.
-                Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) => bind(
-                    &service.name,
-                    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
-                    backlog,
-                ),
-                _ => Err(e),
-            }),
-        })
-        .collect()
+        }
+        _ => Err(e),
+    })
 }
 
 fn bind(

@@ -174,11 +174,17 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(limits: PoolLimits) -> Pool {
+        Pool::numbering_from(limits, 1)
+    }
+
+    /// A pool whose workers are numbered from `first` (after a reload, so that the new pool's
+    /// workers are never confused with the old pool's draining ones).
+    pub fn numbering_from(limits: PoolLimits, first: WorkerId) -> Pool {
         Pool {
             limits,
             workers: BTreeMap::new(),
             waiting: VecDeque::new(),
-            next_worker: 1,
+            next_worker: first,
             paused: false,
             failures: 0,
             next_start: 0,
@@ -187,6 +193,16 @@ impl Pool {
 
     pub fn limits(&self) -> PoolLimits {
         self.limits
+    }
+
+    /// The number the next worker will get.
+    pub fn next_worker_id(&self) -> WorkerId {
+        self.next_worker
+    }
+
+    /// Takes the connections waiting for a worker (to give them to a new pool after a reload).
+    pub fn take_waiting(&mut self) -> Vec<ConnId> {
+        self.waiting.drain(..).collect()
     }
 
     /// Connections accepted and waiting for a worker.

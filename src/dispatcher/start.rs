@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::event_loop::{self, Setup};
+use super::event_loop::{self, Reloaded, Setup};
 use super::listen;
 use super::log::DispatcherLog;
 use super::pidfile::PidFile;
@@ -64,6 +64,7 @@ pub fn start(opts: &StartOptions) -> Result<(), String> {
     for w in &diags.warnings {
         log::warn!("configuration: {w}");
     }
+    let (tailor, origin) = (opts.tailor.clone(), opts.tailor_origin);
     let setup = Setup {
         services: inst.dispatcher.services,
         listeners,
@@ -71,6 +72,18 @@ pub fn start(opts: &StartOptions) -> Result<(), String> {
         tailor: opts.tailor.clone(),
         shutdown_bound: opts.shutdown_bound,
         reopen_log: Box::new(move || logger.reopen()),
+        reload: Box::new(move || {
+            let mut diags = Diagnostics::default();
+            let inst =
+                check::load_installation(&tailor, origin, &mut diags).map_err(|e| e.to_string())?;
+            for w in &diags.warnings {
+                log::warn!("configuration: {w}");
+            }
+            Ok(Reloaded {
+                services: inst.dispatcher.services,
+                port_access: inst.mapping_set,
+            })
+        }),
     };
     let result = event_loop::run(setup).map_err(|e| format!("event loop: {e}"));
     if let Err(e) = &result {

@@ -20,12 +20,12 @@ pub struct Dispatcher {
     _dir: tempfile::TempDir,
 }
 
-/// Two different ports nobody listens on now (both held open while choosing, so they differ).
-pub fn free_ports() -> [u16; 2] {
-    let a = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let b = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).expect("port");
-    [port(&a), port(&b)]
+/// Different ports nobody listens on now (all held open while choosing, so they differ).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().map(|a| a.port()).expect("port"))
 }
 
 impl Dispatcher {
@@ -80,6 +80,13 @@ impl Dispatcher {
         };
         d.wait_for_log(&format!("listening on 127.0.0.1:{}", ports[1]));
         d
+    }
+
+    /// Edits `config/<file>` in place with `edit`.
+    pub fn edit_config(&self, file: &str, edit: impl FnOnce(String) -> String) {
+        let path = self.root.join("config").join(file);
+        let text = std::fs::read_to_string(&path).expect("read the configuration file");
+        std::fs::write(&path, edit(text)).expect("write the configuration file");
     }
 
     pub fn log(&self) -> String {
