@@ -12,14 +12,18 @@
 //! ```
 //!
 //! Rules (Sun JSMS 6 Admin Reference, "Mapping File"), and our choices where it is silent:
-//! `!` in column 1 is a comment anywhere, also between entries; `<file` in column 1 includes a
-//! file; a line ending in `\` continues on the next (the backslash and the line break are
-//! removed; the next line is not a table name even though it starts in column 1); a `\` after
-//! an odd run of `$` is the template's `$\` (lower case), not a continuation. An entry outside a
-//! table, and a table name defined twice (case-blind), are errors. A missing blank line after a
-//! table name, text after the template, and columns longer than the documented limits are
-//! warnings. Patterns and templates are kept exactly as written (with their `$` sequences), for
-//! the mapping engine in `src/mapping/`.
+//! `!` in column 1 is a comment anywhere, also between entries (an indented `!` starts a
+//! pattern, with a warning); `<file` in column 1 includes a file; a line ending in `\` continues
+//! on the next (the backslash and the line break are removed, blanks are kept; the next line is
+//! not a table name even though it starts in column 1); a `\` after an odd run of `$` is the
+//! template's `$\` (lower case), not a continuation. Comment and include lines are never
+//! continued, and one cannot be the continuation of another line (an error, as in `imta.cnf`).
+//! An entry outside a table, a non-letter in column 1, and a table name defined twice
+//! (case-blind) are errors. A missing blank line after a table name, text after a table name or
+//! after the template, an entry without a template, and columns longer than the documented
+//! limits are warnings. Patterns and templates are kept exactly as written (with their `$`
+//! sequences), for the mapping engine in `src/mapping/`; `docs/mappings-file.md` lists every
+//! rule with an example.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,17 +31,19 @@ use std::sync::Arc;
 use pest::Parser;
 use pest_derive::Parser;
 
-use super::error::{ConfigError, Diagnostics, ErrorKind, Loc};
-use super::lines::logical_lines;
+use super::error::{offending_text, ConfigError, Diagnostics, ErrorKind, Loc};
+use super::lines::{logical_lines, LogicalLine};
 use super::source::{self, Line, ResolvePath};
 
 #[derive(Parser)]
 #[grammar = "../parsers/mappings.pest"]
 struct MappingsGrammar;
 
-/// Longest pattern and template the Messaging Server 6.3 Administration Guide allows (older
-/// documentation says 252 for both).
-pub const MAX_PATTERN: usize = 256;
+/// Longest pattern every documented version accepts: PMDF and the Sun 6 Admin Reference say
+/// 252, the Sun 6.3 Admin Guide 256; a warning past the smaller keeps a file portable.
+pub const MAX_PATTERN: usize = 252;
+/// Longest template (Sun 6.3 Admin Guide; the older documents say 252, but templates with long
+/// reject texts and callouts are common, so only the newer limit is warned about).
 pub const MAX_TEMPLATE: usize = 1024;
 
 /// One entry of a table.
@@ -84,14 +90,56 @@ pub enum Statement {
     Blank { loc: Loc },
 }
 
+/// A `!` comment or `<file` include line: it ends at its line end, whatever its last character.
+fn is_comment_or_include(line: &str) -> bool {
+    line.starts_with('!') || line.starts_with('<')
+}
+
 /// Does this physical line continue on the next? A trailing `\` does, unless an odd run of
-/// `$` before it makes it the template's `$\`.
+/// `$` before it makes it the template's `$\`, or the line is a comment or an include.
 fn continues(line: &str) -> bool {
     let Some(body) = line.strip_suffix('\\') else {
         return false;
     };
     let dollars = body.chars().rev().take_while(|&c| c == '$').count();
-    dollars % 2 == 0
+    dollars % 2 == 0 && !is_comment_or_include(line)
+}
+
+/// A comment or include line cannot be the continuation of a line ending in `\`: the reader
+/// could not tell whether it is meant as text of the entry or as a comment (same rule as
+/// `imta.cnf`).
+fn check_continuation_pieces(file: &Arc<Path>, logical: &LogicalLine) -> Result<(), ConfigError> {
+    for (offset, line) in logical.continuation_lines() {
+        let what = match logical.text.chars().nth(offset) {
+            Some('!') => "comment",
+            Some('<') => "include",
+            _ => continue,
+        };
+        return Err(ConfigError::other(
+            Loc::new(file, line, 1),
+            format!(
+                "a{} {what} line cannot continue the line before it (remove the `\\` at the \
+                 end of line {}, or move the {what})",
+                if what == "include" { "n" } else { "" },
+                line - 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The syntax error for a line that starts in column 1 with neither a letter, `!` nor `<`.
+/// (pest would only say that it expected the end of the line.)
+fn column_one_error(file: &Arc<Path>, logical: &LogicalLine) -> ConfigError {
+    ConfigError::at(
+        logical.loc(file, 0),
+        ErrorKind::Syntax {
+            expected: "expected a table name (a letter in column 1), a `!` comment, a `<file` \
+                       include or an entry indented by a blank or tab"
+                .into(),
+            found: offending_text(&logical.text, 1, 1),
+        },
+    )
 }
 
 fn describe(rule: &Rule) -> &'static str {
@@ -101,7 +149,8 @@ fn describe(rule: &Rule) -> &'static str {
         Rule::entry => "an entry (indented: pattern, blanks, template)",
         Rule::table_name | Rule::name => "a table name (a letter in column 1)",
         Rule::comment => "a `!` comment",
-        Rule::include | Rule::include_spec => "a file name after `<`",
+        Rule::include => "a `<file` include",
+        Rule::include_spec => "a file name after `<`",
         Rule::blank => "a blank line",
         Rule::trailing | Rule::after_name => "more text",
         Rule::line | Rule::EOI => "the end of the line",
@@ -119,8 +168,17 @@ pub fn parse_lines(
 ) -> Result<Vec<Line<Statement>>, ConfigError> {
     let mut out = Vec::new();
     for logical in logical_lines(text, "", continues) {
+        check_continuation_pieces(file, &logical)?;
         let loc_at = |offset: usize| logical.loc(file, offset);
         let pairs = MappingsGrammar::parse(Rule::line, &logical.text).map_err(|e| {
+            let at_start = match e.location {
+                pest::error::InputLocation::Pos(p) | pest::error::InputLocation::Span((p, _)) => {
+                    p == 0
+                }
+            };
+            if at_start {
+                return column_one_error(file, &logical);
+            }
             let mut err = logical.parse_error(file, e, describe);
             if matches!(&err.kind, ErrorKind::Syntax { found, .. } if found == "$") {
                 err.kind = ErrorKind::Other(
@@ -151,7 +209,8 @@ pub fn parse_lines(
                                 loc_at(offset_of(&part)),
                                 format!(
                                     "`{}` after table name {name} is ignored (a table name \
-                                     stands alone on its line)",
+                                     stands alone on its line; an entry must be indented by a \
+                                     blank or tab)",
                                     part.as_str().trim_end()
                                 ),
                             ),
@@ -192,6 +251,17 @@ fn entry(
         match part.as_rule() {
             Rule::pattern => {
                 e.pattern = part.as_str().to_string();
+                if e.pattern.starts_with('!') {
+                    // The documents make `!` a comment in column 1 only.
+                    diags.warn(
+                        here.clone(),
+                        format!(
+                            "`{}` is read as an entry whose pattern starts with `!`; a comment \
+                             must start in column 1",
+                            e.pattern
+                        ),
+                    );
+                }
                 e.loc = here.clone();
                 e.template_loc = here;
             }
@@ -226,16 +296,32 @@ fn entry(
     if e.pattern.chars().count() > MAX_PATTERN {
         diags.warn(
             e.loc.clone(),
-            format!("pattern longer than {MAX_PATTERN} characters, the original's limit"),
+            format!(
+                "pattern of {} characters, longer than the {MAX_PATTERN} the original \
+                 documents (Sun 6.3 allows 256)",
+                e.pattern.chars().count()
+            ),
         );
     }
     if e.template.chars().count() > MAX_TEMPLATE {
         diags.warn(
             e.template_loc.clone(),
-            format!("template longer than {MAX_TEMPLATE} characters, the original's limit"),
+            format!(
+                "template of {} characters, longer than the {MAX_TEMPLATE} the original allows",
+                e.template.chars().count()
+            ),
         );
     }
     e
+}
+
+/// `line N` when `earlier` is in the same file as `here`, else the whole `FILE:LINE:COL`.
+fn place(earlier: &Loc, here: &Loc) -> String {
+    if earlier.file == here.file {
+        format!("line {}", earlier.line)
+    } else {
+        earlier.to_string()
+    }
 }
 
 /// Builds the tables from the statements of the file and its includes.
@@ -246,21 +332,23 @@ pub fn assemble(
     let mut file = MappingFile::default();
     // The open table (index into file.tables), and whether its blank line was seen.
     let mut open: Option<(usize, bool)> = None;
-    // Where the last table was closed by a blank line, for the error message.
-    let mut closed_at: Option<(String, Loc)> = None;
+    // The last table closed by a blank line, where, and whether it had entries: for the
+    // message about an entry that follows.
+    let mut closed_at: Option<(String, Loc, bool)> = None;
     for st in statements {
         match st {
             Statement::TableName { name, loc } => {
                 if let Some(first) = file.table(&name) {
-                    let place = if first.loc.file == loc.file {
-                        format!("line {}", first.loc.line)
+                    let spelled = if first.name == name {
+                        String::new()
                     } else {
-                        first.loc.to_string()
+                        format!(" as {}; table names are compared ignoring case", first.name)
                     };
-                    return Err(ConfigError::other(
-                        loc,
-                        format!("table {name} is defined twice (first at {place})"),
-                    ));
+                    let message = format!(
+                        "table {name} is defined twice (first at {}{spelled})",
+                        place(&first.loc, &loc)
+                    );
+                    return Err(ConfigError::other(loc, message));
                 }
                 file.tables.push(MappingTable {
                     name,
@@ -274,7 +362,8 @@ pub fn assemble(
                     *blank_seen = true;
                 }
                 Some((t, _)) => {
-                    closed_at = Some((file.tables[*t].name.clone(), loc));
+                    let table = &file.tables[*t];
+                    closed_at = Some((table.name.clone(), loc, !table.entries.is_empty()));
                     open = None;
                 }
                 None => {}
@@ -282,10 +371,15 @@ pub fn assemble(
             Statement::Entry(e) => {
                 let Some((t, blank_seen)) = &mut open else {
                     let message = match &closed_at {
-                        Some((table, blank)) => format!(
-                            "entry outside any table: the blank line at line {} ended table \
-                             {table} (blank lines may not appear between entries)",
-                            blank.line
+                        Some((table, blank, true)) => format!(
+                            "entry outside any table: the blank line at {} ended table \
+                             {table} (blank lines may not appear between entries; remove it)",
+                            place(blank, &e.loc)
+                        ),
+                        Some((table, blank, false)) => format!(
+                            "entry outside any table: the second blank line at {} ended table \
+                             {table} (exactly one blank line follows a table name; remove it)",
+                            place(blank, &e.loc)
                         ),
                         None => "entry before any table name (a table name starts in column 1, \
                                  its entries are indented)"
@@ -374,6 +468,22 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "mappings:3:4: `$` at the end of a column quotes nothing (write `$$` for a dollar sign)"
+        );
+    }
+
+    #[test]
+    fn comment_line_ending_in_a_backslash_continues_nothing() {
+        let (m, _) = parse("T\n\n! see C:\\\n  a  b\n").expect("parses");
+        assert_eq!(m.tables[0].entries.len(), 1);
+    }
+
+    #[test]
+    fn non_letter_in_column_one_names_what_a_line_may_be() {
+        let err = parse("T\n\n*  $Y\n").expect_err("not indented");
+        assert_eq!(
+            err.to_string(),
+            "mappings:3:1: expected a table name (a letter in column 1), a `!` comment, a \
+             `<file` include or an entry indented by a blank or tab, found `*  $Y`"
         );
     }
 
