@@ -25,10 +25,11 @@ fn serve(service: &str, active: usize, c: Connection) -> std::io::Result<()> {
     let mut out = c.stream.try_clone()?;
     write!(
         out,
-        "220 {service} echo conn={} client={} active={active} pid={}\r\n",
+        "220 {service} echo conn={} client={} active={active} pid={} uid={}\r\n",
         c.id,
         c.client,
-        std::process::id()
+        std::process::id(),
+        nix::unistd::getuid()
     )?;
     for line in BufReader::new(c.stream).lines() {
         let line = line?;

@@ -328,3 +328,22 @@ fn sighup_adds_a_port_and_a_limit_and_open_sessions_survive() {
     a.quit();
     b.quit();
 }
+
+#[test]
+fn workers_run_as_the_configured_user_when_the_dispatcher_is_root() {
+    let d = Dispatcher::start("MIN_PROCS=0\nUSER=nobody");
+    let mut c = Client::connect(RELAY, d.addr(0));
+    let uid: u32 = field(&c.line(), "uid").parse().expect("uid");
+    let expected = if nix::unistd::geteuid().is_root() {
+        nix::unistd::User::from_name("nobody")
+            .expect("look up nobody")
+            .expect("nobody exists")
+            .uid
+            .as_raw()
+    } else {
+        // Not root: nobody to switch to; the worker runs as we do.
+        nix::unistd::getuid().as_raw()
+    };
+    assert_eq!(uid, expected);
+    c.quit();
+}

@@ -33,7 +33,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::access::{self, RefusalLog};
 use super::policy::{Action, ConnId, Event, Pool, PoolLimits, PoolLog, WorkerId};
-use super::spawn::{spawn_worker, WorkerSpec};
+use super::spawn::{run_as, spawn_worker, RunAs, WorkerSpec};
 use crate::config::service::Service;
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError};
 use crate::mapping::port_access::Verdict;
@@ -55,12 +55,32 @@ pub struct Setup {
     pub reopen_log: Box<dyn Fn() -> std::io::Result<()>>,
     /// Called on SIGHUP: the configuration read again, or why it cannot be used.
     pub reload: Box<dyn Fn() -> Result<Reloaded, String>>,
+    /// The tailor's IMTA_USER: the account of workers whose service sets no USER.
+    pub mail_user: Option<String>,
 }
 
 /// A configuration read again on SIGHUP.
 pub struct Reloaded {
     pub services: Vec<Service>,
     pub port_access: Option<MappingSet>,
+    pub mail_user: Option<String>,
+}
+
+/// The account a service's workers run as: its USER, else the tailor's IMTA_USER; only when
+/// the dispatcher runs as root (otherwise they simply run as the dispatcher's user).
+fn service_account(service: &Service, mail_user: Option<&str>) -> Result<Option<RunAs>, String> {
+    let Some(name) = service.user.value.as_deref().or(mail_user) else {
+        return Ok(None);
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    run_as(name).map(Some).map_err(|e| {
+        format!(
+            "[SERVICE={}]: workers cannot run as {name}: {e}",
+            service.name
+        )
+    })
 }
 
 /// Signals, as flags set by the handlers and read by the loop.
@@ -130,6 +150,8 @@ struct ServiceRt {
     waiting: HashMap<ConnId, (TcpStream, SocketAddr, SocketAddr)>,
     output: Option<std::fs::File>,
     last_saturation_log: Option<u64>,
+    /// The account its workers run as.
+    account: Option<RunAs>,
 }
 
 #[derive(Clone, Copy)]
@@ -200,7 +222,10 @@ pub fn run(setup: Setup) -> std::io::Result<()> {
             },
             None => None,
         };
+        let account =
+            service_account(&config, setup.mail_user.as_deref()).map_err(std::io::Error::other)?;
         let mut rs = ServiceRt {
+            account,
             pool: Pool::new(PoolLimits::from_config(&config.limits)),
             config,
             listeners: Vec::new(),
@@ -406,6 +431,7 @@ impl Runtime {
             max_conns: rs.config.limits.max_conns.value,
             debug: rs.config.debug.value,
             tailor: &self.tailor,
+            run_as: rs.account,
         };
         let started = wire::control_pair().and_then(|(mine, theirs)| {
             let child = spawn_worker(&spec, &theirs, rs.output.as_ref())?;
@@ -671,6 +697,16 @@ impl Runtime {
 
     /// Switches to a configuration read again (see the module comment).
     fn apply_reload(&mut self, new: Reloaded) {
+        let mut accounts = Vec::new();
+        for ns in &new.services {
+            match service_account(ns, new.mail_user.as_deref()) {
+                Ok(a) => accounts.push(a),
+                Err(e) => {
+                    log::error!("reload refused, still running on the previous configuration: {e}");
+                    return;
+                }
+            }
+        }
         // Phase 1: open every port that is not open yet; any failure changes nothing.
         let mut opened: Vec<(usize, u16, TcpListener)> = Vec::new();
         for (n, ns) in new.services.iter().enumerate() {
@@ -749,6 +785,7 @@ impl Runtime {
                         }
                     }
                     ServiceRt {
+                        account: accounts[n],
                         pool: Pool::numbering_from(limits, first),
                         config: ns,
                         listeners: keep,
@@ -760,6 +797,7 @@ impl Runtime {
                     }
                 }
                 None => ServiceRt {
+                    account: accounts[n],
                     pool: Pool::new(limits),
                     config: ns,
                     listeners: Vec::new(),

@@ -65,7 +65,9 @@ pub fn start(opts: &StartOptions) -> Result<(), String> {
         log::warn!("configuration: {w}");
     }
     let (tailor, origin) = (opts.tailor.clone(), opts.tailor_origin);
+    let mail_user = inst.tailor.user();
     let setup = Setup {
+        mail_user,
         services: inst.dispatcher.services,
         listeners,
         port_access: inst.mapping_set,
@@ -80,6 +82,7 @@ pub fn start(opts: &StartOptions) -> Result<(), String> {
                 log::warn!("configuration: {w}");
             }
             Ok(Reloaded {
+                mail_user: inst.tailor.user(),
                 services: inst.dispatcher.services,
                 port_access: inst.mapping_set,
             })

@@ -50,6 +50,9 @@ impl Dispatcher {
             String::from_utf8_lossy(&out.stderr)
         );
         let root = dir.path().to_path_buf();
+        // Workers may run as another user (USER=): they must reach their image.
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod the installation");
         std::fs::copy(example("echo_image"), root.join("lib/echo_image")).expect("copy image");
         let ports = free_ports();
         let fill = |name: &str| {
