@@ -347,3 +347,48 @@ fn workers_run_as_the_configured_user_when_the_dispatcher_is_root() {
     assert_eq!(uid, expected);
     c.quit();
 }
+
+/// The versions `name-<uniqueid>` in the installation's log directory.
+fn log_versions(d: &Dispatcher, name: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d.root.join("log"))
+        .expect("log dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("{name}-")) && !n.ends_with(".new-link"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn logs_are_versioned_as_the_original_names_them_and_history_is_bounded() {
+    let mut d = Dispatcher::start("MIN_PROCS=0\nHISTORY_TO_RETAIN=1");
+    let mut c = Client::connect(RELAY, d.addr(0));
+    c.line();
+    c.quit();
+    let first = log_versions(&d, "dispatcher.log");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let link = std::fs::read_link(d.root.join("log/dispatcher.log")).expect("dispatcher.log links");
+    assert_eq!(link.to_string_lossy(), first[0]);
+    assert_eq!(
+        log_versions(&d, "tcp_lmtpss_server.log").len(),
+        1,
+        "one per worker"
+    );
+    // Two more starts of the same installation: the current log and one older are kept.
+    for _ in 0..2 {
+        d.signal(Signal::SIGTERM);
+        d.child.wait_for(WAIT).expect("stops");
+        let child = std::process::Command::new(d.root.join("lib/dispatcher"))
+            .arg("--foreground")
+            .env_remove("IMTA_TAILOR")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("restart");
+        d.child = common::ChildGuard(child);
+        d.wait_for_log(&format!("starting, pid {}", d.child.pid()));
+    }
+    let kept = log_versions(&d, "dispatcher.log");
+    assert_eq!(kept.len(), 2, "HISTORY_TO_RETAIN=1: {kept:?}");
+    assert!(!kept.contains(&first[0]), "the oldest was removed");
+}

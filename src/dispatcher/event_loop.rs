@@ -148,7 +148,6 @@ struct ServiceRt {
     workers: HashMap<WorkerId, WorkerProc>,
     /// Accepted connections waiting for the pool to hand them off.
     waiting: HashMap<ConnId, (TcpStream, SocketAddr, SocketAddr)>,
-    output: Option<std::fs::File>,
     last_saturation_log: Option<u64>,
     /// The account its workers run as.
     account: Option<RunAs>,
@@ -204,24 +203,6 @@ pub fn run(setup: Setup) -> std::io::Result<()> {
     )?;
     for (config, listeners) in setup.services.into_iter().zip(setup.listeners) {
         let index = rt.services.len();
-        let output = match &config.logfile.value {
-            Some(p) => match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-            {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    log::error!(
-                        "[SERVICE={}] cannot open LOGFILE {}: {e}; worker output is discarded",
-                        config.name,
-                        p.display()
-                    );
-                    None
-                }
-            },
-            None => None,
-        };
         let account =
             service_account(&config, setup.mail_user.as_deref()).map_err(std::io::Error::other)?;
         let mut rs = ServiceRt {
@@ -232,7 +213,6 @@ pub fn run(setup: Setup) -> std::io::Result<()> {
             removed: false,
             workers: HashMap::new(),
             waiting: HashMap::new(),
-            output,
             last_saturation_log: None,
         };
         for l in listeners {
@@ -433,8 +413,24 @@ impl Runtime {
             tailor: &self.tailor,
             run_as: rs.account,
         };
+        // Each worker writes its own version of the service's LOGFILE, as the original does.
+        let keep = rs.config.limits.history_to_retain.value;
+        let output = match &rs.config.logfile.value {
+            Some(base) => match super::logfiles::open_version(base, keep) {
+                Ok((_, f)) => Some(f),
+                Err(e) => {
+                    log::error!(
+                        "[SERVICE={}] cannot open LOGFILE {}: {e}; worker output is discarded",
+                        rs.config.name,
+                        base.display()
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         let started = wire::control_pair().and_then(|(mine, theirs)| {
-            let child = spawn_worker(&spec, &theirs, rs.output.as_ref())?;
+            let child = spawn_worker(&spec, &theirs, output.as_ref())?;
             Ok((mine, child))
         });
         let name = rs.config.name.clone();
@@ -748,13 +744,6 @@ impl Runtime {
                 })
                 .and_then(Option::take);
             let limits = PoolLimits::from_config(&ns.limits);
-            let output = ns.logfile.value.as_ref().and_then(|p| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .ok()
-            });
             let rs = match previous {
                 Some(mut prev) => {
                     let first = prev.pool.next_worker_id();
@@ -792,7 +781,6 @@ impl Runtime {
                         removed: false,
                         workers: prev.workers,
                         waiting: prev.waiting,
-                        output,
                         last_saturation_log: None,
                     }
                 }
@@ -804,7 +792,6 @@ impl Runtime {
                     removed: false,
                     workers: HashMap::new(),
                     waiting: HashMap::new(),
-                    output,
                     last_saturation_log: None,
                 },
             };

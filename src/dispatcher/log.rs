@@ -1,12 +1,13 @@
-//! The dispatcher's own log, `IMTA_LOG:dispatcher.log`: one line per event, each with the
-//! time (UTC), the pid and the level, so an operator can grep it.
+//! The dispatcher's own log, `IMTA_LOG:dispatcher.log-<uniqueid>` (a new version at each start,
+//! `dispatcher.log` linking the newest; see [`super::logfiles`]): one line per event, each with
+//! the time (UTC), the pid and the level, so an operator can grep it.
 //!
 //! ```text
 //! 2026-11-24T10:39:01Z dispatcher[4242] INFO: [SERVICE=LMTPSS] worker 1 started, pid 4250
 //! ```
 //!
-//! The file is opened for appending and can be reopened (after logrotate moved it). With
-//! `--foreground` every line also goes to standard error.
+//! The file is opened for appending and can be reopened at the same name (after logrotate
+//! moved it). With `--foreground` every line also goes to standard error.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -22,15 +23,17 @@ pub struct DispatcherLog {
 }
 
 impl DispatcherLog {
-    /// Opens (creates) the log file; `to_stderr` also copies every line to standard error.
+    /// Creates a new version of `base` (keeping `keep` older ones); `to_stderr` also copies
+    /// every line to standard error.
     pub fn open(
-        path: &Path,
+        base: &Path,
+        keep: u64,
         to_stderr: bool,
         level: log::LevelFilter,
     ) -> std::io::Result<DispatcherLog> {
-        let file = open_append(path)?;
+        let (path, file) = super::logfiles::open_version(base, keep)?;
         Ok(DispatcherLog {
-            path: path.to_path_buf(),
+            path,
             file: Mutex::new(Some(file)),
             to_stderr,
             level,

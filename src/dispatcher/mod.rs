@@ -6,12 +6,14 @@
 //! * [`event_loop`]: performs the policy's actions; knows no limits.
 //! * [`listen`]: opening the ports; [`access`]: PORT_ACCESS at accept.
 //! * [`spawn`]: starting a worker process with its control socket on descriptor 3.
-//! * [`log`]: `dispatcher.log`; [`pidfile`]: the locked pid file.
+//! * [`log`]: `dispatcher.log`; [`logfiles`]: versioned log names; [`pidfile`]: the locked
+//!   pid file.
 //! * [`start`]: from the command line to a running event loop.
 pub mod access;
 pub mod event_loop;
 pub mod listen;
 pub mod log;
+pub mod logfiles;
 pub mod pidfile;
 pub mod policy;
 pub mod spawn;

@@ -44,8 +44,13 @@ pub fn start(opts: &StartOptions) -> Result<(), String> {
         log::LevelFilter::Info
     };
     let logger = Arc::new(
-        DispatcherLog::open(&log_path, opts.foreground, level)
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?,
+        DispatcherLog::open(
+            &log_path,
+            inst.dispatcher.history_to_retain.value,
+            opts.foreground,
+            level,
+        )
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?,
     );
     if !opts.foreground {
         // chdir to / and standard streams to /dev/null, as a daemon does.

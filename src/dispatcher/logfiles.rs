@@ -1,0 +1,163 @@
+//! Versioned log files, named as the original names them: `dispatcher.log-<uniqueid>` and,
+//! for each worker, `<LOGFILE>-<uniqueid>`.
+//!
+//! The original appends a unique id "to avoid overwriting an earlier log created by the same
+//! channel", and `imsimta purge` keeps the newest versions. Ours: the unique id is the time
+//! in milliseconds and the pid, both in fixed-width base 36, so names sort by creation time;
+//! a new version is created each time the dispatcher starts (and for each worker it starts);
+//! the newest `HISTORY_TO_RETAIN` older versions are kept and older ones removed; the plain name
+//! (`dispatcher.log`, the LOGFILE itself) is a symbolic link to the newest version, so
+//! `tail -f IMTA_LOG:dispatcher.log` and grep work as before.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+/// Width of the unique id: 9 base-36 digits of milliseconds (until the year 5188), a dot, 5 of
+/// the pid.
+const ID_LEN: usize = 15;
+
+/// `<millis>.<pid>`, fixed width, base 36, lower case.
+pub fn unique_id(millis: u64, pid: u32) -> String {
+    format!("{}.{}", base36(millis, 9), base36(u64::from(pid), 5))
+}
+
+fn base36(mut v: u64, width: usize) -> String {
+    let mut digits = vec![b'0'; width];
+    for d in digits.iter_mut().rev() {
+        *d = b"0123456789abcdefghijklmnopqrstuvwxyz"[(v % 36) as usize];
+        v /= 36;
+    }
+    String::from_utf8_lossy(&digits).into_owned()
+}
+
+fn is_unique_id(s: &str) -> bool {
+    s.len() == ID_LEN
+        && s.bytes().enumerate().all(|(i, b)| {
+            if i == 9 {
+                b == b'.'
+            } else {
+                b.is_ascii_digit() || b.is_ascii_lowercase()
+            }
+        })
+}
+
+/// A new version of `base` (`base-<uniqueid>`), created and opened for appending; `base`
+/// becomes a link to it, and versions beyond `keep` older ones are removed.
+pub fn open_version(base: &Path, keep: u64) -> std::io::Result<(PathBuf, File)> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut millis = now;
+    // Two workers started in the same millisecond by one process: take the next free name.
+    let (path, file) = loop {
+        let path = version_path(base, &unique_id(millis, std::process::id()));
+        match OpenOptions::new().append(true).create_new(true).open(&path) {
+            Ok(f) => break (path, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => millis += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    link_newest(base, &path)?;
+    prune(base, keep)?;
+    Ok((path, file))
+}
+
+fn version_path(base: &Path, id: &str) -> PathBuf {
+    let mut name = base.as_os_str().to_os_string();
+    name.push("-");
+    name.push(id);
+    PathBuf::from(name)
+}
+
+/// Points `base` at `version` (a relative link, replaced atomically). A regular file already
+/// at `base` (an old installation's log) is left alone.
+fn link_newest(base: &Path, version: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(base) {
+        Ok(m) if !m.file_type().is_symlink() => return Ok(()),
+        _ => {}
+    }
+    let target = version.file_name().map(PathBuf::from).unwrap_or_default();
+    let mut tmp = base.as_os_str().to_os_string();
+    tmp.push(".new-link");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&target, &tmp)?;
+    std::fs::rename(&tmp, base)
+}
+
+/// The versions of `base`, oldest first.
+pub fn versions(base: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let dir = base
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = format!(
+        "{}-",
+        base.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(&prefix).is_some_and(is_unique_id)
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Removes all but the newest `keep` + 1 versions (the current one and `keep` older ones).
+fn prune(base: &Path, keep: u64) -> std::io::Result<()> {
+    let all = versions(base)?;
+    let keep = usize::try_from(keep)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
+    if all.len() > keep {
+        for old in &all[..all.len() - keep] {
+            std::fs::remove_file(old)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_ids_have_a_fixed_width_and_sort_by_time() {
+        let a = unique_id(1_795_000_000_000, 42);
+        let b = unique_id(1_795_000_000_001, 7);
+        assert_eq!(a.len(), ID_LEN);
+        assert!(is_unique_id(&a) && is_unique_id(&b));
+        assert!(a < b);
+        assert!(!is_unique_id("12"));
+    }
+
+    #[test]
+    fn versions_beyond_history_to_retain_are_removed_and_the_name_links_the_newest() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let base = d.path().join("dispatcher.log");
+        let mut made = Vec::new();
+        for _ in 0..4 {
+            let (path, _) = open_version(&base, 2).expect("version");
+            made.push(path);
+        }
+        let left = versions(&base).expect("list");
+        assert_eq!(left, made[1..], "the current one and two older ones");
+        let link = std::fs::read_link(&base).expect("a link");
+        assert_eq!(Some(link.as_os_str()), made[3].file_name());
+    }
+
+    #[test]
+    fn an_existing_plain_log_file_is_not_replaced_by_the_link() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let base = d.path().join("dispatcher.log");
+        std::fs::write(&base, "old\n").expect("write");
+        open_version(&base, 5).expect("version");
+        assert_eq!(std::fs::read_to_string(&base).expect("read"), "old\n");
+    }
+}
