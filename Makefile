@@ -23,8 +23,10 @@ run: build
 	run/lib/dispatcher --foreground
 
 # Benchmarks, printed as tables (see docs/performance.md). Not part of `make test`.
-bench:
+bench: build
+	$(CARGO) build --release --locked --examples
 	$(CARGO) bench --locked --bench mapping
+	$(CARGO) bench --locked --bench handoff
 
 clean:
 	$(CARGO) clean

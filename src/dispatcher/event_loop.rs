@@ -136,6 +136,8 @@ struct WorkerProc {
     closed: bool,
     /// Started on a configuration since replaced by a reload: draining, unknown to the pool.
     old: bool,
+    /// Registered for writability (its outbox is waiting for room).
+    want_write: bool,
 }
 
 struct ServiceRt {
@@ -454,6 +456,7 @@ impl Runtime {
                         outbox: VecDeque::new(),
                         closed: false,
                         old: false,
+                        want_write: false,
                     },
                 );
                 None
@@ -487,11 +490,14 @@ impl Runtime {
                     w.outbox.pop_front();
                 }
                 Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let _ = self.poll.registry().reregister(
-                        &mut SourceFd(&w.ctrl.as_raw_fd()),
-                        w.token,
-                        Interest::READABLE | Interest::WRITABLE,
-                    );
+                    if !w.want_write {
+                        w.want_write = true;
+                        let _ = self.poll.registry().reregister(
+                            &mut SourceFd(&w.ctrl.as_raw_fd()),
+                            w.token,
+                            Interest::READABLE | Interest::WRITABLE,
+                        );
+                    }
                     return;
                 }
                 Err(e) => {
@@ -503,11 +509,15 @@ impl Runtime {
                 }
             }
         }
-        let _ = self.poll.registry().reregister(
-            &mut SourceFd(&w.ctrl.as_raw_fd()),
-            w.token,
-            Interest::READABLE,
-        );
+        // Only a change of interest costs a system call; most hand-offs need none.
+        if w.want_write {
+            w.want_write = false;
+            let _ = self.poll.registry().reregister(
+                &mut SourceFd(&w.ctrl.as_raw_fd()),
+                w.token,
+                Interest::READABLE,
+            );
+        }
     }
 
     fn read_worker(&mut self, s: usize, id: WorkerId) {

@@ -1,0 +1,161 @@
+//! `make bench` (dispatcher part): connections per second through the dispatcher, against a
+//! bare accept loop measured side by side in the same run.
+//!
+//! Both servers speak the same tiny protocol: a greeting line, then `221 bye` to `QUIT`, each
+//! connection on a thread of its own. The peer is a bare accept loop doing exactly that in one
+//! process; ours is the whole product path: the dispatcher accepts, judges PORT_ACCESS, hands
+//! the socket to a pre-started worker process (the echo test image) over SCM_RIGHTS, and the
+//! worker serves it. So the ratio is the price of the dispatcher. The same client (4 threads,
+//! a fixed number of connections each, so the run always ends) drives both.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CLIENT_THREADS: usize = 4;
+const PER_THREAD: usize = 1_500;
+
+/// Connects, reads the greeting line, says QUIT when the server waits for it, closes.
+fn one_connection(addr: SocketAddr) -> bool {
+    let Ok(stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() || !line.starts_with("220") {
+        return false;
+    }
+    let _ = reader.get_mut().write_all(b"QUIT\r\n");
+    line.clear();
+    let _ = reader.read_line(&mut line);
+    true
+}
+
+/// Connections per second and failures for `CLIENT_THREADS * PER_THREAD` connections.
+fn drive(addr: SocketAddr) -> (f64, usize) {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..CLIENT_THREADS)
+        .map(|_| {
+            std::thread::spawn(move || (0..PER_THREAD).filter(|_| !one_connection(addr)).count())
+        })
+        .collect();
+    let failed: usize = handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or(PER_THREAD))
+        .sum();
+    let total = CLIENT_THREADS * PER_THREAD;
+    (total as f64 / start.elapsed().as_secs_f64(), failed)
+}
+
+/// The peer: a bare accept loop, a thread per connection, the same greeting and QUIT.
+fn bare_accept_loop() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone()?;
+                out.write_all(b"220 bare\r\n")?;
+                let mut line = String::new();
+                BufReader::new(stream).read_line(&mut line)?;
+                out.write_all(b"221 bye\r\n")
+            });
+        }
+    });
+    addr
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The dispatcher on a temporary installation, with 2 pre-started echo workers.
+fn dispatcher(root: &Path) -> (Running, SocketAddr) {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = here.join("target/release");
+    let ok = Command::new("bash")
+        .arg(here.join("scripts/demo-layout.sh"))
+        .arg(root)
+        .arg(&bin)
+        .stdout(Stdio::null())
+        .status()
+        .expect("demo-layout.sh");
+    assert!(ok.success(), "demo-layout.sh failed");
+    std::fs::copy(bin.join("examples/echo_image"), root.join("lib/echo_image"))
+        .expect("echo image (make bench builds it)");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    std::fs::write(
+        root.join("config/dispatcher.cnf"),
+        format!(
+            "MIN_PROCS=2\nMAX_PROCS=2\nMIN_CONNS=20\nMAX_CONNS=50\nMAX_LIFE_CONNS=1000000\n\
+             [SERVICE=BENCH]\nPORT={port}\nINTERFACE_ADDRESS=127.0.0.1\nIMAGE=IMTA_BIN:echo_image\n\
+             PARAMETER=CHANNEL=tcp_lmtpss\n"
+        ),
+    )
+    .expect("dispatcher.cnf");
+    std::fs::write(
+        root.join("config/mappings"),
+        format!(
+            "PORT_ACCESS\n\n  TCP|*|{port}|$(127.0.0.0/8)|*  $Y\n  TCP|*|*|*|*  $N500$ Do$ not$ connect$ to$ this$ machine\n"
+        ),
+    )
+    .expect("mappings");
+    let child = Command::new(root.join("lib/dispatcher"))
+        .arg("--foreground")
+        .env_remove("IMTA_TAILOR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the dispatcher");
+    let running = Running(child);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let log = root.join("log/dispatcher.log");
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("worker 2 started") && one_connection(addr) {
+            return (running, addr);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "the dispatcher did not come up:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+fn main() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("handoff-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let bare = bare_accept_loop();
+    let (_running, ours) = dispatcher(&dir);
+    // Warm both up, then measure them one after the other in the same run.
+    drive(bare);
+    drive(ours);
+    let (bare_rate, bare_failed) = drive(bare);
+    let (our_rate, our_failed) = drive(ours);
+    println!("| server | connections | failed | connections/s |");
+    println!("|---|---:|---:|---:|");
+    let n = CLIENT_THREADS * PER_THREAD;
+    println!("| bare accept loop, thread per connection | {n} | {bare_failed} | {bare_rate:.0} |");
+    println!(
+        "| dispatcher + PORT_ACCESS + hand-off to 2 workers | {n} | {our_failed} | {our_rate:.0} |"
+    );
+    println!(
+        "| ratio dispatcher / bare | | | {:.2} |",
+        our_rate / bare_rate
+    );
+    drop(_running);
+    let _ = std::fs::remove_dir_all(&dir);
+}
