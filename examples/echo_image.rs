@@ -1,12 +1,13 @@
 //! A tiny worker image for the dispatcher's tests: greets each client with its connection id,
-//! the client address, how many connections this process holds, and its pid, then echoes
+//! the client address, how many connections this process holds, its pid and uid, then echoes
 //! lines until `QUIT`. Proves the hand-off path end to end without the LMTP images.
 
 use std::io::{BufRead, BufReader, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use msdispatcher::worker::runtime::{self, Connection, Handler, WorkerConfig};
+use msdispatcher::worker::image::main_for;
+use msdispatcher::worker::runtime::{Connection, Handler};
 
 struct Echo {
     service: String,
@@ -43,23 +44,10 @@ fn serve(service: &str, active: usize, c: Connection) -> std::io::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let config = WorkerConfig::from_env();
-    let control = match runtime::control_socket() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("echo_image: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let handler = Arc::new(Echo {
-        service: config.service.clone(),
-        active: AtomicUsize::new(0),
-    });
-    match runtime::run(control, &config, handler) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("echo_image: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    main_for("echo_image", |config| {
+        Arc::new(Echo {
+            service: config.service.clone(),
+            active: AtomicUsize::new(0),
+        })
+    })
 }

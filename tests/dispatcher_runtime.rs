@@ -392,3 +392,30 @@ fn logs_are_versioned_as_the_original_names_them_and_history_is_bounded() {
     assert_eq!(kept.len(), 2, "HISTORY_TO_RETAIN=1: {kept:?}");
     assert!(!kept.contains(&first[0]), "the oldest was removed");
 }
+
+#[test]
+fn the_lmtp_images_answer_421_until_delivery_exists_and_log_with_time_and_pid() {
+    let d = Dispatcher::start("MIN_PROCS=0");
+    d.edit_config("dispatcher.cnf", |t| {
+        t.replace("IMTA_BIN:echo_image", "IMTA_BIN:tcp_lmtp_server")
+    });
+    d.signal(Signal::SIGHUP);
+    d.wait_for_log("configuration reloaded");
+    let mut c = Client::connect(RELAY, d.addr(0));
+    let reply = c.line();
+    assert!(reply.starts_with("421 4.3.2 tcp_lmtp_server "), "{reply}");
+    assert_eq!(c.line(), "", "closed after the 421");
+    // The worker's own log goes to the service's LOGFILE, lines with time and pid.
+    let end = std::time::Instant::now() + WAIT;
+    let mut text = String::new();
+    while std::time::Instant::now() < end && !text.contains("answered 421") {
+        text =
+            std::fs::read_to_string(d.root.join("log/tcp_lmtpss_server.log")).unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let line = text
+        .lines()
+        .find(|l| l.contains("answered 421"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("Z tcp_lmtp_server["), "{line}");
+}

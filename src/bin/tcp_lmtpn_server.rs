@@ -1,5 +1,11 @@
-//! `tcp_lmtpn_server`: the LMTP image delivering to native /var/mail mailboxes (not yet
-//! implemented; prints its version).
-fn main() {
-    println!("tcp_lmtpn_server {}", msdispatcher::VERSION);
+//! `tcp_lmtpn_server`: the LMTP image delivering to native /var/mail mailboxes. Delivery is
+//! not built yet: as a worker it answers every client `421` (try again later), so relays keep
+//! their mail.
+fn main() -> std::process::ExitCode {
+    use msdispatcher::worker::image::{main_for, NotAvailable};
+    main_for("tcp_lmtpn_server", |_| {
+        std::sync::Arc::new(NotAvailable {
+            program: "tcp_lmtpn_server",
+        })
+    })
 }

@@ -61,19 +61,45 @@ impl log::Log for DispatcherLog {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = format!(
-            "{} dispatcher[{}] {}: {}\n",
-            utc_timestamp(std::time::SystemTime::now()),
-            std::process::id(),
-            record.level(),
-            record.args()
-        );
+        let line = format_line("dispatcher", record);
         if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             // One write per line, so lines of concurrent writers do not interleave.
             let _ = f.write_all(line.as_bytes());
         }
         if self.to_stderr {
             let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// One log line: `time program[pid] LEVEL: message` and a newline.
+pub fn format_line(program: &str, record: &log::Record) -> String {
+    format!(
+        "{} {program}[{}] {}: {}\n",
+        utc_timestamp(std::time::SystemTime::now()),
+        std::process::id(),
+        record.level(),
+        record.args()
+    )
+}
+
+/// The log of a worker image: the same lines on standard error, which the dispatcher has
+/// pointed at the service's LOGFILE.
+pub struct WorkerLog {
+    pub program: &'static str,
+    pub level: log::LevelFilter,
+}
+
+impl log::Log for WorkerLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let _ = std::io::stderr().write_all(format_line(self.program, record).as_bytes());
         }
     }
 

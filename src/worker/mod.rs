@@ -1,3 +1,5 @@
 //! The worker side: what every image (`tcp_lmtp_server`, `tcp_lmtpn_server`, the test echo
-//! image) links to receive connections from the dispatcher. See [`runtime`].
+//! image) links to receive connections from the dispatcher: [`runtime`] serves the handed
+//! connections, [`image`] is the `main` they share.
+pub mod image;
 pub mod runtime;

@@ -111,6 +111,24 @@ impl Active {
     }
 }
 
+/// Installs the worker log: lines with time, program name and pid on standard error (the
+/// service's LOGFILE); debug lines when the service's DEBUG mask is not zero.
+pub fn init_logging(program: &'static str, config: &WorkerConfig) {
+    let level = if config.debug != 0 {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    };
+    if log::set_boxed_logger(Box::new(crate::dispatcher::log::WorkerLog {
+        program,
+        level,
+    }))
+    .is_ok()
+    {
+        log::set_max_level(level);
+    }
+}
+
 /// Takes descriptor 3 as the control socket.
 pub fn control_socket() -> Result<OwnedFd, WorkerError> {
     // Check that descriptor 3 is a socket before owning it, so a mistaken start says so.
@@ -139,6 +157,12 @@ pub fn run(
     let control = Arc::new(control);
     let active = Arc::new(Active::default());
     wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ready)?;
+    log::info!(
+        "[SERVICE={}] worker ready ({}, up to {} connections)",
+        config.service,
+        config.parameter,
+        config.max_conns
+    );
     loop {
         match wire::recv_from_dispatcher(control.as_fd())? {
             None => {
@@ -186,6 +210,10 @@ pub fn run(
         }
     }
     active.wait_until_zero();
+    log::info!(
+        "[SERVICE={}] worker exiting: no connections left",
+        config.service
+    );
     Ok(())
 }
 
@@ -198,11 +226,14 @@ fn spawn_connection(
 ) {
     let id = connection.id;
     let (h, c, a) = (Arc::clone(handler), Arc::clone(control), Arc::clone(active));
+    let client = connection.client;
     let spawned = std::thread::Builder::new()
         .name(format!("conn-{id}"))
         .stack_size(config.stack_size)
         .spawn(move || {
+            log::debug!("connection {id} from {client}");
             h.serve(connection);
+            log::debug!("connection {id} ended");
             end(&c, &a, id);
         });
     if let Err(e) = spawned {
