@@ -140,6 +140,13 @@ struct WorkerProc {
     want_write: bool,
 }
 
+/// The worker's control socket is closed or broken: read no more from it (the worker is
+/// reaped when its process exits).
+fn stop_watching(registry: &mio::Registry, w: &mut WorkerProc) {
+    w.closed = true;
+    let _ = registry.deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
+}
+
 struct ServiceRt {
     config: Service,
     pool: Pool,
@@ -536,11 +543,7 @@ impl Runtime {
                 Ok(Some(ToDispatcher::Ended { .. })) => self.feed(s, Event::ConnectionEnded(id)),
                 Ok(Some(ToDispatcher::Draining)) => {}
                 Ok(None) => {
-                    w.closed = true;
-                    let _ = self
-                        .poll
-                        .registry()
-                        .deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
+                    stop_watching(self.poll.registry(), w);
                     return;
                 }
                 Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -550,11 +553,7 @@ impl Runtime {
                         w.child.id()
                     );
                     let _ = w.child.kill();
-                    w.closed = true;
-                    let _ = self
-                        .poll
-                        .registry()
-                        .deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
+                    stop_watching(self.poll.registry(), w);
                     return;
                 }
             }
