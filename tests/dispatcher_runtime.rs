@@ -419,3 +419,26 @@ fn the_lmtp_images_answer_421_until_delivery_exists_and_log_with_time_and_pid() 
         .unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains("Z tcp_lmtp_server["), "{line}");
 }
+
+#[test]
+fn an_image_that_cannot_start_backs_off_instead_of_storming() {
+    let d = Dispatcher::start("MIN_PROCS=1");
+    d.edit_config("dispatcher.cnf", |t| {
+        // Only the first service (LMTPSS) gets the broken image.
+        t.replacen("IMTA_BIN:echo_image", "IMTA_BIN:no_such_image", 1)
+    });
+    d.signal(Signal::SIGHUP);
+    d.wait_for_log("configuration reloaded");
+    d.wait_for_log("failed to start; next start in 1 s");
+    std::thread::sleep(Duration::from_millis(2_500));
+    let attempts = d.count_in_log("[SERVICE=LMTPSS] cannot start");
+    assert!(
+        (2..=3).contains(&attempts),
+        "1 s, then 2 s: {attempts} attempts\n{}",
+        d.log()
+    );
+    d.wait_for_log("next start in 2 s");
+    // The dispatcher itself is fine: the other service still serves.
+    let mut c = Client::connect(RELAY, d.addr(1));
+    assert!(c.line().starts_with("220 LMTPSN"));
+}
