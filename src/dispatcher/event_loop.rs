@@ -373,6 +373,16 @@ impl Runtime {
                 }
                 self.flush(s, worker);
             }
+            Action::Kill(worker) => {
+                if let Some(w) = self.services[s].workers.get_mut(&worker) {
+                    log::error!(
+                        "[SERVICE={name}] worker {worker} (pid {}) did not say READY within {} s; killed",
+                        w.child.id(),
+                        super::policy::READY_TIMEOUT / 1000
+                    );
+                    let _ = w.child.kill();
+                }
+            }
             Action::PauseAccepting => {
                 log::debug!("[SERVICE={name}] not accepting: no worker capacity");
             }

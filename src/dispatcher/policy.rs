@@ -25,7 +25,8 @@
 //!   option only)**; a worker due beyond that keeps serving until a retiring one is gone.
 //!   Retiring workers do not count against `MAX_PROCS`.
 //! * A worker that exits before taking its first connection is a failed start: the next start
-//!   waits 1 s, doubling up to 60 s, and the pool says so once per failure streak.
+//!   waits 1 s, doubling up to 60 s, with one log line each time. A worker that has not said
+//!   it is ready [`READY_TIMEOUT`] after its start is killed, which makes it a failed start.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -35,6 +36,10 @@ pub type Millis = u64;
 pub type WorkerId = u64;
 /// A connection, numbered by the caller.
 pub type ConnId = u64;
+
+/// How long a started worker may take to say it is ready before it counts as a failed start
+/// and is killed (an image that does not speak the protocol must not hold connections).
+pub const READY_TIMEOUT: Millis = 30_000;
 
 /// First and last delay after failed starts.
 pub const BACKOFF_FIRST: Millis = 1_000;
@@ -109,6 +114,8 @@ pub enum Action {
         worker: WorkerId,
         reason: RetireReason,
     },
+    /// Kill the worker: it never said it was ready (its exit is then reported as usual).
+    Kill(WorkerId),
     /// Stop / start reading the service's listeners.
     PauseAccepting,
     ResumeAccepting,
@@ -146,6 +153,8 @@ struct Worker {
     idle_since: Millis,
     /// Due for retirement but waiting for a MAX_SHUTDOWN slot.
     due: Option<RetireReason>,
+    /// Asked to be killed (never ready); asked once.
+    killed: bool,
 }
 
 /// A snapshot for status reports.
@@ -255,7 +264,16 @@ impl Pool {
                 }
             }
             Event::WorkerExited { worker, clean } => self.exited(worker, clean, now, &mut out),
-            Event::Tick => self.expire(now),
+            Event::Tick => {
+                self.expire(now);
+                for (&id, w) in self.workers.iter_mut() {
+                    let late = now.saturating_sub(w.started) >= READY_TIMEOUT;
+                    if w.state == State::Starting && late && !w.killed {
+                        w.killed = true;
+                        out.push(Action::Kill(id));
+                    }
+                }
+            }
         }
         self.rebalance(now, &mut out);
         out
@@ -343,6 +361,7 @@ impl Pool {
                     served: 0,
                     idle_since: now,
                     due: None,
+                    killed: false,
                 },
             );
             out.push(Action::Spawn(id));
@@ -681,6 +700,31 @@ mod tests {
         })));
         let a = p.handle(Event::ConnectionArrived(2), 6);
         assert_eq!(spawned(&a), [2], "replaced at once: it had served");
+    }
+
+    #[test]
+    fn a_worker_that_never_gets_ready_is_killed_and_counts_as_a_failed_start() {
+        let mut p = Pool::new(PoolLimits {
+            min_procs: 1,
+            ..limits()
+        });
+        p.handle(Event::Tick, 0);
+        assert!(!p
+            .handle(Event::Tick, READY_TIMEOUT - 1)
+            .contains(&Action::Kill(1)));
+        assert!(p
+            .handle(Event::Tick, READY_TIMEOUT)
+            .contains(&Action::Kill(1)));
+        let a = p.handle(
+            Event::WorkerExited {
+                worker: 1,
+                clean: false,
+            },
+            READY_TIMEOUT + 5,
+        );
+        assert!(a
+            .iter()
+            .any(|x| matches!(x, Action::Log(PoolLog::StartFailed { worker: 1, .. }))));
     }
 
     #[test]
