@@ -1,15 +1,20 @@
 # The two commands a newcomer needs: `make run` and `make test` (see README.md).
 CARGO ?= cargo
 
-.PHONY: all build test run bench clean
+.PHONY: all build deps test run bench clean
 
 all: build
 
 build:
 	$(CARGO) build --release --locked
 
+# What the interoperability tests need (Postfix, swaks, Dovecot, accounts alice and bob):
+# installed when missing, which takes root (README.md).
+deps:
+	scripts/install-test-deps.sh
+
 # Every test: unit, integration and property tests, then lint and formatting checks.
-test:
+test: deps
 	$(CARGO) build --all-targets --locked
 	$(CARGO) test --locked
 	$(CARGO) clippy --all-targets --locked -- -D warnings
@@ -23,10 +28,11 @@ run: build
 	run/lib/dispatcher --foreground
 
 # Benchmarks, printed as tables (see docs/performance.md). Not part of `make test`.
-bench: build
+bench: build deps
 	$(CARGO) build --release --locked --examples
 	$(CARGO) bench --locked --bench mapping
 	$(CARGO) bench --locked --bench handoff
+	$(CARGO) bench --locked --bench lmtp
 
 clean:
 	$(CARGO) clean
