@@ -45,9 +45,9 @@ fn serve(service: &str, active: usize, c: Connection) -> std::io::Result<()> {
 
 fn main() -> std::process::ExitCode {
     main_for("echo_image", |config| {
-        Arc::new(Echo {
+        Ok(Arc::new(Echo {
             service: config.service.clone(),
             active: AtomicUsize::new(0),
-        })
+        }))
     })
 }

@@ -20,6 +20,7 @@ pub mod check;
 pub mod config;
 pub mod dispatcher;
 pub mod handoff;
+pub mod lmtp;
 pub mod mapping;
 pub mod test_mapping;
 pub mod worker;

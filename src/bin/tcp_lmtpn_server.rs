@@ -1,11 +1,6 @@
-//! `tcp_lmtpn_server`: the LMTP image delivering to native /var/mail mailboxes. Delivery is
-//! not built yet: as a worker it answers every client `421` (try again later), so relays keep
-//! their mail.
+//! `tcp_lmtpn_server`: the LMTP image delivering to native mailboxes (mbox files in
+//! `/var/mail`), run by the dispatcher for a service such as the seed's `[SERVICE=LMTPSN]`.
+//! See `docs/lmtp.md`.
 fn main() -> std::process::ExitCode {
-    use msdispatcher::worker::image::{main_for, NotAvailable};
-    main_for("tcp_lmtpn_server", |_| {
-        std::sync::Arc::new(NotAvailable {
-            program: "tcp_lmtpn_server",
-        })
-    })
+    msdispatcher::lmtp::server::main_for(msdispatcher::lmtp::settings::ImageKind::Native)
 }

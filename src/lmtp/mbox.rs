@@ -1,0 +1,662 @@
+//! The native mailboxes of `tcp_lmtpn_server`: one mbox file per local account in a spool
+//! directory (`MAIL_SPOOL`, `/var/mail/` by default), as `mail`, `mutt`, Dovecot's `mbox`
+//! driver and Postfix's `local` read and write them.
+//!
+//! A recipient is known when `getpwnam()` finds the account. A delivery appends, in one
+//! `write`, a `From sender asctime-date` line, the message with CRLF turned into LF and
+//! mboxrd quoting (`^>*From ` gets one more `>`), and an empty line; then `fsync`s the file
+//! (and the spool directory when the file is new) before the recipient's `Ok`.
+//!
+//! Locking, so other local mail software and our other worker processes and threads never
+//! see or write a half message: a per-mailbox mutex inside the process (POSIX record locks do
+//! not exclude threads of one process), then a dot-lock `<user>.lock` created atomically with
+//! `link()` and an `fcntl` write lock on the mailbox. Both are taken without blocking and
+//! retried, so no lock order can deadlock against other software; a dot-lock older than five
+//! minutes is stale and removed.
+//!
+//! Safety: the mailbox is opened with `O_NOFOLLOW`; an existing one must be a regular file
+//! owned by the account with one link; a new one is created `0600` (`O_EXCL`) and given to
+//! the account. A failed append is truncated back to the old length.
+
+use std::fs::{self, File, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::unistd::{Uid, User};
+
+use super::address::Recipient;
+use super::reply::Reply;
+use super::store::{io_failure, over_quota, Message, Quota, Store, Target};
+
+/// A dot-lock older than this is left over from a crash and is removed.
+const STALE_DOT_LOCK: Duration = Duration::from_secs(300);
+/// First pause between lock tries; it doubles up to the configured `SLEEP_TIME`.
+const FIRST_LOCK_PAUSE: Duration = Duration::from_millis(5);
+/// Number of in-process mailbox mutexes (mailboxes are spread over them by name).
+const STRIPES: usize = 64;
+
+/// How the spool is set up.
+#[derive(Debug, Clone)]
+pub struct MboxSettings {
+    pub spool: PathBuf,
+    /// `REPEAT_COUNT`: tries to lock a mailbox.
+    pub lock_attempts: u32,
+    /// `SLEEP_TIME`: the longest pause between two tries.
+    pub lock_sleep: Duration,
+    pub default_quota: Option<Quota>,
+    pub over_quota_permanent: bool,
+}
+
+/// The mbox spool.
+pub struct MboxStore {
+    settings: MboxSettings,
+    stripes: Vec<Mutex<()>>,
+    counter: AtomicU64,
+    host: String,
+}
+
+/// Why one append failed.
+enum AppendError {
+    /// The locks were not obtained in time.
+    Locked,
+    /// The mailbox is a symlink, not a regular file, has other links or another owner.
+    Unsafe(String),
+    Io(&'static str, io::Error),
+}
+
+impl MboxStore {
+    pub fn new(settings: MboxSettings) -> MboxStore {
+        if !Uid::effective().is_root() {
+            log::warn!(
+                "tcp_lmtpn_server is not running as root: it can deliver only to mailboxes \
+                 owned by uid {} (see docs/lmtp.md)",
+                Uid::effective()
+            );
+        }
+        MboxStore {
+            settings,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            counter: AtomicU64::new(0),
+            host: super::trace::host_name().replace('/', "_"),
+        }
+    }
+
+    fn stripe(&self, key: &str) -> MutexGuard<'_, ()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let m = &self.stripes[(h.finish() as usize) % STRIPES];
+        // A thread that panicked while holding it left no state behind: the file is
+        // consistent or truncated back; carry on.
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends `text` to the mailbox of `account`, under both locks.
+    fn append(&self, path: &Path, account: &User, text: &[u8]) -> Result<(), AppendError> {
+        let _in_process = self.stripe(&path.to_string_lossy());
+        let deadline_tries = self.settings.lock_attempts.max(1);
+        let budget = self.settings.lock_sleep * deadline_tries;
+        let started = Instant::now();
+        let mut pause = FIRST_LOCK_PAUSE;
+        loop {
+            if let Some(dot) = self.try_dot_lock(path)? {
+                let attempt = open_mailbox(path, account).and_then(|(file, created)| {
+                    match try_fcntl_lock(&file) {
+                        Ok(true) => write_locked(&file, created, path, text).map(Some),
+                        Ok(false) => Ok(None),
+                        Err(e) => Err(AppendError::Io("cannot lock the mailbox", e)),
+                    }
+                    // The file closes here, which releases the fcntl lock.
+                });
+                dot.release();
+                if let Some(done) = attempt.transpose() {
+                    return done;
+                }
+            }
+            if started.elapsed() >= budget {
+                return Err(AppendError::Locked);
+            }
+            std::thread::sleep(pause.min(budget.saturating_sub(started.elapsed())));
+            pause = (pause * 2).min(self.settings.lock_sleep.max(FIRST_LOCK_PAUSE));
+        }
+    }
+
+    /// Tries once to create `<path>.lock`; `None` when someone else holds it.
+    fn try_dot_lock(&self, path: &Path) -> Result<Option<DotLock>, AppendError> {
+        let lock = lock_path(path);
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".lk.{}.{}.{n}", std::process::id(), self.host));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| AppendError::Io("cannot create a lock file", e))?;
+        let linked = fs::hard_link(&tmp, &lock);
+        // Whether the link happened is read from the link count, which is right even when
+        // link() reports an error after succeeding (NFS).
+        let nlink = fs::symlink_metadata(&tmp).map(|m| m.nlink()).unwrap_or(1);
+        let _ = fs::remove_file(&tmp);
+        if nlink == 2 {
+            return Ok(Some(DotLock(lock)));
+        }
+        match linked {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                remove_if_stale(&lock);
+                Ok(None)
+            }
+            Err(e) => Err(AppendError::Io("cannot create the dot-lock", e)),
+            Ok(()) => Ok(None),
+        }
+    }
+}
+
+/// `MAIL_SPOOL/alice` → `MAIL_SPOOL/alice.lock`.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+/// A held dot-lock; released explicitly (a crash leaves it, and it goes stale).
+struct DotLock(PathBuf);
+
+impl DotLock {
+    fn release(self) {
+        if let Err(e) = fs::remove_file(&self.0) {
+            log::warn!("cannot remove the dot-lock {}: {e}", self.0.display());
+        }
+    }
+}
+
+fn remove_if_stale(lock: &Path) {
+    let stale = fs::symlink_metadata(lock)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age > STALE_DOT_LOCK);
+    if stale && fs::remove_file(lock).is_ok() {
+        log::warn!("removed the stale dot-lock {}", lock.display());
+    }
+}
+
+/// Opens the mailbox for appending, creating it for the account when missing; `true` when
+/// it was created. Refuses anything but a regular file of the account with one link.
+fn open_mailbox(path: &Path, account: &User) -> Result<(File, bool), AppendError> {
+    let flags = libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    let existing = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .custom_flags(flags | libc::O_NONBLOCK)
+        .open(path);
+    let (file, created) = match existing {
+        Ok(f) => (f, false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let f = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(flags)
+                .open(path)
+                .map_err(|e| AppendError::Io("cannot create the mailbox", e))?;
+            if let Err(e) = nix::unistd::fchown(&f, Some(account.uid), Some(account.gid)) {
+                let _ = fs::remove_file(path);
+                return Err(AppendError::Io(
+                    "cannot give the new mailbox to its owner",
+                    io::Error::from(e),
+                ));
+            }
+            (f, true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(AppendError::Unsafe("the mailbox is a symbolic link".into()))
+        }
+        Err(e) => return Err(AppendError::Io("cannot open the mailbox", e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| AppendError::Io("cannot examine the mailbox", e))?;
+    if !meta.file_type().is_file() {
+        return Err(AppendError::Unsafe(
+            "the mailbox is not a regular file".into(),
+        ));
+    }
+    if meta.nlink() != 1 {
+        return Err(AppendError::Unsafe(format!(
+            "the mailbox has {} hard links",
+            meta.nlink()
+        )));
+    }
+    if meta.uid() != account.uid.as_raw() {
+        return Err(AppendError::Unsafe(format!(
+            "the mailbox belongs to uid {}, not to {} (uid {})",
+            meta.uid(),
+            account.name,
+            account.uid
+        )));
+    }
+    Ok((file, created))
+}
+
+/// One try at an `fcntl` write lock on the whole file; `false` when another process has it.
+fn try_fcntl_lock(file: &File) -> io::Result<bool> {
+    // SAFETY: a zeroed flock is a valid value; the fields that matter are set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    // SAFETY: the descriptor is open for the duration of the call and `fl` outlives it.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EAGAIN) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Appends `text` to the locked mailbox and makes it durable; on failure the mailbox is cut
+/// back to its old length (or removed, when this delivery created it).
+fn write_locked(file: &File, created: bool, path: &Path, text: &[u8]) -> Result<(), AppendError> {
+    let old_len = file
+        .metadata()
+        .map_err(|e| AppendError::Io("cannot examine the mailbox", e))?
+        .len();
+    let separator = missing_separator(file, old_len)
+        .map_err(|e| AppendError::Io("cannot read the mailbox end", e))?;
+    let mut out = file;
+    let result = if separator.is_empty() {
+        out.write_all(text)
+    } else {
+        let mut whole = Vec::with_capacity(separator.len() + text.len());
+        whole.extend_from_slice(separator);
+        whole.extend_from_slice(text);
+        out.write_all(&whole)
+    }
+    .and_then(|()| file.sync_data());
+    let result = result.and_then(|()| match (created, path.parent()) {
+        (true, Some(dir)) => File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    });
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if created {
+                let _ = fs::remove_file(path);
+            } else if let Err(t) = file.set_len(old_len).and_then(|()| file.sync_data()) {
+                log::error!(
+                    "{}: cannot cut a failed append back to {old_len} octets: {t}",
+                    path.display()
+                );
+            }
+            Err(AppendError::Io("cannot append to the mailbox", e))
+        }
+    }
+}
+
+/// What must precede a new message so that it starts after an empty line: an mbox written
+/// by other software may lack the final one.
+fn missing_separator(file: &File, len: u64) -> io::Result<&'static [u8]> {
+    use std::os::unix::fs::FileExt;
+    if len == 0 {
+        return Ok(b"");
+    }
+    let mut tail = [0u8; 2];
+    let n = len.min(2) as usize;
+    file.read_exact_at(&mut tail[..n], len - n as u64)?;
+    Ok(match &tail[..n] {
+        [b'\n', b'\n'] => b"",
+        [b'\n'] if len == 1 => b"",
+        [.., b'\n'] => b"\n",
+        _ => b"\n\n",
+    })
+}
+
+/// The message as it is appended: `From ` line, LF line ends, mboxrd quoting, empty line.
+pub fn mbox_text(message: &Message<'_>) -> Vec<u8> {
+    let sender = if message.sender.is_empty() {
+        "MAILER-DAEMON"
+    } else {
+        message.sender
+    };
+    let sender: String = sender
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let mut out = Vec::with_capacity(message.trace.len() + message.body.len() + 128);
+    out.extend_from_slice(b"From ");
+    out.extend_from_slice(sender.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(super::trace::asctime_date(message.received).as_bytes());
+    out.push(b'\n');
+    for part in [message.trace, message.body] {
+        for line in part.split_inclusive(|&b| b == b'\n') {
+            let content = line
+                .strip_suffix(b"\r\n")
+                .or_else(|| line.strip_suffix(b"\n"))
+                .unwrap_or(line);
+            let unquoted = content
+                .iter()
+                .position(|&b| b != b'>')
+                .unwrap_or(content.len());
+            if content[unquoted..].starts_with(b"From ") {
+                out.push(b'>');
+            }
+            out.extend_from_slice(content);
+            out.push(b'\n');
+        }
+    }
+    out.push(b'\n');
+    out
+}
+
+impl Store for MboxStore {
+    fn resolve(&self, r: &Recipient, size: u64) -> Result<Target, Reply> {
+        let account = local_account(&r.user, &r.written, || {
+            Reply::new(
+                550,
+                "5.1.1",
+                format!("<{}> User unknown: no such local account", r.written),
+            )
+        })?;
+        let path = self.settings.spool.join(&account.name);
+        let target = Target {
+            key: path.to_string_lossy().into_owned(),
+            user: account.name.clone(),
+            folder: "INBOX".to_string(),
+            quota: r.quota.or(self.settings.default_quota),
+            ignore_quota: r.ignores_quota(),
+        };
+        if within_quota(&target, size) {
+            Ok(target)
+        } else {
+            Err(over_quota(&r.written, self.settings.over_quota_permanent))
+        }
+    }
+
+    fn deliver(&self, message: &Message<'_>, targets: &[&Target]) -> Vec<Result<(), Reply>> {
+        let text = mbox_text(message);
+        targets
+            .iter()
+            .map(|t| {
+                let result = self.deliver_one(t, &text, message.size());
+                if let Err(r) = &result {
+                    log::error!("message {} to {}: {r}", message.id, t.key);
+                }
+                result
+            })
+            .collect()
+    }
+}
+
+impl MboxStore {
+    fn deliver_one(&self, t: &Target, text: &[u8], size: u64) -> Result<(), Reply> {
+        let account = local_account(&t.user, &t.user, || {
+            Reply::new(
+                451,
+                "4.3.0",
+                format!(
+                    "<{}> The account disappeared during the transaction",
+                    t.user
+                ),
+            )
+        })?;
+        if !within_quota(t, size) {
+            return Err(over_quota(&t.user, self.settings.over_quota_permanent));
+        }
+        let path = Path::new(&t.key);
+        self.append(path, &account, text).map_err(|e| match e {
+            AppendError::Locked => Reply::new(
+                450,
+                "4.2.0",
+                format!("<{}> Mailbox is locked; try again later", t.user),
+            ),
+            AppendError::Unsafe(why) => {
+                log::error!("refusing to deliver to {}: {why}", path.display());
+                Reply::new(
+                    451,
+                    "4.3.0",
+                    format!("<{}> Mailbox is unsafe to deliver to: {why}", t.user),
+                )
+            }
+            AppendError::Io(what, e) => io_failure(&t.user, what, &e),
+        })
+    }
+}
+
+/// The account `name` from the password database; `unknown()` is the reply when there is
+/// none, and a failing look-up is a temporary failure for `written`.
+fn local_account(
+    name: &str,
+    written: &str,
+    unknown: impl FnOnce() -> Reply,
+) -> Result<User, Reply> {
+    match User::from_name(name) {
+        Ok(Some(u)) => Ok(u),
+        Ok(None) => Err(unknown()),
+        Err(e) => Err(io_failure(written, "cannot look up the account", &e.into())),
+    }
+}
+
+/// The byte quota against the mailbox file's length (the message count is not kept for
+/// mbox files; see docs/lmtp.md).
+fn within_quota(t: &Target, size: u64) -> bool {
+    match t.quota {
+        Some(q) if !t.ignore_quota && q.bytes > 0 => {
+            let used = fs::symlink_metadata(&t.key).map(|m| m.len()).unwrap_or(0);
+            q.admits(used, 0, size)
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> User {
+        User::from_uid(Uid::effective())
+            .ok()
+            .flatten()
+            .expect("the test's own account")
+    }
+
+    fn store(spool: &Path, attempts: u32, sleep_ms: u64) -> MboxStore {
+        MboxStore::new(MboxSettings {
+            spool: spool.to_path_buf(),
+            lock_attempts: attempts,
+            lock_sleep: Duration::from_millis(sleep_ms),
+            default_quota: None,
+            over_quota_permanent: false,
+        })
+    }
+
+    fn msg<'a>(sender: &'a str, body: &'a [u8]) -> Message<'a> {
+        Message {
+            id: "T.1.1",
+            sender,
+            trace: b"Return-Path: <s@x>\r\n",
+            body,
+            received: SystemTime::now(),
+        }
+    }
+
+    fn target(s: &MboxStore) -> Target {
+        s.resolve(&Recipient::parse(&me().name).expect("valid"), 0)
+            .expect("own account")
+    }
+
+    #[test]
+    fn from_line_lf_and_mboxrd_quoting() {
+        let text = mbox_text(&msg(
+            "",
+            b"Subject: x\r\n\r\nFrom me\r\n>From you\r\n>>From them\r\nFromage\r\n>x\r\nlast",
+        ));
+        let text = String::from_utf8(text).expect("utf-8");
+        let (first, rest) = text.split_once('\n').expect("From_ line");
+        assert!(first.starts_with("From MAILER-DAEMON "), "{first}");
+        assert_eq!(first.len(), "From MAILER-DAEMON ".len() + 24, "{first}");
+        assert_eq!(
+            rest,
+            "Return-Path: <s@x>\nSubject: x\n\n>From me\n>>From you\n>>>From them\nFromage\n>x\nlast\n\n"
+        );
+        let spaced = String::from_utf8(mbox_text(&msg("a b@c", b"x\r\n"))).expect("utf-8");
+        assert!(spaced.starts_with("From a_b@c "), "{spaced}");
+    }
+
+    #[test]
+    fn appends_create_a_private_file_and_keep_messages_apart() {
+        let spool = tempfile::tempdir().unwrap();
+        let s = store(spool.path(), 3, 10);
+        let e = s
+            .resolve(&Recipient::parse("no-such-account-here").unwrap(), 0)
+            .unwrap_err();
+        assert_eq!((e.code, e.status), (550, "5.1.1"));
+        let t = target(&s);
+        assert!(s.deliver(&msg("a@b", b"one\r\n"), &[&t])[0].is_ok());
+        let path = spool.path().join(me().name);
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o777, meta.uid()),
+            (0o600, me().uid.as_raw())
+        );
+        // Another program left the file without its final empty line.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"From x@y Thu Jan  1 00:00:00 1970\nno separator")
+            .unwrap();
+        let r = s.deliver(&msg("a@b", b"two\r\n"), &[&t]);
+        assert!(r[0].is_ok(), "{r:?}");
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("\n\nFrom ").count(), 2, "{text}");
+        assert!(text.ends_with("two\n\n") && text.contains("no separator\n\nFrom a@b "));
+        assert!(!lock_path(&path).exists());
+        let leftovers: Vec<_> = fs::read_dir(spool.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temporary lock files removed");
+    }
+
+    #[test]
+    fn a_symlink_or_a_shared_file_is_refused() {
+        let spool = tempfile::tempdir().unwrap();
+        let s = store(spool.path(), 1, 10);
+        let t = target(&s);
+        let path = spool.path().join(me().name);
+        let victim = spool.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let e = s
+            .deliver(&msg("a@b", b"x\r\n"), &[&t])
+            .remove(0)
+            .unwrap_err();
+        assert_eq!((e.code, e.status), (451, "4.3.0"), "{e}");
+        assert!(e.text.contains("symbolic link"), "{e}");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        fs::remove_file(&path).unwrap();
+        fs::hard_link(&victim, &path).unwrap();
+        let e = s
+            .deliver(&msg("a@b", b"x\r\n"), &[&t])
+            .remove(0)
+            .unwrap_err();
+        assert!(e.text.contains("hard links"), "{e}");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn a_held_dot_lock_defers_and_a_stale_one_is_removed() {
+        let spool = tempfile::tempdir().unwrap();
+        let s = store(spool.path(), 3, 20);
+        let t = target(&s);
+        let lock = lock_path(&spool.path().join(me().name));
+        fs::write(&lock, b"").unwrap();
+        let started = Instant::now();
+        let e = s
+            .deliver(&msg("a@b", b"x\r\n"), &[&t])
+            .remove(0)
+            .unwrap_err();
+        assert_eq!((e.code, e.status), (450, "4.2.0"), "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(60));
+        assert!(lock.exists(), "someone else's lock is left alone");
+        let old = SystemTime::now() - Duration::from_secs(600);
+        File::options()
+            .write(true)
+            .open(&lock)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(s.deliver(&msg("a@b", b"x\r\n"), &[&t])[0].is_ok());
+        assert!(!lock.exists());
+    }
+
+    #[test]
+    fn an_fcntl_lock_of_another_process_defers() {
+        let spool = tempfile::tempdir().unwrap();
+        let s = store(spool.path(), 2, 50);
+        let t = target(&s);
+        assert!(s.deliver(&msg("a@b", b"first\r\n"), &[&t])[0].is_ok());
+        let path = spool.path().join(me().name);
+        let before = fs::read(&path).unwrap();
+        // A child process (another mail program) holds the fcntl lock for a while.
+        let (rx, tx) = nix::unistd::pipe().unwrap();
+        let file = File::options().write(true).open(&path).unwrap();
+        // SAFETY: the child calls only async-signal-safe functions and then _exit.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => unsafe {
+                let ok = try_fcntl_lock(&file).unwrap_or(false);
+                libc::write(tx.as_raw_fd(), [ok as u8].as_ptr().cast(), 1);
+                libc::sleep(2);
+                libc::_exit(0);
+            },
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(tx);
+                let mut b = [0u8; 1];
+                nix::unistd::read(&rx, &mut b).unwrap();
+                assert_eq!(b[0], 1, "the child got the lock");
+                let e = s
+                    .deliver(&msg("a@b", b"x\r\n"), &[&t])
+                    .remove(0)
+                    .unwrap_err();
+                assert_eq!(e.code, 450, "{e}");
+                assert_eq!(fs::read(&path).unwrap(), before, "nothing appended");
+                nix::sys::signal::kill(child, nix::sys::signal::SIGKILL).unwrap();
+                nix::sys::wait::waitpid(child, None).unwrap();
+                assert!(s.deliver(&msg("a@b", b"x\r\n"), &[&t])[0].is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn byte_quota_against_the_file_length() {
+        let spool = tempfile::tempdir().unwrap();
+        let s = store(spool.path(), 1, 10);
+        let mut r = Recipient::parse(&me().name).unwrap();
+        r.quota = Some(Quota {
+            bytes: 200,
+            messages: 0,
+        });
+        let t = s.resolve(&r, 10).unwrap();
+        assert!(s.deliver(&msg("a@b", &[b'x'; 100]), &[&t])[0].is_ok());
+        let e = s.resolve(&r, 100).unwrap_err();
+        assert_eq!((e.code, e.status), (452, "4.2.2"));
+        let e = s
+            .deliver(&msg("a@b", &[b'x'; 100]), &[&t])
+            .remove(0)
+            .unwrap_err();
+        assert_eq!(e.code, 452);
+    }
+}

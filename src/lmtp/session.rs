@@ -1,0 +1,520 @@
+//! One LMTP session (RFC 2033): greeting, `LHLO`, transactions, `QUIT`.
+//!
+//! The session decides every reply; the [`Store`] decides where mail goes. After `DATA` the
+//! session sends exactly one reply per accepted `RCPT`, in `RCPT` order, duplicates
+//! included, each one that recipient's own result; a recipient named twice is stored once.
+//! Replies are batched by [`Wire`] so pipelined commands are answered in one write.
+//!
+//! A message larger than the size its `MAIL FROM ... SIZE=` declared is refused for every
+//! recipient and the connection is then closed, as the original server does; a message over
+//! the channel's limit, over its `linelimit`, or with NUL characters is refused for every
+//! recipient and the session goes on. Nothing is stored unless the whole message arrived.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::SystemTime;
+
+use super::address::{printable, Recipient};
+use super::command::{self, Command, Param};
+use super::input::{Line, Wire, WireError};
+use super::reply::Reply;
+use super::settings::{parse_quota, Settings, MAX_COMMAND_LINE};
+use super::store::{Message, Store, Target};
+use super::trace::{self, TraceInfo};
+
+/// What a session needs besides its socket.
+pub struct Context<'a> {
+    pub settings: &'a Settings,
+    pub store: &'a dyn Store,
+    pub conn: u64,
+    pub client: SocketAddr,
+}
+
+/// A mail transaction in progress.
+struct Transaction {
+    sender: String,
+    declared: Option<u64>,
+    recipients: Vec<(Recipient, Target)>,
+}
+
+/// How a session ended, for the log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    Quit,
+    Closed,
+    Timeout,
+    /// Closed by us after a message exceeded its declared size.
+    Oversize,
+    Error(String),
+}
+
+struct Session<'a> {
+    ctx: &'a Context<'a>,
+    wire: Wire<&'a TcpStream>,
+    lhlo: Option<String>,
+    tx: Option<Transaction>,
+    transactions: u64,
+    /// Reused for every message's data.
+    body: Vec<u8>,
+}
+
+/// Serves one connection until `QUIT`, end of input, a timeout or an error.
+pub fn run(stream: &TcpStream, ctx: &Context<'_>) -> End {
+    let settings = ctx.settings;
+    if let Err(e) = stream.set_read_timeout(Some(settings.command_timeout)) {
+        return End::Error(e.to_string());
+    }
+    let _ = stream.set_nodelay(true);
+    let mut s = Session {
+        ctx,
+        wire: Wire::new(stream, settings.terminators),
+        lhlo: None,
+        tx: None,
+        transactions: 0,
+        body: Vec::new(),
+    };
+    s.reply(Reply::new(
+        220,
+        "",
+        format!(
+            "{} LMTP {} {} ready",
+            settings.host,
+            settings.kind.program(),
+            crate::VERSION
+        ),
+    ));
+    let end = s.serve();
+    if let Err(e) = s.wire.flush() {
+        if end == End::Quit {
+            return End::Error(e.to_string());
+        }
+    }
+    end
+}
+
+impl Session<'_> {
+    fn reply(&mut self, r: Reply) {
+        if self.ctx.settings.trace {
+            log::info!("trace conn={} <<< {r}", self.ctx.conn);
+        }
+        r.write_to(self.wire.out());
+    }
+
+    fn serve(&mut self) -> End {
+        loop {
+            let line = match self.wire.read_line(MAX_COMMAND_LINE) {
+                Ok(l) => l,
+                Err(e) => return self.stopped(e, "waiting for a command"),
+            };
+            let text = match line {
+                Line::TooLong => {
+                    self.reply(Reply::new(
+                        500,
+                        "5.5.2",
+                        format!("Syntax error: line too long (at most {MAX_COMMAND_LINE} octets)"),
+                    ));
+                    continue;
+                }
+                Line::BareLf => {
+                    self.reply(Reply::new(
+                        500,
+                        "5.5.2",
+                        "Syntax error: the line ends in a bare LF; end lines with CRLF",
+                    ));
+                    continue;
+                }
+                Line::Text(t) => t,
+            };
+            if text.contains(&0) {
+                self.reply(Reply::new(
+                    500,
+                    "5.5.2",
+                    "Syntax error: NUL in a command line",
+                ));
+                continue;
+            }
+            let text = String::from_utf8_lossy(&text).into_owned();
+            if self.ctx.settings.trace {
+                log::info!("trace conn={} >>> {}", self.ctx.conn, printable(&text));
+            }
+            let cmd = match command::parse(&text) {
+                Ok(c) => c,
+                Err(r) => {
+                    self.reply(r);
+                    continue;
+                }
+            };
+            match cmd {
+                Command::Quit => {
+                    let host = self.ctx.settings.host.clone();
+                    self.reply(Reply::new(
+                        221,
+                        "2.0.0",
+                        format!("{host} closing connection"),
+                    ));
+                    return End::Quit;
+                }
+                Command::Data => {
+                    if let Some(end) = self.data() {
+                        return end;
+                    }
+                }
+                other => {
+                    let r = self.command(other);
+                    self.reply(r);
+                }
+            }
+        }
+    }
+
+    /// Ends the session on a read failure, telling the client when it is still there.
+    fn stopped(&mut self, e: WireError, doing: &str) -> End {
+        match e {
+            WireError::Closed => End::Closed,
+            WireError::Timeout => {
+                let host = self.ctx.settings.host.clone();
+                self.reply(Reply::new(
+                    421,
+                    "4.4.2",
+                    format!("{host} Timeout {doing}; closing connection"),
+                ));
+                log::info!(
+                    "connection {} from {}: timed out {doing}",
+                    self.ctx.conn,
+                    self.ctx.client
+                );
+                End::Timeout
+            }
+            WireError::Io(e) => End::Error(e.to_string()),
+        }
+    }
+
+    /// Every command but `DATA` and `QUIT`: one reply.
+    fn command(&mut self, cmd: Command) -> Reply {
+        let settings = self.ctx.settings;
+        match cmd {
+            Command::Lhlo(name) => {
+                self.tx = None;
+                let text = format!(
+                    "{} Hello {name} [{}]\nPIPELINING\nENHANCEDSTATUSCODES\n8BITMIME\nSIZE {}",
+                    settings.host,
+                    self.ctx.client.ip(),
+                    settings.max_message
+                );
+                self.lhlo = Some(name);
+                Reply::new(250, "", text)
+            }
+            Command::HeloOrEhlo(verb) => Reply::new(
+                500,
+                "5.5.1",
+                format!("{verb} is not accepted by an LMTP server; use LHLO (RFC 2033)"),
+            ),
+            Command::Mail { path, params } => self.mail(path, &params),
+            Command::Rcpt { path, params } => self.rcpt(&path, &params),
+            Command::Rset => {
+                self.tx = None;
+                Reply::new(250, "2.0.0", "OK")
+            }
+            Command::Noop => Reply::new(250, "2.0.0", "OK"),
+            Command::Vrfy => Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept the message and attempt delivery",
+            ),
+            Command::Help => Reply::new(
+                214,
+                "2.0.0",
+                "Commands: LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+            ),
+            Command::Bdat => Reply::new(502, "5.5.1", "BDAT is not offered here; use DATA"),
+            Command::Expn => Reply::new(502, "5.5.1", "EXPN is not offered here"),
+            Command::StartTls => Reply::new(502, "5.5.1", "STARTTLS is not offered here"),
+            Command::Auth => Reply::new(502, "5.5.1", "AUTH is not offered here"),
+            Command::Data | Command::Quit => Reply::new(503, "5.5.1", "Bad sequence of commands"),
+        }
+    }
+
+    fn mail(&mut self, path: String, params: &[Param]) -> Reply {
+        let settings = self.ctx.settings;
+        if self.lhlo.is_none() {
+            return Reply::new(503, "5.5.1", "Send LHLO first");
+        }
+        if self.tx.is_some() {
+            return Reply::new(503, "5.5.1", "Sender already given; send RSET first");
+        }
+        if settings.max_transactions != 0 && self.transactions >= settings.max_transactions {
+            return Reply::new(
+                452,
+                "4.5.3",
+                format!(
+                    "Too many transactions in this session (at most {}); start a new session",
+                    settings.max_transactions
+                ),
+            );
+        }
+        let mut declared = None;
+        for (key, value) in params {
+            match (key.as_str(), value.as_deref()) {
+                ("SIZE", Some(v)) => match v.parse::<u64>() {
+                    Ok(n) if n > settings.max_message => {
+                        return Reply::new(
+                            552,
+                            "5.3.4",
+                            format!(
+                                "Message size exceeds the fixed maximum message size ({} octets)",
+                                settings.max_message
+                            ),
+                        )
+                    }
+                    Ok(n) => declared = Some(n),
+                    Err(_) => return Reply::new(501, "5.5.4", "Syntax error in SIZE= (a number)"),
+                },
+                ("BODY", Some(v))
+                    if v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME") => {}
+                ("BODY", _) => {
+                    return Reply::new(555, "5.5.4", "BODY= must be 7BIT or 8BITMIME here")
+                }
+                _ => {
+                    return Reply::new(
+                        555,
+                        "5.5.4",
+                        format!("MAIL parameter {} is not supported", printable(key)),
+                    )
+                }
+            }
+        }
+        let reply = Reply::new(250, "2.1.0", format!("<{}> Sender OK", printable(&path)));
+        self.tx = Some(Transaction {
+            sender: path,
+            declared,
+            recipients: Vec::new(),
+        });
+        reply
+    }
+
+    fn rcpt(&mut self, path: &str, params: &[Param]) -> Reply {
+        let settings = self.ctx.settings;
+        let Some(tx) = self.tx.as_mut() else {
+            return Reply::new(503, "5.5.1", "Need MAIL before RCPT");
+        };
+        if tx.recipients.len() >= settings.max_recipients {
+            return Reply::new(
+                452,
+                "4.5.3",
+                format!("Too many recipients (at most {})", settings.max_recipients),
+            );
+        }
+        let mut r = match Recipient::parse(path) {
+            Ok(r) => r,
+            Err(reply) => {
+                log::warn!(
+                    "refused conn={} client={} to=<{}> result={reply}",
+                    self.ctx.conn,
+                    self.ctx.client.ip(),
+                    printable(path)
+                );
+                return reply;
+            }
+        };
+        for (key, value) in params {
+            match (key.as_str(), value.as_deref()) {
+                ("XQUOTA", Some(v)) => match parse_quota(v) {
+                    Some(q) => r.quota = Some(q),
+                    None => {
+                        return Reply::new(501, "5.5.4", "Syntax error in XQUOTA= (bytes,messages)")
+                    }
+                },
+                ("XDFLG", Some(v)) => match v.parse::<u32>() {
+                    Ok(f) => r.flags = f,
+                    Err(_) => return Reply::new(501, "5.5.4", "Syntax error in XDFLG= (a number)"),
+                },
+                _ => {
+                    return Reply::new(
+                        555,
+                        "5.5.4",
+                        format!("RCPT parameter {} is not supported", printable(key)),
+                    )
+                }
+            }
+        }
+        match self.ctx.store.resolve(&r, tx.declared.unwrap_or(0)) {
+            Ok(target) => {
+                let reply = Reply::new(250, "2.1.5", format!("<{}> Recipient OK", printable(path)));
+                tx.recipients.push((r, target));
+                reply
+            }
+            Err(reply) => {
+                if settings.logging {
+                    log::info!(
+                        "refused conn={} client={} from=<{}> to=<{}> result={reply}",
+                        self.ctx.conn,
+                        self.ctx.client.ip(),
+                        printable(&tx.sender),
+                        printable(path)
+                    );
+                }
+                reply
+            }
+        }
+    }
+
+    /// `DATA`: the message, then one reply per accepted recipient. `Some` ends the session.
+    fn data(&mut self) -> Option<End> {
+        let settings = self.ctx.settings;
+        let refusal = match (&self.lhlo, &self.tx) {
+            (None, _) => Some("Send LHLO first"),
+            (_, None) => Some("Need MAIL and RCPT before DATA"),
+            (_, Some(tx)) if tx.recipients.is_empty() => Some("No valid recipients"),
+            _ => None,
+        };
+        if let Some(why) = refusal {
+            self.reply(Reply::new(503, "5.5.1", why));
+            return None;
+        }
+        self.reply(Reply::new(
+            354,
+            "",
+            "Start mail input; end with <CRLF>.<CRLF>",
+        ));
+        let stream = *self.wire.stream();
+        let _ = stream.set_read_timeout(Some(settings.data_timeout));
+        let mut body = std::mem::take(&mut self.body);
+        body.clear();
+        let outcome = self.wire.read_data(&mut body, settings.max_message);
+        let _ = stream.set_read_timeout(Some(settings.command_timeout));
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                let tx = self.tx.take();
+                log::warn!(
+                    "connection {} from {}: message data incomplete ({e}); nothing delivered to {} recipient(s)",
+                    self.ctx.conn,
+                    self.ctx.client,
+                    tx.map_or(0, |t| t.recipients.len())
+                );
+                return Some(self.stopped(e, "receiving message data"));
+            }
+        };
+        let tx = self.tx.take()?;
+        self.transactions += 1;
+        let oversize = tx.declared.filter(|&d| outcome.size > d);
+        let refusal = if let Some(d) = oversize {
+            Some(Reply::new(
+                552,
+                "5.3.4",
+                format!("Message too big: larger than its declared SIZE={d}"),
+            ))
+        } else if outcome.too_big {
+            Some(Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "Message size exceeds the fixed maximum message size ({} octets)",
+                    settings.max_message
+                ),
+            ))
+        } else if settings.max_lines.is_some_and(|m| outcome.lines > m) {
+            Some(Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "Message has more than {} lines (channel linelimit)",
+                    settings.max_lines.unwrap_or(0)
+                ),
+            ))
+        } else if outcome.has_nul {
+            Some(Reply::new(554, "5.6.0", "Message contains NUL characters"))
+        } else {
+            None
+        };
+        let id = trace::new_id(SystemTime::now());
+        let results = match refusal {
+            Some(r) => vec![Err(r); tx.recipients.len()],
+            None => self.deliver(&tx, &id, &body),
+        };
+        for ((r, target), result) in tx.recipients.iter().zip(results) {
+            let reply = match result {
+                Ok(()) => Reply::new(
+                    250,
+                    "2.0.0",
+                    format!(
+                        "<{}> {id} Saved to {}",
+                        printable(&r.written),
+                        target.folder
+                    ),
+                ),
+                Err(reply) => reply,
+            };
+            if settings.logging {
+                log::info!(
+                    "delivery conn={} client={} id={id} from=<{}> to=<{}> mailbox={}/{} size={} result={reply}",
+                    self.ctx.conn,
+                    self.ctx.client.ip(),
+                    printable(&tx.sender),
+                    printable(&r.written),
+                    target.user,
+                    target.folder,
+                    outcome.size,
+                );
+            }
+            self.reply(reply);
+        }
+        body.clear();
+        self.body = body;
+        if oversize.is_some() {
+            log::warn!(
+                "connection {} from {}: message larger than its declared SIZE; closing the connection",
+                self.ctx.conn,
+                self.ctx.client
+            );
+            return Some(End::Oversize);
+        }
+        None
+    }
+
+    /// Stores the message once per distinct mailbox; one result per recipient.
+    fn deliver(&self, tx: &Transaction, id: &str, body: &[u8]) -> Vec<Result<(), Reply>> {
+        let received = SystemTime::now();
+        let lhlo = self.lhlo.as_deref().unwrap_or("unknown");
+        let trace = trace::header(&TraceInfo {
+            sender: &tx.sender,
+            lhlo,
+            client: self.ctx.client.ip(),
+            host: &self.ctx.settings.host,
+            program: self.ctx.settings.kind.program(),
+            id,
+            received,
+        });
+        let message = Message {
+            id,
+            sender: &tx.sender,
+            trace: &trace,
+            body,
+            received,
+        };
+        // Distinct mailboxes, and for each recipient the index of its mailbox.
+        let mut distinct: Vec<&Target> = Vec::new();
+        let mut which = Vec::with_capacity(tx.recipients.len());
+        for (_, t) in &tx.recipients {
+            let i = match distinct.iter().position(|d| d.key == t.key) {
+                Some(i) => i,
+                None => {
+                    distinct.push(t);
+                    distinct.len() - 1
+                }
+            };
+            which.push(i);
+        }
+        let results = self.ctx.store.deliver(&message, &distinct);
+        which
+            .into_iter()
+            .map(|i| match results.get(i) {
+                Some(r) => r.clone(),
+                None => Err(Reply::new(
+                    451,
+                    "4.3.0",
+                    "Internal error: no delivery result",
+                )),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,105 @@
+//! What a delivery back end is: the session asks a [`Store`] at `RCPT` time whether a
+//! recipient can be delivered to (and where), and after the message data to deliver one
+//! message to every accepted mailbox at once.
+//!
+//! The session owns the protocol; a store owns the disk. A store never sends anything to the
+//! client: it answers with [`Reply`] values, which the session sends in RCPT order.
+
+use std::io;
+use std::time::SystemTime;
+
+use super::address::Recipient;
+use super::reply::Reply;
+
+/// A mailbox quota: at most `bytes` octets and `messages` messages in all the user's folders.
+/// Zero means "no limit" for that dimension (as `XQUOTA=0,0` does from a relay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quota {
+    pub bytes: u64,
+    pub messages: u64,
+}
+
+impl Quota {
+    /// Whether a mailbox holding `used_bytes` in `used_messages` messages can take one more
+    /// message of `size` octets.
+    pub fn admits(&self, used_bytes: u64, used_messages: u64, size: u64) -> bool {
+        let bytes_ok = self.bytes == 0 || used_bytes.saturating_add(size) <= self.bytes;
+        let count_ok = self.messages == 0 || used_messages < self.messages;
+        bytes_ok && count_ok
+    }
+}
+
+/// Where one recipient's copy goes, as the store resolved it at `RCPT` time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Identifies the mailbox: two recipients with the same key are one delivery (the
+    /// message is stored once; both get the same reply).
+    pub key: String,
+    /// The account (lower case), for the log.
+    pub user: String,
+    /// The folder the message goes to, as the log shows it (`INBOX`, `Sent`, ...).
+    pub folder: String,
+    /// The quota to enforce, if any (from `XQUOTA=` or the channel's default).
+    pub quota: Option<Quota>,
+    /// Deliver even when over quota (`XDFLG` bit 2).
+    pub ignore_quota: bool,
+}
+
+/// One message as the session received it.
+#[derive(Debug)]
+pub struct Message<'a> {
+    /// The identifier the replies and the log carry.
+    pub id: &'a str,
+    /// The reverse path without angle brackets; empty for the null sender `<>`.
+    pub sender: &'a str,
+    /// The trace header the image adds (`Return-Path:` and `Received:`), CRLF line ends.
+    pub trace: &'a [u8],
+    /// The message as received, dot-unstuffing undone, CRLF line ends, without the final
+    /// `.` line.
+    pub body: &'a [u8],
+    /// When the data was complete.
+    pub received: SystemTime,
+}
+
+impl Message<'_> {
+    /// Octets the stored message has in CRLF form (trace header plus body).
+    pub fn size(&self) -> u64 {
+        (self.trace.len() + self.body.len()) as u64
+    }
+}
+
+/// A delivery back end. Shared by every connection thread of a worker.
+pub trait Store: Send + Sync {
+    /// At `RCPT`: can `recipient` be delivered to? `size` is the message size the client
+    /// declared with `MAIL FROM ... SIZE=` (0 when it did not). `Err` is the reply to send
+    /// (`550 5.1.1` unknown user, `452 4.2.2` over quota, ...).
+    fn resolve(&self, recipient: &Recipient, size: u64) -> Result<Target, Reply>;
+
+    /// After the data: deliver `message` to each target (no two with the same key), and
+    /// return one result per target, in order. `Ok(())` only once the copy for that target
+    /// is on stable storage (written, fsynced, named in place, directory fsynced).
+    fn deliver(&self, message: &Message<'_>, targets: &[&Target]) -> Vec<Result<(), Reply>>;
+}
+
+/// The reply for a recipient whose mailbox is over quota: `452 4.2.2` (the relay retries,
+/// as the original's `4.2.2`) or, when the channel says over quota is permanent, `552 5.2.2`.
+pub fn over_quota(written: &str, permanent: bool) -> Reply {
+    let text = format!("<{written}> Mailbox is full (over quota)");
+    if permanent {
+        Reply::new(552, "5.2.2", text)
+    } else {
+        Reply::new(452, "4.2.2", text)
+    }
+}
+
+/// A reply for an I/O failure while storing: `452 4.3.1` when the disk or a quota of the
+/// system is full, else `451 4.3.0`; the relay keeps the message and retries.
+pub fn io_failure(written: &str, what: &str, e: &io::Error) -> Reply {
+    let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+    let text = format!("<{written}> Temporary failure: {what}: {e}");
+    if full {
+        Reply::new(452, "4.3.1", text)
+    } else {
+        Reply::new(451, "4.3.0", text)
+    }
+}

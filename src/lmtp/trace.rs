@@ -1,0 +1,173 @@
+//! The trace header the images add to every message, the message identifier, and dates.
+//!
+//! Every stored copy starts with the same two lines, the same for all recipients so that one
+//! copy serves them all:
+//!
+//! ```text
+//! Return-Path: <sender>
+//! Received: from LHLO-NAME ([client address])
+//!         by HOST (tcp_lmtp_server VERSION) with LMTP id ID;
+//!         Tue, 24 Nov 2026 10:15:02 +0000
+//! ```
+//!
+//! The identifier (`ID`) is what the replies after DATA and the delivery log carry: the time,
+//! the worker's pid and a counter, so it is unique on the host without coordination.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A new message identifier, such as `6743A1F2.1A2B.3`.
+pub fn new_id(now: SystemTime) -> String {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{secs:X}.{:X}.{n:X}", std::process::id())
+}
+
+/// This host's name, as `gethostname` gives it (`localhost` if it cannot be read).
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(s) if rc == 0 && !s.is_empty() => s.to_string(),
+        _ => "localhost".to_string(),
+    }
+}
+
+/// The parts of a local time the formats below need.
+struct LocalTime {
+    tm: libc::tm,
+}
+
+fn local_time(t: SystemTime) -> LocalTime {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as libc::time_t;
+    // SAFETY: an all-zero tm is a valid value; localtime_r fills it from a valid time_t.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    LocalTime { tm }
+}
+
+const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+impl LocalTime {
+    fn day(&self) -> &'static str {
+        DAYS[self.tm.tm_wday.rem_euclid(7) as usize]
+    }
+    fn month(&self) -> &'static str {
+        MONTHS[self.tm.tm_mon.rem_euclid(12) as usize]
+    }
+}
+
+/// RFC 5322 date in local time: `Tue, 24 Nov 2026 10:15:02 +0100`.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    let lt = local_time(t);
+    let tm = &lt.tm;
+    let off = tm.tm_gmtoff / 60;
+    let sign = if off < 0 { '-' } else { '+' };
+    format!(
+        "{}, {} {} {} {:02}:{:02}:{:02} {sign}{:02}{:02}",
+        lt.day(),
+        tm.tm_mday,
+        lt.month(),
+        tm.tm_year + 1900,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        off.abs() / 60,
+        off.abs() % 60
+    )
+}
+
+/// The 24-character `asctime` date of an mbox `From ` line: `Tue Nov 24 10:15:02 2026`.
+pub fn asctime_date(t: SystemTime) -> String {
+    let lt = local_time(t);
+    let tm = &lt.tm;
+    format!(
+        "{} {} {:>2} {:02}:{:02}:{:02} {}",
+        lt.day(),
+        lt.month(),
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        tm.tm_year + 1900
+    )
+}
+
+/// What the trace header says about the session.
+pub struct TraceInfo<'a> {
+    pub sender: &'a str,
+    pub lhlo: &'a str,
+    pub client: IpAddr,
+    pub host: &'a str,
+    pub program: &'a str,
+    pub id: &'a str,
+    pub received: SystemTime,
+}
+
+/// The `Return-Path:` and `Received:` lines, CRLF line ends.
+pub fn header(t: &TraceInfo<'_>) -> Vec<u8> {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() || c == '>' { '?' } else { c })
+            .collect()
+    };
+    format!(
+        "Return-Path: <{}>\r\nReceived: from {} ([{}])\r\n\tby {} ({} {}) with LMTP id {};\r\n\t{}\r\n",
+        clean(t.sender),
+        clean(t.lhlo),
+        t.client,
+        t.host,
+        t.program,
+        crate::VERSION,
+        t.id,
+        rfc5322_date(t.received)
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn dates_have_their_fixed_shapes() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        let a = asctime_date(t);
+        assert_eq!(a.len(), 24, "{a}");
+        let r = rfc5322_date(t);
+        assert!(r.contains(" 2026 ") || r.contains(" 2026"), "{r}");
+        assert!(r.ends_with("00") || r.len() > 25, "{r}");
+    }
+
+    #[test]
+    fn ids_differ() {
+        let now = SystemTime::now();
+        assert_ne!(new_id(now), new_id(now));
+    }
+
+    #[test]
+    fn header_shape() {
+        let h = header(&TraceInfo {
+            sender: "a@b",
+            lhlo: "relay.example",
+            client: "127.0.0.2".parse().unwrap(),
+            host: "store",
+            program: "tcp_lmtp_server",
+            id: "X.1.2",
+            received: SystemTime::now(),
+        });
+        let h = String::from_utf8(h).unwrap();
+        assert!(h.starts_with("Return-Path: <a@b>\r\nReceived: from relay.example ([127.0.0.2])\r\n\tby store (tcp_lmtp_server "));
+        assert!(h.ends_with("\r\n") && h.contains("with LMTP id X.1.2;\r\n\t"));
+    }
+}
