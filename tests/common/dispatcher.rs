@@ -30,8 +30,46 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 
 impl Dispatcher {
     /// Lays out an installation with the seed's services on free ports, `limits` as global
-    /// options, and starts `dispatcher --foreground`; returns once both ports listen.
+    /// options, and the echo test image as both services' IMAGE; starts
+    /// `dispatcher --foreground` and returns once both ports listen.
     pub fn start(limits: &str) -> Dispatcher {
+        Dispatcher::start_with(limits, ["echo_image", "echo_image"], |_| {})
+    }
+
+    /// The same with the real LMTP images (`tcp_lmtp_server` on the first port,
+    /// `tcp_lmtpn_server` on the second), the seed's `imta.cnf`, and channel option files
+    /// that put the Maildir store in `<root>/store/` and the mbox spool in `<root>/mail/`
+    /// (both created, empty). `options` is added to both option files. PORT_ACCESS also
+    /// admits 127.0.0.1, because the interoperability tools (`smtp-source`) cannot choose
+    /// their source address.
+    pub fn start_lmtp(limits: &str, options: &str) -> Dispatcher {
+        Dispatcher::start_with(limits, ["tcp_lmtp_server", "tcp_lmtpn_server"], |root| {
+            let mappings = root.join("config/mappings");
+            let text = std::fs::read_to_string(&mappings).expect("read mappings");
+            let text = text.replacen(
+                "  TCP|*|*|*|*",
+                "  TCP|*|*|127.0.0.1|* $Y\n  TCP|*|*|*|*",
+                1,
+            );
+            std::fs::write(&mappings, text).expect("write mappings");
+            std::fs::copy(
+                fixtures().join("seed/imta.cnf"),
+                root.join("config/imta.cnf"),
+            )
+            .expect("copy the seed imta.cnf");
+            for dir in ["store", "mail"] {
+                std::fs::create_dir_all(root.join(dir)).expect("create the store directories");
+            }
+            let store = format!("STORE_ROOT={}/store/\n{options}\n", root.display());
+            let spool = format!("MAIL_SPOOL={}/mail/\n{options}\n", root.display());
+            std::fs::write(root.join("config/tcp_lmtpss_option"), store).expect("option file");
+            std::fs::write(root.join("config/tcp_lmtpsn_option"), spool).expect("option file");
+        })
+    }
+
+    /// Lays out the installation with `images` as the two services' IMAGE, lets `prepare`
+    /// adjust it, and starts the dispatcher.
+    pub fn start_with(limits: &str, images: [&str; 2], prepare: impl FnOnce(&Path)) -> Dispatcher {
         let dir = tempfile::tempdir().expect("tempdir");
         let bindir = Path::new(env!("CARGO_BIN_EXE_dispatcher"))
             .parent()
@@ -61,6 +99,8 @@ impl Dispatcher {
             text.replace("@LIMITS@", limits)
                 .replace("@PORT1@", &ports[0].to_string())
                 .replace("@PORT2@", &ports[1].to_string())
+                .replace("@IMAGE1@", images[0])
+                .replace("@IMAGE2@", images[1])
         };
         std::fs::write(
             root.join("config/dispatcher.cnf"),
@@ -68,6 +108,7 @@ impl Dispatcher {
         )
         .expect("write dispatcher.cnf");
         std::fs::write(root.join("config/mappings"), fill("mappings.in")).expect("write mappings");
+        prepare(&root);
         let child = Command::new(root.join("lib/dispatcher"))
             .args(["--foreground", "--shutdown-timeout", "5"])
             .env_remove("IMTA_TAILOR")
@@ -127,6 +168,20 @@ impl Dispatcher {
     }
 }
 
+/// A TCP connection from the loopback address `from` (the client address PORT_ACCESS sees),
+/// with reads bounded by [`WAIT`].
+pub fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from((from, 0)).into())
+        .expect("bind the client address");
+    socket.connect(&to.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    stream
+}
+
 /// A client of the echo image, connecting from a chosen loopback address.
 pub struct Client {
     pub reader: BufReader<TcpStream>,
@@ -134,16 +189,8 @@ pub struct Client {
 
 impl Client {
     pub fn connect(from: Ipv4Addr, to: SocketAddr) -> Client {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        socket
-            .bind(&SocketAddr::from((from, 0)).into())
-            .expect("bind the client address");
-        socket.connect(&to.into()).expect("connect");
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
         Client {
-            reader: BufReader::new(stream),
+            reader: BufReader::new(connect_from(from, to)),
         }
     }
 

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod dispatcher;
+pub mod lmtp;
+pub mod peers;
 
 use std::path::{Path, PathBuf};
 

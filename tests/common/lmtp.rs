@@ -1,0 +1,133 @@
+//! A small LMTP client for the tests: replies read whole (multi-line), data dot-stuffed, and
+//! after DATA one reply per accepted recipient read explicitly (unlike Python's
+//! `smtplib.LMTP`, which reads only one).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+
+use super::dispatcher::connect_from;
+
+/// One reply: its code and its lines (text after `NNN-`/`NNN `).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+pub struct Lmtp {
+    reader: BufReader<TcpStream>,
+}
+
+impl Lmtp {
+    /// Connects from `from` (a loopback address) and reads the greeting, which must be 220.
+    pub fn connect(from: Ipv4Addr, to: SocketAddr) -> Lmtp {
+        let mut c = Lmtp {
+            reader: BufReader::new(connect_from(from, to)),
+        };
+        let greeting = c.reply();
+        assert_eq!(greeting.code, 220, "greeting: {greeting:?}");
+        c
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader
+            .get_mut()
+            .write_all(bytes)
+            .expect("write to the server");
+    }
+
+    /// Reads one reply; panics at end of file.
+    pub fn reply(&mut self) -> Reply {
+        self.try_reply().expect("the server closed the connection")
+    }
+
+    /// Reads one reply, `None` at end of file.
+    pub fn try_reply(&mut self) -> Option<Reply> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => panic!("reading a reply: {e}"),
+            }
+            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
+            let code: u16 = line
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("not a reply line: {line:?}"));
+            let more = line.as_bytes().get(3) == Some(&b'-');
+            lines.push(line.get(4..).unwrap_or("").trim_end().to_string());
+            if !more {
+                return Some(Reply { code, lines });
+            }
+        }
+    }
+
+    /// Sends a command line and reads its reply.
+    pub fn cmd(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// LHLO, which must succeed.
+    pub fn lhlo(&mut self) -> Reply {
+        let r = self.cmd("LHLO test.example");
+        assert_eq!(r.code, 250, "{r:?}");
+        r
+    }
+
+    /// DATA, then `message` dot-stuffed and terminated, then one reply per accepted recipient.
+    pub fn data(&mut self, message: &[u8], accepted: usize) -> Vec<Reply> {
+        let r = self.cmd("DATA");
+        assert_eq!(r.code, 354, "DATA: {r:?}");
+        self.send(&dot_stuff(message));
+        (0..accepted).map(|_| self.reply()).collect()
+    }
+
+    /// QUIT, which must be answered 221.
+    pub fn quit(mut self) {
+        let r = self.cmd("QUIT");
+        assert_eq!(r.code, 221, "{r:?}");
+    }
+}
+
+/// `message` (CRLF lines) with leading dots doubled and the end-of-data line added.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 8);
+    let mut at_line_start = true;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !message.is_empty() && !message.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// Provisions `user`'s Maildir (`cur`, `new`, `tmp`) in the store of the installation at
+/// `root`; `user` may name a folder (`alice/.Sent`).
+pub fn maildir(root: &std::path::Path, user: &str) -> std::path::PathBuf {
+    let dir = root.join("store").join(user);
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("create a Maildir");
+    }
+    dir
+}

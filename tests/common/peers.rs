@@ -1,0 +1,239 @@
+//! Software no one here wrote, driven from the tests and the benchmark: `swaks` and Postfix's
+//! `smtp-source` as LMTP clients, and a throwaway Dovecot (its own configuration, base and
+//! state directories in a temporary directory, loopback only) whose `doveadm` reads what our
+//! store holds and whose LMTP server is the speed reference. Installed by
+//! `scripts/install-test-deps.sh`; a missing tool fails the test with that hint.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::ChildGuard;
+
+/// The account Dovecot reads the store as (it refuses uid 0).
+const DOVECOT_UID: u32 = 65534;
+const DOVECOT_GID: u32 = 65534;
+
+fn missing(tool: &str, e: std::io::Error) -> ! {
+    panic!("cannot run {tool}: {e}; run scripts/install-test-deps.sh as root")
+}
+
+/// Runs `cmd`, killing it after `limit`; the output once it has ended.
+pub fn run_bounded(mut cmd: Command, tool: &str, limit: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| missing(tool, e));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{tool}: {e}")),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of our own child, which has not been reaped (the
+            // waiting thread is still blocked in wait).
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("{tool} did not finish within {limit:?}; killed pid {pid}")
+        }
+    }
+}
+
+/// One `swaks --protocol LMTP` transaction to several recipients: whether it succeeded, and
+/// its transcript (`<-` lines are the server's replies).
+pub fn swaks(addr: SocketAddr, from: &str, to: &[&str], extra: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("swaks");
+    cmd.args(["--protocol", "LMTP", "--server"])
+        .arg(addr.ip().to_string())
+        .args(["--port", &addr.port().to_string()])
+        .args(["--from", from, "--to", &to.join(",")])
+        .args(["--helo", "relay.example", "--timeout", "30"])
+        .args(extra);
+    let out = run_bounded(cmd, "swaks", Duration::from_secs(60));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Postfix's `smtp-source -L <args> host:port`, bounded by `limit`.
+pub fn smtp_source(addr: SocketAddr, args: &[&str], limit: Duration) -> Output {
+    let mut cmd = Command::new("smtp-source");
+    cmd.arg("-L").args(args).arg(addr.to_string());
+    run_bounded(cmd, "smtp-source", limit)
+}
+
+/// A throwaway Dovecot master (killed by pid when dropped). With an LMTP port it delivers
+/// into `mail_root` like our store (`maildir:ROOT/%n`); without one it only serves `doveadm`'s user look-ups.
+pub struct Dovecot {
+    config: PathBuf,
+    _master: ChildGuard,
+}
+
+impl Dovecot {
+    pub fn start(dir: &Path, mail_root: &Path, lmtp_port: Option<u16>) -> Dovecot {
+        Dovecot::start_with(dir, mail_root, lmtp_port, "always")
+    }
+
+    /// As [`Dovecot::start`], with `mail_fsync` set to `fsync` (`optimized` is Dovecot's
+    /// default, `always` syncs before every reply as ours does).
+    pub fn start_with(
+        dir: &Path,
+        mail_root: &Path,
+        lmtp_port: Option<u16>,
+        fsync: &str,
+    ) -> Dovecot {
+        for sub in ["run", "state", "home"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("create Dovecot's directories");
+        }
+        // Dovecot refuses to read or write mail as root: the store is handed to `nobody`.
+        let chown = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{DOVECOT_UID}:{DOVECOT_GID}"))
+            .arg(mail_root)
+            .arg(dir.join("home"))
+            .status()
+            .expect("chown");
+        assert!(chown.success(), "chown -R of {}", mail_root.display());
+        let (protocols, service) = match lmtp_port {
+            Some(port) => (
+                "lmtp",
+                format!(
+                    "service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    \
+                     port = {port}\n  }}\n}}\n"
+                ),
+            ),
+            None => ("", String::new()),
+        };
+        let d = dir.display();
+        let config = format!(
+            "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\n\
+             protocols = {protocols}\nlisten = 127.0.0.1\nssl = no\n\
+             mail_location = maildir:{root}/%n\nmail_fsync = {fsync}\n\
+             first_valid_uid = 1\nlmtp_save_to_detail_mailbox = yes\n\
+             recipient_delimiter = +\n\
+             passdb {{\n  driver = static\n  args = nopassword=y\n}}\n\
+             userdb {{\n  driver = static\n  \
+             args = uid={DOVECOT_UID} gid={DOVECOT_GID} home={d}/home/%n\n}}\n{service}",
+            root = mail_root.display()
+        );
+        let path = dir.join("dovecot.conf");
+        std::fs::write(&path, config).expect("write dovecot.conf");
+        let master = Command::new("dovecot")
+            .arg("-F")
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| missing("dovecot", e));
+        let master = ChildGuard(master);
+        let ready = dir.join("run/auth-userdb");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready.exists() || lmtp_port.is_some_and(|p| !listening(p)) {
+            assert!(
+                Instant::now() < deadline,
+                "Dovecot did not start; its log:\n{}",
+                std::fs::read_to_string(dir.join("dovecot.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Dovecot {
+            config: path,
+            _master: master,
+        }
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+fn doveadm(conf: &Path, args: &[&str]) -> Vec<u8> {
+    let mut cmd = Command::new("doveadm");
+    cmd.arg("-c").arg(conf).args(args);
+    let out = run_bounded(cmd, "doveadm", Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "doveadm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// How many messages Dovecot sees in `user`'s `mailbox`.
+pub fn message_count(conf: &Path, user: &str, mailbox: &str) -> usize {
+    let out = doveadm(
+        conf,
+        &[
+            "-f", "flow", "mailbox", "status", "-u", user, "messages", mailbox,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace()
+        .find_map(|field| field.strip_prefix("messages="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("doveadm mailbox status said {text:?}"))
+}
+
+/// Every message of `user`'s `mailbox`, whole (header and body), as Dovecot reads it.
+pub fn fetch_texts(conf: &Path, user: &str, mailbox: &str) -> Vec<Vec<u8>> {
+    // The JSON formatter is the one whose record boundaries cannot be confused with message
+    // content: `[{"text":"..."},{"text":"..."}]`.
+    let out = doveadm(
+        conf,
+        &[
+            "-f", "json", "fetch", "-u", user, "text", "mailbox", mailbox,
+        ],
+    );
+    let text = String::from_utf8(out).expect("doveadm's JSON is UTF-8");
+    let mut texts = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("\"text\":\"") {
+        let (value, after) = json_string(&rest[at + 8..]);
+        texts.push(value.into_bytes());
+        rest = after;
+    }
+    texts
+}
+
+/// Decodes the JSON string starting just after its opening quote; returns it and the text
+/// after its closing quote.
+fn json_string(s: &str) -> (String, &str) {
+    let mut out = String::new();
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return (out, &s[i + 1..]),
+            '\\' => {
+                let (_, e) = chars.next().expect("escape in doveadm JSON");
+                match e {
+                    'n' => out.push('\n'),
+                    'r' => out.push('\r'),
+                    't' => out.push('\t'),
+                    'b' => out.push('\u{8}'),
+                    'f' => out.push('\u{c}'),
+                    'u' => {
+                        let hex: String = (0..4)
+                            .filter_map(|_| chars.next().map(|(_, h)| h))
+                            .collect();
+                        let n = u32::from_str_radix(&hex, 16).expect("\\u escape");
+                        out.push(char::from_u32(n).unwrap_or('\u{fffd}'));
+                    }
+                    other => out.push(other),
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    panic!("unterminated string in doveadm JSON")
+}

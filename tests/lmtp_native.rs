@@ -1,0 +1,175 @@
+//! The native image (`tcp_lmtpn_server`) end to end through the dispatcher: mbox files in a
+//! spool directory of a temporary installation, for the local accounts `alice` and `bob`
+//! (created by `scripts/install-test-deps.sh`).
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::dispatcher::Dispatcher;
+use common::lmtp::Lmtp;
+
+const RELAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+const LIMITS: &str = "MIN_PROCS=1\nMAX_PROCS=2\nMIN_CONNS=1\nMAX_CONNS=20";
+
+fn account(name: &str) -> nix::unistd::User {
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!("no local account {name}: run scripts/install-test-deps.sh as root")
+        })
+}
+
+/// Splits an mbox into its messages: (From_ line, content lines with the trailing empty
+/// separator line removed).
+fn messages(mbox: &str) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut previous_blank = true;
+    for line in mbox.split('\n') {
+        if line.starts_with("From ") && previous_blank {
+            if let Some((_, body)) = out.last_mut() {
+                body.pop(); // the separator
+            }
+            out.push((line.to_string(), Vec::new()));
+        } else {
+            let (_, body) = out.last_mut().expect("an mbox starts with a From_ line");
+            body.push(line.to_string());
+        }
+        previous_blank = line.is_empty();
+    }
+    if let Some((_, body)) = out.last_mut() {
+        // The text ends with "\n\n": the split leaves the separator and an empty tail.
+        assert_eq!(
+            body.pop().as_deref(),
+            Some(""),
+            "mbox does not end in a newline"
+        );
+        assert_eq!(
+            body.pop().as_deref(),
+            Some(""),
+            "last message lacks its separator"
+        );
+    }
+    out
+}
+
+/// The content after the trace header (Return-Path, Received and its continuation lines).
+fn without_trace(lines: &[String]) -> Vec<String> {
+    let mut i = 0;
+    assert!(lines[0].starts_with("Return-Path: <"), "{lines:?}");
+    i += 1;
+    assert!(lines[i].starts_with("Received: "), "{lines:?}");
+    i += 1;
+    while lines[i].starts_with('\t') {
+        i += 1;
+    }
+    lines[i..].to_vec()
+}
+
+const MESSAGE: &str = "Subject: native\r\n\r\nFrom the start of a line.\r\n>From already quoted.\r\n.dot line\r\nend\r\n";
+
+#[test]
+fn per_recipient_replies_into_mbox_files() {
+    let (alice, bob) = (account("alice"), account("bob"));
+    let d = Dispatcher::start_lmtp(LIMITS, "");
+    let spool = d.root.join("mail");
+    let mut c = Lmtp::connect(RELAY, d.addr(1));
+    c.lhlo();
+    assert_eq!(c.cmd("MAIL FROM:<sender@relay.example>").code, 250);
+    let codes: Vec<u16> = ["alice", "bob", "nobody-here", "alice"]
+        .iter()
+        .map(|a| c.cmd(&format!("RCPT TO:<{a}@example.com>")).code)
+        .collect();
+    assert_eq!(codes, [250, 250, 550, 250]);
+    let replies = c.data(MESSAGE.as_bytes(), 3);
+    assert!(replies.iter().all(|r| r.code == 250), "{replies:?}");
+    c.quit();
+
+    for (user, account) in [("alice", &alice), ("bob", &bob)] {
+        let path = spool.join(user);
+        let meta = std::fs::metadata(&path).expect("the mailbox exists");
+        assert_eq!(meta.mode() & 0o777, 0o600, "{user}");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (account.uid.as_raw(), account.gid.as_raw())
+        );
+        let text = std::fs::read_to_string(&path).expect("read the mailbox");
+        let msgs = messages(&text);
+        assert_eq!(msgs.len(), 1, "{user} got the message once: {text}");
+        assert!(
+            msgs[0].0.starts_with("From sender@relay.example "),
+            "{}",
+            msgs[0].0
+        );
+        let expected: Vec<String> = MESSAGE
+            .replace("\r\n", "\n")
+            .replace("\nFrom the", "\n>From the")
+            .replace("\n>From already", "\n>>From already")
+            .trim_end_matches('\n')
+            .split('\n')
+            .map(str::to_string)
+            .collect();
+        assert_eq!(without_trace(&msgs[0].1), expected, "{user}");
+    }
+    assert!(!spool.join("nobody-here").exists());
+    assert!(
+        !Path::new(&spool.join("alice.lock")).exists(),
+        "dot-lock left behind"
+    );
+}
+
+#[test]
+fn concurrent_deliveries_to_one_mailbox_do_not_interleave() {
+    account("alice");
+    let d = Dispatcher::start_lmtp(LIMITS, "");
+    let addr = d.addr(1);
+    const CLIENTS: usize = 4;
+    const EACH: usize = 25;
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let mut c = Lmtp::connect(RELAY, addr);
+                c.lhlo();
+                for i in 0..EACH {
+                    let tag = format!("c{n}m{i}");
+                    let mut body = format!("Subject: {tag}\r\n\r\n");
+                    for l in 0..300 {
+                        body.push_str(&format!(
+                            "{tag} line {l} ...............................................\r\n"
+                        ));
+                    }
+                    assert_eq!(c.cmd("MAIL FROM:<a@b>").code, 250);
+                    assert_eq!(c.cmd("RCPT TO:<alice>").code, 250);
+                    let r = c.data(body.as_bytes(), 1);
+                    assert_eq!(r[0].code, 250, "{r:?}");
+                }
+                c.quit();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let text = std::fs::read_to_string(d.root.join("mail/alice")).expect("alice's mailbox");
+    let msgs = messages(&text);
+    assert_eq!(msgs.len(), CLIENTS * EACH);
+    let mut tags = std::collections::HashSet::new();
+    for (_, lines) in &msgs {
+        let content = without_trace(lines);
+        let tag = content[0]
+            .strip_prefix("Subject: ")
+            .expect("subject")
+            .to_string();
+        assert_eq!(content.len(), 302, "{tag} is whole");
+        for (l, line) in content[2..].iter().enumerate() {
+            assert!(
+                line.starts_with(&format!("{tag} line {l} ")),
+                "{tag}: line {l} is {line:?}: interleaved"
+            );
+        }
+        assert!(tags.insert(tag), "a message stored twice");
+    }
+}

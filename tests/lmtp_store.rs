@@ -1,0 +1,470 @@
+//! The message-store image (`tcp_lmtp_server`) end to end: the seed's services on free
+//! loopback ports, the real dispatcher, real sockets, a Maildir store in a temporary
+//! directory. What the store holds afterwards is read back from disk.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::dispatcher::Dispatcher;
+use common::lmtp::{maildir, Lmtp};
+
+const RELAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const LIMITS: &str = "MIN_PROCS=1\nMAX_PROCS=2\nMIN_CONNS=1\nMAX_CONNS=20";
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Splits a stored message into its trace header (Return-Path and Received with its
+/// continuation lines) and the rest, which must be what was sent.
+fn split_trace(stored: &[u8]) -> (String, Vec<u8>) {
+    let text = String::from_utf8_lossy(stored);
+    assert!(
+        text.starts_with("Return-Path: <"),
+        "no trace header: {text:?}"
+    );
+    let mut end = 0;
+    let mut seen_received = false;
+    for line in text.split_inclusive("\r\n") {
+        let is_trace = line.starts_with("Return-Path:")
+            || (!seen_received && line.starts_with("Received:"))
+            || (seen_received && line.starts_with('\t'));
+        if !is_trace {
+            break;
+        }
+        seen_received |= line.starts_with("Received:");
+        end += line.len();
+    }
+    (text[..end].to_string(), stored[end..].to_vec())
+}
+
+/// Every version of a service's LOGFILE (each worker writes its own), concatenated.
+fn service_log(root: &Path, name: &str) -> String {
+    files(&root.join("log"))
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{name}-")))
+        })
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
+}
+
+const MESSAGE: &[u8] = b"From: relay test <sender@relay.example>\r\nTo: alice@example.com\r\nSubject: acceptance\r\n\r\nFirst line.\r\n.A line that begins with a dot.\r\nFrom here on, an mbox would quote this.\r\n\r\nLast line.\r\n";
+
+#[test]
+fn per_recipient_replies_and_one_copy_per_mailbox() {
+    let d = Dispatcher::start_lmtp(LIMITS, "");
+    let alice = maildir(&d.root, "alice");
+    let bob = maildir(&d.root, "bob");
+    let mut c = Lmtp::connect(RELAY, d.addr(0));
+    let lhlo = c.lhlo();
+    for ext in ["PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SIZE"] {
+        assert!(lhlo.lines.iter().any(|l| l.starts_with(ext)), "{lhlo:?}");
+    }
+    let r = c.cmd(&format!(
+        "MAIL FROM:<sender@relay.example> SIZE={}",
+        MESSAGE.len()
+    ));
+    assert_eq!(r.code, 250, "{r:?}");
+    let codes: Vec<(u16, String)> = [
+        "alice@example.com",
+        "bob@example.com",
+        "nobody-here@example.com",
+        "alice@example.com",
+    ]
+    .iter()
+    .map(|a| {
+        let r = c.cmd(&format!("RCPT TO:<{a}>"));
+        (r.code, r.text())
+    })
+    .collect();
+    assert_eq!(
+        codes.iter().map(|c| c.0).collect::<Vec<_>>(),
+        [250, 250, 550, 250],
+        "{codes:?}"
+    );
+    assert!(
+        codes[2].1.starts_with("5.1.1 <nobody-here@example.com>"),
+        "{codes:?}"
+    );
+    let replies = c.data(MESSAGE, 3);
+    for (r, who) in replies.iter().zip(["alice", "bob", "alice"]) {
+        assert_eq!(r.code, 250, "{replies:?}");
+        assert!(
+            r.text().starts_with(&format!("2.0.0 <{who}@example.com> ")),
+            "{r:?}"
+        );
+    }
+    // The reply carries the message id; both copies and the log name it.
+    let id = replies[0].lines[0]
+        .split_whitespace()
+        .nth(2)
+        .expect("an id")
+        .to_string();
+    c.quit();
+
+    let (a, b) = (files(&alice.join("new")), files(&bob.join("new")));
+    assert_eq!(
+        (a.len(), b.len()),
+        (1, 1),
+        "one copy per mailbox, alice named twice"
+    );
+    assert!(files(&alice.join("tmp")).is_empty());
+    let stored = std::fs::read(&a[0]).expect("read alice's copy");
+    assert_eq!(std::fs::read(&b[0]).expect("read bob's copy"), stored);
+    let (trace, rest) = split_trace(&stored);
+    assert_eq!(rest, MESSAGE, "byte-identical apart from the trace header");
+    assert!(
+        trace.starts_with(
+            "Return-Path: <sender@relay.example>\r\nReceived: from test.example ([127.0.0.2])\r\n"
+        ),
+        "{trace}"
+    );
+    assert!(trace.contains(&format!("with LMTP id {id};")), "{trace}");
+    use std::os::unix::fs::MetadataExt;
+    let (ma, mb) = (
+        std::fs::metadata(&a[0]).unwrap(),
+        std::fs::metadata(&b[0]).unwrap(),
+    );
+    assert_eq!(ma.ino(), mb.ino(), "written once, hard-linked");
+
+    let end = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = service_log(&d.root, "tcp_lmtpss_server.log");
+        if log.matches(&format!("id={id}")).count() >= 3 || Instant::now() > end {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("delivery ")).collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    assert!(
+        lines[0].contains("client=127.0.0.2")
+            && lines[0].contains("from=<sender@relay.example>")
+            && lines[0].contains("to=<alice@example.com>")
+            && lines[0].contains("mailbox=alice/INBOX")
+            && lines[0].contains(&format!("size={}", MESSAGE.len()))
+            && lines[0].contains("result=250 2.0.0"),
+        "{log}"
+    );
+    assert!(
+        log.contains("refused") && log.contains("to=<nobody-here@example.com> result=550 5.1.1"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_sun_relay_dialect() {
+    let d = Dispatcher::start_lmtp(LIMITS, "");
+    let alice = maildir(&d.root, "alice");
+    let sent = maildir(&d.root, "alice/.Sent");
+    let bob = maildir(&d.root, "bob");
+    let mut c = Lmtp::connect(RELAY, d.addr(0));
+    c.lhlo();
+    let size = MESSAGE.len();
+    assert_eq!(
+        c.cmd(&format!("MAIL FROM: sender@relay.example size={size}"))
+            .code,
+        250
+    );
+    // No brackets, no domain, +folder, xquota and xdflg.
+    let r = c.cmd("RCPT TO: alice+Sent xquota=1000000,100 xdflg=0");
+    assert_eq!(r.code, 250, "{r:?}");
+    let r = c.cmd("RCPT TO: Bob xquota=10,10");
+    assert_eq!(
+        (r.code, r.lines[0].get(..5)),
+        (452, Some("4.2.2")),
+        "over quota: {r:?}"
+    );
+    let r = c.cmd("RCPT TO: bob xquota=10,10 xdflg=2");
+    assert_eq!(r.code, 250, "XDFLG 2 delivers over quota: {r:?}");
+    let r = c.cmd("RCPT TO: alice+NoSuchFolder");
+    assert_eq!(r.code, 250, "{r:?}");
+    let replies = c.data(MESSAGE, 3);
+    assert!(replies.iter().all(|r| r.code == 250), "{replies:?}");
+    assert!(
+        replies[0].text().ends_with("Saved to Sent")
+            && replies[2].text().ends_with("Saved to INBOX"),
+        "{replies:?}"
+    );
+    assert_eq!(files(&sent.join("new")).len(), 1);
+    assert_eq!(files(&alice.join("new")).len(), 1);
+    assert_eq!(files(&bob.join("new")).len(), 1);
+
+    // A message larger than its declared SIZE: refused for each recipient, then the
+    // connection is closed, as the original does. Nothing is stored.
+    assert_eq!(c.cmd("MAIL FROM: sender@relay.example size=10").code, 250);
+    assert_eq!(c.cmd("RCPT TO: alice").code, 250);
+    assert_eq!(c.cmd("RCPT TO: bob").code, 250);
+    let replies = c.data(MESSAGE, 2);
+    for r in &replies {
+        assert_eq!(
+            (r.code, r.lines[0].get(..5)),
+            (552, Some("5.3.4")),
+            "{replies:?}"
+        );
+    }
+    assert_eq!(
+        c.try_reply(),
+        None,
+        "the connection is closed after an oversize message"
+    );
+    assert_eq!(files(&alice.join("new")).len(), 1);
+    assert_eq!(files(&bob.join("new")).len(), 1);
+}
+
+#[test]
+fn protocol_rules_pipelining_and_bad_input() {
+    let d = Dispatcher::start_lmtp(LIMITS, "COMMAND_RECEIVE_TIME=0.03");
+    let alice = maildir(&d.root, "alice");
+    let mut c = Lmtp::connect(RELAY, d.addr(0));
+    assert_eq!(c.cmd("HELO relay").code, 500);
+    assert_eq!(c.cmd("EHLO relay").code, 500);
+    assert_eq!(c.cmd("MAIL FROM:<a@b>").code, 503, "LHLO first");
+    c.lhlo();
+    assert_eq!(c.cmd("DATA").code, 503, "DATA without a transaction");
+    assert_eq!(c.cmd("FROB").code, 500);
+    let r = c.cmd("VRFY alice");
+    assert_eq!(r.code, 252, "{r:?}");
+    assert_eq!(c.cmd("NOOP").code, 250);
+    c.send(b"NOOP\n");
+    let r = c.reply();
+    assert_eq!(
+        (r.code, r.lines[0].get(..5)),
+        (500, Some("5.5.2")),
+        "bare LF: {r:?}"
+    );
+    c.send(format!("NOOP {}\r\n", "x".repeat(10_000)).as_bytes());
+    assert_eq!(c.reply().code, 500, "an over-long line");
+    assert_eq!(c.cmd("MAIL FROM:<a@b> SIZE=999999999999").code, 552);
+    assert_eq!(c.cmd("MAIL FROM:<a@b> FROB=1").code, 555);
+    // Escapes and nonsense in local parts: 550 5.1.3, nothing written anywhere.
+    assert_eq!(c.cmd("MAIL FROM:<a@b>").code, 250);
+    for bad in [
+        "../../etc@x",
+        "a/b@x",
+        "+/etc/passwd",
+        ".hidden",
+        "alice+../../x",
+    ] {
+        let r = c.cmd(&format!("RCPT TO:<{bad}>"));
+        assert_eq!(
+            (r.code, r.lines[0].get(..5)),
+            (550, Some("5.1.3")),
+            "{bad}: {r:?}"
+        );
+    }
+    assert_eq!(c.cmd("DATA").code, 503, "no valid recipients");
+    assert_eq!(c.cmd("RSET").code, 250);
+
+    // A pipelined transaction in one write: every reply, in order.
+    let mut batch = b"MAIL FROM:<a@b>\r\nRCPT TO:<alice@x>\r\nRCPT TO:<nobody@x>\r\nRCPT TO:<ALICE@x>\r\nDATA\r\n".to_vec();
+    batch.extend_from_slice(&common::lmtp::dot_stuff(
+        b"Subject: pipelined\r\n\r\nbody\r\n",
+    ));
+    batch.extend_from_slice(b"NOOP\r\n");
+    c.send(&batch);
+    let codes: Vec<u16> = (0..8).map(|_| c.reply().code).collect();
+    assert_eq!(codes, [250, 250, 550, 250, 354, 250, 250, 250]);
+    assert_eq!(files(&alice.join("new")).len(), 1);
+
+    // NUL in the data: refused per recipient, the session goes on.
+    assert_eq!(c.cmd("MAIL FROM:<a@b>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@x>").code, 250);
+    let r = c.data(b"Subject: nul\r\n\r\na\0b\r\n", 1);
+    assert_eq!(
+        (r[0].code, r[0].lines[0].get(..5)),
+        (554, Some("5.6.0")),
+        "{r:?}"
+    );
+    assert_eq!(files(&alice.join("new")).len(), 1);
+
+    // Idle past COMMAND_RECEIVE_TIME (1.8 s): 421 and the connection closes.
+    let started = Instant::now();
+    let r = c.reply();
+    assert_eq!((r.code, r.lines[0].get(..5)), (421, Some("4.4.2")), "{r:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(c.try_reply(), None);
+}
+
+/// Pids of the dispatcher's children running `image`.
+fn workers(dispatcher: u32, image: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc") {
+        let Ok(entry) = entry else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
+        let ppid: u32 = stat[close + 2..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if ppid == dispatcher && image.starts_with(comm) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn sigkill_of_the_image_loses_nothing_acknowledged_and_leaves_no_partial_message() {
+    let d = Dispatcher::start_lmtp("MIN_PROCS=1\nMAX_PROCS=1\nMIN_CONNS=1\nMAX_CONNS=20", "");
+    let alice = maildir(&d.root, "alice");
+    let bob = maildir(&d.root, "bob");
+    let addr = d.addr(0);
+    let body_of = |tag: &str| -> Vec<u8> {
+        let mut b = format!("Subject: {tag}\r\n\r\n").into_bytes();
+        for i in 0..200 {
+            b.extend_from_slice(
+                format!("{tag} line {i} ........................................\r\n").as_bytes(),
+            );
+        }
+        b
+    };
+    // One client stops in the middle of DATA and waits there.
+    let mut stuck = Lmtp::connect(RELAY, addr);
+    stuck.lhlo();
+    assert_eq!(stuck.cmd("MAIL FROM:<a@b>").code, 250);
+    assert_eq!(stuck.cmd("RCPT TO:<alice@x>").code, 250);
+    assert_eq!(stuck.cmd("DATA").code, 354);
+    let partial = body_of("partial");
+    stuck.send(&partial[..partial.len() / 2]);
+
+    // Four clients deliver as fast as they can until the image dies.
+    let stop_at = Instant::now() + Duration::from_secs(20);
+    let senders: Vec<_> = (0..4)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                let Some(mut c) = std::panic::catch_unwind(|| Lmtp::connect(RELAY, addr)).ok()
+                else {
+                    return acked;
+                };
+                if c.cmd("LHLO t").code != 250 {
+                    return acked;
+                }
+                for i in 0..10_000 {
+                    if Instant::now() > stop_at {
+                        break;
+                    }
+                    let tag = format!("c{n}m{i}");
+                    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let mut codes = vec![
+                            c.cmd("MAIL FROM:<a@b>").code,
+                            c.cmd("RCPT TO:<alice@x>").code,
+                            c.cmd("RCPT TO:<bob@x>").code,
+                        ];
+                        if codes != [250, 250, 250] {
+                            return None;
+                        }
+                        codes = c.data(&body_of(&tag), 2).iter().map(|r| r.code).collect();
+                        Some(codes)
+                    }));
+                    match step {
+                        Ok(Some(codes)) if codes == [250, 250] => acked.push(tag),
+                        _ => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    // Let some messages through, then kill the image.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files(&alice.join("new")).len() < 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pids = workers(d.child.pid(), "tcp_lmtp_server");
+    assert_eq!(pids.len(), 1, "one worker: {pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the image");
+    let acked: Vec<String> = senders
+        .into_iter()
+        .flat_map(|h| h.join().expect("sender thread"))
+        .collect();
+    assert!(acked.len() >= 50, "{} acknowledged", acked.len());
+    assert_eq!(
+        stuck.try_reply(),
+        None,
+        "the stuck client sees the connection close"
+    );
+
+    // Every acknowledged message is in both mailboxes, complete; nothing partial anywhere.
+    for mailbox in [&alice, &bob] {
+        let mut seen = std::collections::HashMap::new();
+        for f in files(&mailbox.join("new")) {
+            let stored = std::fs::read(&f).expect("read a message");
+            let (_, rest) = split_trace(&stored);
+            let subject = String::from_utf8_lossy(&rest)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let tag = subject.strip_prefix("Subject: ").unwrap_or("?").to_string();
+            assert_ne!(
+                tag, "partial",
+                "the message cut short by the kill was stored"
+            );
+            assert_eq!(
+                rest,
+                body_of(&tag),
+                "{} is not a complete message",
+                f.display()
+            );
+            *seen.entry(tag).or_insert(0) += 1;
+        }
+        for tag in &acked {
+            assert_eq!(
+                seen.get(tag),
+                Some(&1),
+                "acknowledged {tag} missing or doubled in {}",
+                mailbox.display()
+            );
+        }
+    }
+
+    // The dispatcher starts a new worker and delivery goes on.
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let w = workers(d.child.pid(), "tcp_lmtp_server");
+        if w.len() == 1 && w[0] != pids[0] {
+            break;
+        }
+        assert!(Instant::now() < end, "no new worker");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = files(&alice.join("new")).len();
+    let mut c = Lmtp::connect(RELAY, addr);
+    c.lhlo();
+    assert_eq!(c.cmd("MAIL FROM:<a@b>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@x>").code, 250);
+    assert_eq!(c.data(&body_of("after"), 1)[0].code, 250);
+    c.quit();
+    assert_eq!(files(&alice.join("new")).len(), before + 1);
+}
