@@ -468,3 +468,60 @@ fn sigkill_of_the_image_loses_nothing_acknowledged_and_leaves_no_partial_message
     c.quit();
     assert_eq!(files(&alice.join("new")).len(), before + 1);
 }
+
+#[test]
+fn a_channel_without_the_lmtp_keyword_is_refused_and_delivery_goes_on() {
+    let d = Dispatcher::start_lmtp(LIMITS, "");
+    maildir(&d.root, "alice");
+    // The administrator breaks the store's channel and asks for a reload.
+    d.edit_config("imta.cnf", |t| {
+        t.replacen("tcp_lmtpss lmtp", "tcp_lmtpss smtp", 1)
+    });
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_for_log("reload refused, still running on the previous configuration");
+    let log = d.log();
+    assert!(
+        log.contains("imta.cnf:2:1) has no `lmtp` keyword, which the LMTP image"),
+        "{log}"
+    );
+    // The running workers keep the configuration they started with: delivery goes on.
+    let mut c = Lmtp::connect(RELAY, d.addr(0));
+    c.lhlo();
+    assert_eq!(c.cmd("MAIL FROM:<a@b>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice>").code, 250);
+    assert_eq!(c.data(b"Subject: x\r\n\r\nstill here\r\n", 1)[0].code, 250);
+    c.quit();
+    assert_eq!(files(&d.root.join("store/alice/new")).len(), 1);
+}
+
+#[test]
+fn a_replacement_worker_refuses_a_channel_broken_since_the_last_reload() {
+    let d = Dispatcher::start_lmtp("MIN_PROCS=1\nMAX_PROCS=1\nMIN_CONNS=1\nMAX_CONNS=20", "");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !service_log(&d.root, "tcp_lmtpss_server.log").contains("worker ready") {
+        assert!(
+            Instant::now() < end,
+            "the store's worker never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // imta.cnf is edited without a reload, then the store's worker dies: its replacement
+    // reads the broken channel, says why in the service's log and is retried with back-off.
+    d.edit_config("imta.cnf", |t| {
+        t.replacen("tcp_lmtpss lmtp", "tcp_lmtpss smtp", 1)
+    });
+    let pids = workers(d.child.pid(), "tcp_lmtp_server");
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the worker");
+    d.wait_for_log("[SERVICE=LMTPSS] worker 2 failed to start; next start in");
+    let log = service_log(&d.root, "tcp_lmtpss_server.log");
+    assert!(
+        log.contains("[SERVICE=LMTPSS] cannot start: ")
+            && log.contains("channel tcp_lmtpss has no `lmtp` keyword"),
+        "{log}"
+    );
+}
