@@ -1,6 +1,6 @@
 //! A tiny worker image for the dispatcher's tests: greets each client with its connection id,
 //! the client address, how many connections this process holds, its pid and uid, then echoes
-//! lines until `QUIT`. Proves the hand-off path end to end without the LMTP images.
+//! lines until `QUIT` (`PANIC` makes the handler panic). Proves the hand-off path end to end without the LMTP images.
 
 use std::io::{BufRead, BufReader, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +34,10 @@ fn serve(service: &str, active: usize, c: Connection) -> std::io::Result<()> {
     )?;
     for line in BufReader::new(c.stream).lines() {
         let line = line?;
+        if line.trim_end() == "PANIC" {
+            // For the test that a handler's panic frees its connection slot.
+            panic!("connection {}: asked to panic", c.id);
+        }
         if line.trim_end().eq_ignore_ascii_case("QUIT") {
             write!(out, "221 bye\r\n")?;
             break;

@@ -444,3 +444,26 @@ fn an_image_that_cannot_start_backs_off_instead_of_storming() {
     let mut c = Client::connect(RELAY, d.addr(1));
     assert!(c.line().starts_with("220 LMTPSN"));
 }
+
+#[test]
+fn a_handler_that_panics_frees_its_connection_slot() {
+    // One worker with one connection slot: a slot the panic kept would lock everyone out.
+    let d = Dispatcher::start("MIN_PROCS=1\nMAX_PROCS=1\nMIN_CONNS=1\nMAX_CONNS=1");
+    for round in 0..3 {
+        let mut c = Client::connect(RELAY, d.addr(0));
+        let greeting = c.line();
+        assert!(greeting.starts_with("220 "), "round {round}: {greeting}");
+        c.say("PANIC");
+        assert_eq!(c.line(), "", "round {round}: closed by the panic");
+    }
+    let mut c = Client::connect(RELAY, d.addr(0));
+    assert!(c.line().starts_with("220 "));
+    assert_eq!(c.quit(), "221 bye\r\n");
+    let log = std::fs::read_to_string(d.root.join("log/tcp_lmtpss_server.log")).unwrap_or_default();
+    assert_eq!(
+        log.matches("the handler failed (panic, above); connection closed")
+            .count(),
+        3,
+        "{log}"
+    );
+}

@@ -231,15 +231,40 @@ fn spawn_connection(
         .name(format!("conn-{id}"))
         .stack_size(config.stack_size)
         .spawn(move || {
+            // Reports the end even when the handler panics: the slot must not stay counted.
+            let _ended = EndOnDrop {
+                control: &c,
+                active: &a,
+                conn: id,
+            };
             log::debug!("connection {id} from {client}");
             h.serve(connection);
             log::debug!("connection {id} ended");
-            end(&c, &a, id);
         });
     if let Err(e) = spawned {
         // The closure (and with it the socket) was dropped: the client sees the close.
         log::error!("connection {id}: cannot start a thread ({e}); closed");
         end(control, active, id);
+    }
+}
+
+/// Reports its connection ended when dropped, also while a panic unwinds the thread (the
+/// panic message is already in the log; the client sees its connection close).
+struct EndOnDrop<'a> {
+    control: &'a OwnedFd,
+    active: &'a Active,
+    conn: u64,
+}
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            log::error!(
+                "connection {}: the handler failed (panic, above); connection closed",
+                self.conn
+            );
+        }
+        end(self.control, self.active, self.conn);
     }
 }
 
