@@ -525,3 +525,79 @@ fn a_replacement_worker_refuses_a_channel_broken_since_the_last_reload() {
         "{log}"
     );
 }
+
+#[test]
+fn a_client_that_does_not_read_its_replies_is_timed_out() {
+    use std::io::{Read, Write};
+    let d = Dispatcher::start_lmtp(LIMITS, "COMMAND_RECEIVE_TIME=0.02");
+    let mut c = common::dispatcher::connect_from(RELAY, d.addr(0));
+    // Pipelined NOOPs, never reading a reply, until both sides' buffers are full.
+    c.set_write_timeout(Some(Duration::from_millis(500)))
+        .expect("write timeout");
+    let noops = b"NOOP\r\n".repeat(10_000);
+    let mut sent = 0usize;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        match c.write(&noops) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(sent > 0);
+    // COMMAND_RECEIVE_TIME is 1.2 s: the server gives up on the writes and closes.
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut log = String::new();
+    while Instant::now() < end && !log.contains("the client does not read its replies") {
+        log = service_log(&d.root, "tcp_lmtpss_server.log");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        log.contains("the client does not read its replies"),
+        "{log}"
+    );
+    // What was sent before is readable, then the connection is closed (end of file, or a
+    // reset for the commands the server never read).
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut buf = vec![0u8; 1 << 16];
+    let closed = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(e) => panic!("the connection is still open: {e}"),
+        }
+    };
+    assert!(closed);
+}
+
+#[test]
+fn octets_that_are_not_utf8_or_ascii_get_replies_not_a_crash() {
+    let d = Dispatcher::start_lmtp(LIMITS, "CREATE_MAILBOXES=1");
+    let mut c = Lmtp::connect(RELAY, d.addr(0));
+    c.lhlo();
+    assert_eq!(c.cmd("MAIL FROM:<a@b>").code, 250);
+    // "RCPT TO" cut inside a two-octet character; Latin-1 octets in a local part.
+    c.send(b"RCPT TO\xc3\xa9\r\nRCPT TO:<jos\xe9@x>\r\nRCPT TO:<jos\xe8@x>\r\nRCPT TO:<Jos\xc3\xa9@x>\r\n");
+    let codes: Vec<(u16, String)> = (0..4)
+        .map(|_| {
+            let r = c.reply();
+            (r.code, r.lines[0].get(..5).unwrap_or("").to_string())
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (501, "5.1.3".to_string()),
+            (553, "5.6.7".to_string()),
+            (553, "5.6.7".to_string()),
+            (553, "5.6.7".to_string())
+        ]
+    );
+    // The session goes on, and nothing was created for those addresses.
+    assert_eq!(c.cmd("RCPT TO:<jose@x>").code, 250);
+    assert_eq!(c.data(b"Subject: x\r\n\r\nx\r\n", 1)[0].code, 250);
+    c.quit();
+    let store: Vec<PathBuf> = files(&d.root.join("store"));
+    assert_eq!(store, [d.root.join("store/jose")], "{store:?}");
+}

@@ -41,6 +41,19 @@ impl Recipient {
     /// Parses the path of `RCPT TO:` (brackets already removed). Parameters are added by the
     /// caller.
     pub fn parse(path: &str) -> Result<Recipient, Reply> {
+        // SMTPUTF8 is not offered: an address is ASCII (RFC 5321 4.1.2, RFC 6531 3.5). This
+        // also refuses octets that were not UTF-8 at all (shown as U+FFFD), which would
+        // otherwise make different addresses look alike.
+        if !path.is_ascii() {
+            return Err(Reply::new(
+                553,
+                "5.6.7",
+                format!(
+                    "<{}> Non-ASCII address: this server does not offer SMTPUTF8",
+                    printable(path)
+                ),
+            ));
+        }
         let (local, domain) = match path.rfind('@') {
             Some(at) => (&path[..at], Some(&path[at + 1..])),
             None => (path, None),
@@ -134,6 +147,19 @@ mod tests {
         assert_eq!((r.user.as_str(), r.folder, r.domain), ("bob", None, None));
         let r = Recipient::parse("bob+@x").unwrap();
         assert_eq!(r.folder, None);
+    }
+
+    #[test]
+    fn non_ascii_addresses_are_refused_not_merged() {
+        for path in [
+            "jos\u{e9}@x",
+            "jos\u{fffd}@x",
+            "alice+F\u{f6}lder@x",
+            "a@b\u{e9}",
+        ] {
+            let e = Recipient::parse(path).unwrap_err();
+            assert_eq!((e.code, e.status), (553, "5.6.7"), "{path}");
+        }
     }
 
     #[test]

@@ -107,7 +107,13 @@ fn path_and_params(
     syntax: &str,
 ) -> Result<(String, Vec<Param>), Reply> {
     let err = |why: &str| Reply::new(501, status, format!("Syntax: {syntax}: {why}"));
-    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+    // Compared as bytes: the text may hold any characters, and a character boundary need not
+    // fall where the keyword ends.
+    let keyword_present = rest
+        .as_bytes()
+        .get(..keyword.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(keyword.as_bytes()));
+    if !keyword_present {
         return Err(err(&format!("expected {keyword}")));
     }
     let rest = rest[keyword.len()..].trim_start();
@@ -180,6 +186,28 @@ mod tests {
 
     fn p(k: &str, v: Option<&str>) -> Param {
         (k.to_string(), v.map(str::to_string))
+    }
+
+    #[test]
+    fn a_keyword_cut_inside_a_character_is_a_syntax_error() {
+        for line in [
+            "RCPT TO\u{e9}",
+            "RCPT T\u{e9}:<a>",
+            "MAIL FRO\u{e9}",
+            "MAIL \u{e9}",
+        ] {
+            let e = parse(line).unwrap_err();
+            assert_eq!(e.code, 501, "{line}: {e}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_command_line_panics(line in "\\PC{0,40}") {
+            let _ = parse(&line);
+            let _ = parse(&format!("RCPT {line}"));
+            let _ = parse(&format!("MAIL FROM:{line}"));
+        }
     }
 
     #[test]

@@ -55,6 +55,17 @@ pub enum WireError {
     Io(#[from] io::Error),
 }
 
+impl WireError {
+    /// A socket timeout (reading, or writing to a client that does not read) is a
+    /// [`WireError::Timeout`]; other errors stay what they are.
+    pub fn from_io(e: io::Error) -> WireError {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => WireError::Timeout,
+            _ => WireError::Io(e),
+        }
+    }
+}
+
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Buffered reading and reply batching over a stream.
@@ -98,6 +109,18 @@ impl<S: Read + Write> Wire<S> {
         Ok(())
     }
 
+    /// Gives back memory a large message made the read buffer take, keeping what is
+    /// buffered.
+    pub fn shrink(&mut self) {
+        if self.buf.len() > 2 * READ_CHUNK && self.end - self.start <= READ_CHUNK {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            self.buf.truncate(READ_CHUNK);
+            self.buf.shrink_to_fit();
+        }
+    }
+
     /// Whether input is buffered that has not been read yet.
     pub fn has_buffered(&self) -> bool {
         self.start < self.end
@@ -105,7 +128,7 @@ impl<S: Read + Write> Wire<S> {
 
     /// Reads more input, sending collected replies first. Returns the octets read.
     fn fill(&mut self) -> Result<usize, WireError> {
-        self.flush()?;
+        self.flush().map_err(WireError::from_io)?;
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -122,15 +145,7 @@ impl<S: Read + Write> Wire<S> {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(WireError::Timeout)
-                }
-                Err(e) => return Err(WireError::Io(e)),
+                Err(e) => return Err(WireError::from_io(e)),
             }
         }
     }
@@ -180,15 +195,21 @@ impl<S: Read + Write> Wire<S> {
             let Some(i) = pending.iter().position(|&b| b == b'\n') else {
                 // No complete line. A long line without a line end: move its head to the
                 // body now, so the buffer does not grow without bound.
+                // A trailing CR stays: it may begin the CRLF that ends the line.
                 let have = self.end - self.start;
-                if have > READ_CHUNK && !self.buf[self.start..self.end].ends_with(b"\r") {
+                if have > READ_CHUNK {
                     let from = if self.buf[self.start] == b'.' {
                         self.start + 1
                     } else {
                         self.start
                     };
-                    keep(body, &mut outcome, limit, &self.buf[from..self.end]);
-                    self.start = self.end;
+                    let upto = if self.buf[self.end - 1] == b'\r' {
+                        self.end - 1
+                    } else {
+                        self.end
+                    };
+                    keep(body, &mut outcome, limit, &self.buf[from..upto]);
+                    self.start = upto;
                     scanned = 0;
                     // The rest of this line is data, even if it begins with a dot.
                     self.continue_line(body, &mut outcome, limit)?;
@@ -409,6 +430,27 @@ mod tests {
         assert!(o.too_big && body.len() <= 1000);
         assert_eq!(o.size, 5 + 300_002 + 5);
         assert_eq!(next, Line::Text(b"QUIT".to_vec()));
+    }
+
+    #[test]
+    fn reads_ending_in_cr_do_not_grow_the_buffer() {
+        // One 8 MiB line of bare CRs and text, read in pieces that each end in a CR.
+        let piece = [vec![b'A'; 32 * 1024 - 1], vec![b'\r']].concat();
+        let mut input = piece.repeat(256);
+        input.extend_from_slice(b"\n.\r\nQUIT\r\n");
+        let mut w = wire(&input, piece.len(), Terminators::Crlf);
+        let mut body = Vec::new();
+        let o = w.read_data(&mut body, 1 << 20).unwrap();
+        assert!(o.too_big && body.len() <= 1 << 20);
+        assert_eq!(o.size, (piece.len() * 256 + 1) as u64);
+        assert!(
+            w.buf.len() <= 4 * READ_CHUNK,
+            "buffer grew to {}",
+            w.buf.len()
+        );
+        assert_eq!(w.read_line(512).unwrap(), Line::Text(b"QUIT".to_vec()));
+        w.shrink();
+        assert!(w.buf.len() <= 2 * READ_CHUNK);
     }
 
     #[test]

@@ -249,8 +249,14 @@ impl Store for MaildirStore {
         }
         for (t, result) in targets.iter().zip(results.iter_mut()) {
             if result.is_ok() {
-                if let Err(e) = sync_dir(&Path::new(&t.key).join("new")) {
+                let new = Path::new(&t.key).join("new");
+                if let Err(e) = sync_dir(&new) {
                     log::error!("message {}: fsync of {}/new failed: {e}", message.id, t.key);
+                    // The relay will retry this recipient: the copy must not stay, or the
+                    // user would get the message twice.
+                    if let Err(e) = fs::remove_file(new.join(&name)) {
+                        log::error!("cannot withdraw {}/new/{name}: {e}", t.key);
+                    }
                     *result = Err(io_failure(&t.user, "cannot make the delivery durable", &e));
                 }
             }

@@ -63,8 +63,6 @@ pub struct MboxStore {
 
 /// Why one append failed.
 enum AppendError {
-    /// The locks were not obtained in time.
-    Locked,
     /// The mailbox is a symlink, not a regular file, has other links or another owner.
     Unsafe(String),
     Io(&'static str, io::Error),
@@ -96,34 +94,24 @@ impl MboxStore {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends `text` to the mailbox of `account`, under both locks.
-    fn append(&self, path: &Path, account: &User, text: &[u8]) -> Result<(), AppendError> {
+    /// One try at appending `text` to the mailbox of `account` under both locks: `false`
+    /// when another holder has a lock (nothing written). The in-process mutex is held only
+    /// for the try, never while waiting between tries.
+    fn try_append(&self, path: &Path, account: &User, text: &[u8]) -> Result<bool, AppendError> {
         let _in_process = self.stripe(&path.to_string_lossy());
-        let deadline_tries = self.settings.lock_attempts.max(1);
-        let budget = self.settings.lock_sleep * deadline_tries;
-        let started = Instant::now();
-        let mut pause = FIRST_LOCK_PAUSE;
-        loop {
-            if let Some(dot) = self.try_dot_lock(path)? {
-                let attempt = open_mailbox(path, account).and_then(|(file, created)| {
-                    match try_fcntl_lock(&file) {
-                        Ok(true) => write_locked(&file, created, path, text).map(Some),
-                        Ok(false) => Ok(None),
-                        Err(e) => Err(AppendError::Io("cannot lock the mailbox", e)),
-                    }
-                    // The file closes here, which releases the fcntl lock.
-                });
-                dot.release();
-                if let Some(done) = attempt.transpose() {
-                    return done;
-                }
+        let Some(dot) = self.try_dot_lock(path)? else {
+            return Ok(false);
+        };
+        let attempt = open_mailbox(path, account).and_then(|(file, created)| {
+            match try_fcntl_lock(&file) {
+                Ok(true) => write_locked(&file, created, path, text).map(|()| true),
+                Ok(false) => Ok(false),
+                Err(e) => Err(AppendError::Io("cannot lock the mailbox", e)),
             }
-            if started.elapsed() >= budget {
-                return Err(AppendError::Locked);
-            }
-            std::thread::sleep(pause.min(budget.saturating_sub(started.elapsed())));
-            pause = (pause * 2).min(self.settings.lock_sleep.max(FIRST_LOCK_PAUSE));
-        }
+            // The file closes here, which releases the fcntl lock.
+        });
+        dot.release();
+        attempt
     }
 
     /// Tries once to create `<path>.lock`; `None` when someone else holds it.
@@ -177,12 +165,24 @@ impl DotLock {
 }
 
 fn remove_if_stale(lock: &Path) {
-    let stale = fs::symlink_metadata(lock)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .is_some_and(|age| age > STALE_DOT_LOCK);
-    if stale && fs::remove_file(lock).is_ok() {
+    let stale = |m: &fs::Metadata| {
+        m.modified()
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > STALE_DOT_LOCK)
+    };
+    let Ok(first) = fs::symlink_metadata(lock) else {
+        return;
+    };
+    if !stale(&first) {
+        return;
+    }
+    // Someone else may have judged it stale too, removed it and taken a fresh lock under the
+    // same name: remove only the very file judged stale (same inode, still old). The window
+    // left is the one every dot-locking program has.
+    let same = fs::symlink_metadata(lock)
+        .is_ok_and(|now| now.ino() == first.ino() && now.dev() == first.dev() && stale(&now));
+    if same && fs::remove_file(lock).is_ok() {
         log::warn!("removed the stale dot-lock {}", lock.display());
     }
 }
@@ -284,7 +284,14 @@ fn write_locked(file: &File, created: bool, path: &Path, text: &[u8]) -> Result<
         whole.extend_from_slice(text);
         out.write_all(&whole)
     }
-    .and_then(|()| file.sync_data());
+    // A new file's owner and mode must survive a crash too: sync_all.
+    .and_then(|()| {
+        if created {
+            file.sync_all()
+        } else {
+            file.sync_data()
+        }
+    });
     let result = result.and_then(|()| match (created, path.parent()) {
         (true, Some(dir)) => File::open(dir)?.sync_all(),
         _ => Ok(()),
@@ -391,23 +398,73 @@ impl Store for MboxStore {
         }
     }
 
+    /// Appends to every target's mailbox. A locked mailbox does not hold up the others: all
+    /// are tried in turn, and those still locked are tried again, the pause doubling from
+    /// 5 ms up to `SLEEP_TIME`, until `REPEAT_COUNT` × `SLEEP_TIME` has passed for the whole
+    /// message; what is still locked then gets `450 4.2.0`.
     fn deliver(&self, message: &Message<'_>, targets: &[&Target]) -> Vec<Result<(), Reply>> {
         let text = mbox_text(message);
-        targets
-            .iter()
-            .map(|t| {
-                let result = self.deliver_one(t, &text, message.size());
-                if let Err(r) = &result {
-                    log::error!("message {} to {}: {r}", message.id, t.key);
+        let mut results: Vec<Option<Result<(), Reply>>> = vec![None; targets.len()];
+        let mut pending: Vec<(usize, User)> = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            match self.prepare(t, message.size()) {
+                Ok(account) => pending.push((i, account)),
+                Err(r) => results[i] = Some(Err(r)),
+            }
+        }
+        let budget = self
+            .settings
+            .lock_sleep
+            .saturating_mul(self.settings.lock_attempts.max(1));
+        let longest_pause = self.settings.lock_sleep.max(FIRST_LOCK_PAUSE);
+        let started = Instant::now();
+        let mut pause = FIRST_LOCK_PAUSE;
+        loop {
+            pending.retain(|(i, account)| {
+                let t = targets[*i];
+                match self.try_append(Path::new(&t.key), account, &text) {
+                    Ok(false) => true,
+                    Ok(true) => {
+                        results[*i] = Some(Ok(()));
+                        false
+                    }
+                    Err(e) => {
+                        results[*i] = Some(Err(failure_reply(t, e)));
+                        false
+                    }
                 }
-                result
+            });
+            let waited = started.elapsed();
+            if pending.is_empty() || waited >= budget {
+                break;
+            }
+            std::thread::sleep(pause.min(budget - waited));
+            pause = pause.saturating_mul(2).min(longest_pause);
+        }
+        for (i, _) in pending {
+            results[i] = Some(Err(Reply::new(
+                450,
+                "4.2.0",
+                format!("<{}> Mailbox is locked; try again later", targets[i].user),
+            )));
+        }
+        results
+            .into_iter()
+            .zip(targets)
+            .map(|(r, t)| {
+                let r = r.unwrap_or_else(|| Err(Reply::new(451, "4.3.0", "not delivered")));
+                if let Err(reply) = &r {
+                    log::error!("message {} to {}: {reply}", message.id, t.key);
+                }
+                r
             })
             .collect()
     }
 }
 
 impl MboxStore {
-    fn deliver_one(&self, t: &Target, text: &[u8], size: u64) -> Result<(), Reply> {
+    /// Before the first try: the account still exists and the quota admits the message.
+    fn prepare(&self, t: &Target, size: u64) -> Result<User, Reply> {
         let account = local_account(&t.user, &t.user, || {
             Reply::new(
                 451,
@@ -421,23 +478,22 @@ impl MboxStore {
         if !within_quota(t, size) {
             return Err(over_quota(&t.user, self.settings.over_quota_permanent));
         }
-        let path = Path::new(&t.key);
-        self.append(path, &account, text).map_err(|e| match e {
-            AppendError::Locked => Reply::new(
-                450,
-                "4.2.0",
-                format!("<{}> Mailbox is locked; try again later", t.user),
-            ),
-            AppendError::Unsafe(why) => {
-                log::error!("refusing to deliver to {}: {why}", path.display());
-                Reply::new(
-                    451,
-                    "4.3.0",
-                    format!("<{}> Mailbox is unsafe to deliver to: {why}", t.user),
-                )
-            }
-            AppendError::Io(what, e) => io_failure(&t.user, what, &e),
-        })
+        Ok(account)
+    }
+}
+
+/// The reply for an append that failed.
+fn failure_reply(t: &Target, e: AppendError) -> Reply {
+    match e {
+        AppendError::Unsafe(why) => {
+            log::error!("refusing to deliver to {}: {why}", t.key);
+            Reply::new(
+                451,
+                "4.3.0",
+                format!("<{}> Mailbox is unsafe to deliver to: {why}", t.user),
+            )
+        }
+        AppendError::Io(what, e) => io_failure(&t.user, what, &e),
     }
 }
 
@@ -601,6 +657,42 @@ mod tests {
             .unwrap();
         assert!(s.deliver(&msg("a@b", b"x\r\n"), &[&t])[0].is_ok());
         assert!(!lock.exists());
+    }
+
+    #[test]
+    fn a_locked_mailbox_does_not_hold_up_the_others() {
+        let spool = tempfile::tempdir().unwrap();
+        // 4 tries 100 ms apart: 400 ms for the whole message, not per mailbox.
+        let s = store(spool.path(), 4, 100);
+        let first = target(&s);
+        let mut others: Vec<Target> = (0..3)
+            .map(|n| Target {
+                key: spool
+                    .path()
+                    .join(format!("other{n}"))
+                    .to_string_lossy()
+                    .into_owned(),
+                ..first.clone()
+            })
+            .collect();
+        others.push(first);
+        for t in &others[..2] {
+            fs::write(lock_path(Path::new(&t.key)), b"").unwrap();
+        }
+        let refs: Vec<&Target> = others.iter().collect();
+        let started = Instant::now();
+        let results = s.deliver(&msg("a@b", b"x\r\n"), &refs);
+        let took = started.elapsed();
+        let codes: Vec<u16> = results
+            .iter()
+            .map(|r| r.as_ref().map_or_else(|e| e.code, |()| 250))
+            .collect();
+        assert_eq!(codes, [450, 450, 250, 250]);
+        assert!(took >= Duration::from_millis(400), "{took:?}");
+        assert!(
+            took < Duration::from_millis(700),
+            "one wait, not one per mailbox: {took:?}"
+        );
     }
 
     #[test]

@@ -57,10 +57,17 @@ struct Session<'a> {
     body: Vec<u8>,
 }
 
+/// Octets of message buffer a connection keeps between messages.
+const KEPT_BODY_CAPACITY: usize = 256 * 1024;
+
 /// Serves one connection until `QUIT`, end of input, a timeout or an error.
 pub fn run(stream: &TcpStream, ctx: &Context<'_>) -> End {
     let settings = ctx.settings;
-    if let Err(e) = stream.set_read_timeout(Some(settings.command_timeout)) {
+    // A client that stops reading our replies is timed out like one that stops writing.
+    let timeouts = stream
+        .set_read_timeout(Some(settings.command_timeout))
+        .and_then(|()| stream.set_write_timeout(Some(settings.command_timeout)));
+    if let Err(e) = timeouts {
         return End::Error(e.to_string());
     }
     let _ = stream.set_nodelay(true);
@@ -170,6 +177,16 @@ impl Session<'_> {
     fn stopped(&mut self, e: WireError, doing: &str) -> End {
         match e {
             WireError::Closed => End::Closed,
+            WireError::Timeout if !self.wire.out().is_empty() => {
+                // Replies are still unsent: the client has stopped reading them.
+                self.wire.out().clear();
+                log::info!(
+                    "connection {} from {}: timed out: the client does not read its replies",
+                    self.ctx.conn,
+                    self.ctx.client
+                );
+                End::Timeout
+            }
             WireError::Timeout => {
                 let host = self.ctx.settings.host.clone();
                 self.reply(Reply::new(
@@ -458,8 +475,11 @@ impl Session<'_> {
             }
             self.reply(reply);
         }
+        // A large message's memory goes back; the next message starts small again.
         body.clear();
+        body.shrink_to(KEPT_BODY_CAPACITY);
         self.body = body;
+        self.wire.shrink();
         if oversize.is_some() {
             log::warn!(
                 "connection {} from {}: message larger than its declared SIZE; closing the connection",

@@ -271,7 +271,7 @@ pub fn from_parts(
         create_mailboxes: opts.flag("CREATE_MAILBOXES", false)?,
         spool,
         lock_attempts: opts.number("REPEAT_COUNT", 30)?.clamp(1, 10_000) as u32,
-        lock_sleep: Duration::from_secs(opts.number("SLEEP_TIME", 2)?),
+        lock_sleep: Duration::from_secs(opts.number("SLEEP_TIME", 2)?.min(3600)),
         notes,
     };
     for s in &options.settings {
