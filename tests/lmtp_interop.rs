@@ -8,9 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::dispatcher::Dispatcher;
-use common::lmtp::maildir;
+use common::lmtp::{maildir, Lmtp};
 use common::peers;
 
+const RELAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
 const LIMITS: &str = "MIN_PROCS=1\nMAX_PROCS=4\nMIN_CONNS=4\nMAX_CONNS=20";
 
 fn count(dir: &Path) -> usize {
@@ -128,4 +129,53 @@ fn swaks_smtp_source_and_doveadm() {
             .unwrap_or_else(|| panic!("no Message-Id: {text}"));
         assert!(ids.insert(id.to_string()), "{id} stored twice");
     }
+}
+
+/// The relay's `XQUOTA=` kept in a Maildir++ `maildirsize`: our refusal at the limit, and
+/// Dovecot's quota plugin reading the same figures from the file we wrote.
+#[test]
+fn xquota_usage_is_kept_where_dovecot_reads_it() {
+    let d = Dispatcher::start_lmtp(LIMITS, "");
+    let dora = maildir(&d.root, "dora");
+    let mut c = Lmtp::connect(RELAY, d.addr(0));
+    c.lhlo();
+    let body = format!("Subject: q\r\n\r\n{}\r\n", "x".repeat(900));
+    let mut delivered = 0;
+    let refusal = loop {
+        assert_eq!(c.cmd("MAIL FROM:<a@relay.example> SIZE=1000").code, 250);
+        let r = c.cmd("RCPT TO:dora XQUOTA=100000,3 XDFLG=0");
+        if r.code != 250 {
+            break r;
+        }
+        assert_eq!(c.data(body.as_bytes(), 1)[0].code, 250);
+        delivered += 1;
+        assert!(delivered <= 3, "the message limit of 3 was not enforced");
+    };
+    assert_eq!((refusal.code, delivered), (452, 3), "{refusal:?}");
+    assert!(refusal.lines[0].starts_with("4.2.2 "), "{refusal:?}");
+    c.cmd("RSET");
+    c.quit();
+    let bytes: u64 = std::fs::read_dir(dora.join("new"))
+        .expect("dora/new")
+        .map(|e| e.expect("entry").metadata().expect("size").len())
+        .sum();
+    let cache = std::fs::read_to_string(dora.join("maildirsize")).expect("maildirsize");
+    // The refusal recounted the mailbox exactly and rewrote the cache with it.
+    assert_eq!(cache, format!("100000S,3C\n{bytes} 3\n"));
+
+    let dv_dir = tempfile::tempdir().expect("tempdir");
+    let dovecot = peers::Dovecot::start(dv_dir.path(), &d.root.join("store"), None);
+    let quota = peers::quota_get(dovecot.config_path(), "dora");
+    assert_eq!(
+        quota,
+        [
+            (
+                "STORAGE".to_string(),
+                bytes.div_ceil(1024),
+                100000u64.div_ceil(1024)
+            ),
+            ("MESSAGE".to_string(), 3, 3)
+        ],
+        "maildirsize:\n{cache}"
+    );
 }

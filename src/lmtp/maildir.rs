@@ -20,7 +20,8 @@
 //!
 //! Quota (`XQUOTA=bytes,messages` from the relay, or the channel's `DEFAULT_QUOTA`) is the
 //! sum over the user's INBOX and folders (`new/` and `cur/`), sizes read from `,S=` in file
-//! names where present; it is counted only for recipients that have a quota.
+//! names where present; it is counted only for recipients that have a quota, and kept in
+//! the Maildir++ cache `maildirsize` ([`maildirsize`]) so it is not recounted each time.
 
 use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -31,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
 use super::address::Recipient;
+use super::maildirsize;
 use super::reply::Reply;
 use super::store::{io_failure, over_quota, Message, Quota, Store, Target};
 
@@ -86,8 +88,7 @@ impl MaildirStore {
     fn within_quota(&self, target: &Target, size: u64) -> io::Result<bool> {
         match target.quota {
             Some(q) if !target.ignore_quota => {
-                let (bytes, messages) = usage(&self.user_dir(&target.user))?;
-                Ok(q.admits(bytes, messages, size))
+                maildirsize::admits(&self.user_dir(&target.user), q, size, usage)
             }
             _ => Ok(true),
         }
@@ -258,6 +259,8 @@ impl Store for MaildirStore {
                         log::error!("cannot withdraw {}/new/{name}: {e}", t.key);
                     }
                     *result = Err(io_failure(&t.user, "cannot make the delivery durable", &e));
+                } else if t.quota.is_some() {
+                    maildirsize::record(&self.user_dir(&t.user), size);
                 }
             }
         }

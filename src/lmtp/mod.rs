@@ -9,6 +9,7 @@
 //! * [`settings`]: the channel in `imta.cnf` and its option file, read once at start.
 //! * [`store`]: what a delivery back end is ([`store::Store`]).
 //! * [`maildir`]: the message store: Maildir++ under a store root.
+//! * [`maildirsize`]: the Maildir++ quota cache, so a quota check does not count a mailbox.
 //! * [`mbox`]: native delivery: mbox files in a `/var/mail`-like spool.
 //! * [`trace`]: the trace header, the message identifier and dates.
 //! * [`server`]: the worker handler that ties these together and logs each delivery.
@@ -17,6 +18,7 @@ pub mod address;
 pub mod command;
 pub mod input;
 pub mod maildir;
+pub mod maildirsize;
 pub mod mbox;
 pub mod reply;
 pub mod server;

@@ -70,7 +70,9 @@ pub fn smtp_source(addr: SocketAddr, args: &[&str], limit: Duration) -> Output {
 }
 
 /// A throwaway Dovecot master (killed by pid when dropped). With an LMTP port it delivers
-/// into `mail_root` like our store (`maildir:ROOT/%n`); without one it only serves `doveadm`'s user look-ups.
+/// into `mail_root` like our store (`maildir:ROOT/%n`); without one it only serves `doveadm`
+/// (its user look-ups, and the Maildir++ quota plugin, so `doveadm quota get` reads the
+/// `maildirsize` files).
 pub struct Dovecot {
     config: PathBuf,
     _master: ChildGuard,
@@ -109,7 +111,11 @@ impl Dovecot {
                      port = {port}\n  }}\n}}\n"
                 ),
             ),
-            None => ("", String::new()),
+            // doveadm only: with the Maildir++ quota plugin, which reads `maildirsize`.
+            None => (
+                "",
+                "mail_plugins = quota\nplugin {\n  quota = maildir:User quota\n}\n".to_string(),
+            ),
         };
         let d = dir.display();
         let config = format!(
@@ -236,4 +242,26 @@ fn json_string(s: &str) -> (String, &str) {
         }
     }
     panic!("unterminated string in doveadm JSON")
+}
+
+/// `doveadm quota get`: (type, value, limit) per quota type (`STORAGE` in KiB, `MESSAGE`).
+pub fn quota_get(conf: &Path, user: &str) -> Vec<(String, u64, u64)> {
+    let out = doveadm(conf, &["-f", "flow", "quota", "get", "-u", user]);
+    let text = String::from_utf8_lossy(&out);
+    text.lines()
+        .map(|line| {
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|f| f.strip_prefix(key))
+                    .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                    .to_string()
+            };
+            let number = |key: &str| {
+                field(key)
+                    .parse::<u64>()
+                    .unwrap_or_else(|e| panic!("{key} in {line:?}: {e}"))
+            };
+            (field("Type="), number("Value="), number("Limit="))
+        })
+        .collect()
 }
