@@ -3,8 +3,9 @@
 //!
 //! The runtime reads its settings from the environment the dispatcher gives it (see
 //! [`WorkerConfig::from_env`] and `docs/worker-protocol.md`), says `READY`, then handles
-//! `HANDOFF` and `DRAIN` from the control socket on descriptor 3. Each connection runs on a new
-//! thread whose stack is the service's `STACKSIZE`; when it ends, the runtime says `ENDED`.
+//! `HANDOFF` and `DRAIN` from the control socket on descriptor 3. Each connection runs on a
+//! thread of its own whose stack is the service's `STACKSIZE` (threads are reused, see
+//! [`super::threads`]); when it ends, the runtime says `ENDED`.
 //! It never holds more than `MAX_CONNS` connections: one beyond that (the dispatcher's
 //! policy should never send it) is closed at once and reported ended. After `DRAIN`, or when
 //! the dispatcher goes away (end of file on the control socket), it takes nothing new and
@@ -16,6 +17,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 
+use super::threads::Threads;
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError, CONTROL_FD};
 
 /// Environment variables the dispatcher sets for its workers.
@@ -156,6 +158,7 @@ pub fn run(
 ) -> Result<(), WorkerError> {
     let control = Arc::new(control);
     let active = Arc::new(Active::default());
+    let threads = Threads::new(config.stack_size);
     wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ready)?;
     log::info!(
         "[SERVICE={}] worker ready ({}, up to {} connections)",
@@ -201,7 +204,7 @@ pub fn run(
                     server,
                     stream,
                 };
-                spawn_connection(config, &handler, &control, &active, connection);
+                spawn_connection(&threads, &handler, &control, &active, connection);
             }
             Some((ToWorker::HandOff { conn, .. }, None)) => {
                 // recv_from_dispatcher already refuses this; kept for completeness.
@@ -218,7 +221,7 @@ pub fn run(
 }
 
 fn spawn_connection(
-    config: &WorkerConfig,
+    threads: &Threads,
     handler: &Arc<dyn Handler>,
     control: &Arc<OwnedFd>,
     active: &Arc<Active>,
@@ -227,22 +230,19 @@ fn spawn_connection(
     let id = connection.id;
     let (h, c, a) = (Arc::clone(handler), Arc::clone(control), Arc::clone(active));
     let client = connection.client;
-    let spawned = std::thread::Builder::new()
-        .name(format!("conn-{id}"))
-        .stack_size(config.stack_size)
-        .spawn(move || {
-            // Reports the end even when the handler panics: the slot must not stay counted.
-            let _ended = EndOnDrop {
-                control: &c,
-                active: &a,
-                conn: id,
-            };
-            log::debug!("connection {id} from {client}");
-            h.serve(connection);
-            log::debug!("connection {id} ended");
-        });
+    let spawned = threads.run(move || {
+        // Reports the end even when the handler panics: the slot must not stay counted.
+        let _ended = EndOnDrop {
+            control: &c,
+            active: &a,
+            conn: id,
+        };
+        log::debug!("connection {id} from {client}");
+        h.serve(connection);
+        log::debug!("connection {id} ended");
+    });
     if let Err(e) = spawned {
-        // The closure (and with it the socket) was dropped: the client sees the close.
+        // The job (and with it the socket) was dropped: the client sees the close.
         log::error!("connection {id}: cannot start a thread ({e}); closed");
         end(control, active, id);
     }
