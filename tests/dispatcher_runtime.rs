@@ -467,3 +467,18 @@ fn a_handler_that_panics_frees_its_connection_slot() {
         "{log}"
     );
 }
+
+#[test]
+fn back_to_back_connections_on_one_slot_are_all_served() {
+    // The worker frees a slot before it tells the dispatcher, so the next connection, sent
+    // the moment ENDED arrives, never finds the slot still taken (the window is narrow: the
+    // panic test above is the one that showed it).
+    let d = Dispatcher::start("MIN_PROCS=1\nMAX_PROCS=1\nMIN_CONNS=1\nMAX_CONNS=1");
+    for n in 0..300 {
+        let mut c = Client::connect(RELAY, d.addr(0));
+        let greeting = c.line();
+        assert!(greeting.starts_with("220 "), "connection {n}: {greeting:?}");
+        assert_eq!(c.quit(), "221 bye\r\n", "connection {n}");
+    }
+    assert_eq!(d.count_in_log("refused"), 0, "{}", d.log());
+}

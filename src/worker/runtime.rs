@@ -95,9 +95,13 @@ impl Active {
         *n
     }
 
-    fn remove(&self) {
+    /// Frees a slot and runs `report` (telling the dispatcher) under the same lock, so that
+    /// the next connection the dispatcher sends on the strength of that report finds the
+    /// slot free, and a drain does not finish before the report is out.
+    fn remove_and(&self, report: impl FnOnce()) {
         let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
         *n = n.saturating_sub(1);
+        report();
         self.changed.notify_all();
     }
 
@@ -270,8 +274,9 @@ impl Drop for EndOnDrop<'_> {
 
 /// Reports a connection ended and frees its slot.
 fn end(control: &OwnedFd, active: &Active, conn: u64) {
-    if let Err(e) = wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ended { conn }) {
-        log::warn!("cannot report connection {conn} ended: {e}");
-    }
-    active.remove();
+    active.remove_and(|| {
+        if let Err(e) = wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ended { conn }) {
+            log::warn!("cannot report connection {conn} ended: {e}");
+        }
+    });
 }
