@@ -173,3 +173,50 @@ fn concurrent_deliveries_to_one_mailbox_do_not_interleave() {
         assert!(tags.insert(tag), "a message stored twice");
     }
 }
+
+#[test]
+fn a_large_message_reaches_the_mbox_whole() {
+    account("alice");
+    let d = Dispatcher::start_lmtp(LIMITS, "");
+    // 12 MiB of lines, some of them "From " lines that mbox must quote.
+    let mut message = String::from("Subject: large native\r\n\r\n");
+    let mut n = 0usize;
+    while message.len() < 12 << 20 {
+        if n.is_multiple_of(3) {
+            message.push_str("From the line ");
+        }
+        message.push_str(&"z".repeat((n * 31) % 2000));
+        message.push_str("\r\n");
+        n += 1;
+    }
+    let mut c = Lmtp::connect(RELAY, d.addr(1));
+    c.lhlo();
+    assert_eq!(c.cmd("MAIL FROM:<big@relay.example>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice>").code, 250);
+    let r = c.data(message.as_bytes(), 1);
+    assert_eq!(r[0].code, 250, "{r:?}");
+    c.quit();
+    let text = std::fs::read_to_string(d.root.join("mail/alice")).expect("alice's mailbox");
+    let msgs = messages(&text);
+    assert_eq!(msgs.len(), 1);
+    let expected: Vec<String> = message
+        .trim_end_matches("\r\n")
+        .split("\r\n")
+        .map(|l| {
+            if l.starts_with("From ") {
+                format!(">{l}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(
+        without_trace(&msgs[0].1) == expected,
+        "the stored message differs"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(d.root.join("mail"))
+        .expect("spool")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(leftovers, ["alice"], "nothing else in the spool");
+}

@@ -601,3 +601,66 @@ fn octets_that_are_not_utf8_or_ascii_get_replies_not_a_crash() {
     let store: Vec<PathBuf> = files(&d.root.join("store"));
     assert_eq!(store, [d.root.join("store/jose")], "{store:?}");
 }
+
+/// Peak resident memory of a process, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn a_large_message_is_stored_whole_without_being_held_in_memory() {
+    let d = Dispatcher::start_lmtp("MIN_PROCS=1\nMAX_PROCS=1\nMIN_CONNS=1\nMAX_CONNS=20", "");
+    maildir(&d.root, "alice");
+    maildir(&d.root, "bob");
+    // 40 MiB: lines of every length up to 9000 octets, some starting with a dot or "From ".
+    let mut message = b"Subject: large\r\n\r\n".to_vec();
+    let mut n = 0u64;
+    while message.len() < 40 << 20 {
+        let len = (n * 7919) % 9000;
+        match n % 5 {
+            0 => message.extend_from_slice(b".dot "),
+            1 => message.extend_from_slice(b"From "),
+            _ => {}
+        }
+        message.extend(std::iter::repeat_n(b'a' + (n % 26) as u8, len as usize));
+        message.extend_from_slice(b"\r\n");
+        n += 1;
+    }
+    let mut c = Lmtp::connect(RELAY, d.addr(0));
+    c.lhlo();
+    assert_eq!(c.cmd("MAIL FROM:<big@relay.example>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<bob>").code, 250);
+    let replies = c.data(&message, 2);
+    assert!(replies.iter().all(|r| r.code == 250), "{replies:?}");
+    // A second, small message on the same connection: the large one's file is gone.
+    assert_eq!(c.cmd("MAIL FROM:<small@relay.example>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice>").code, 250);
+    assert_eq!(c.data(b"Subject: small\r\n\r\nx\r\n", 1)[0].code, 250);
+    let pids = workers(d.child.pid(), "tcp_lmtp_server");
+    assert_eq!(pids.len(), 1);
+    let peak = peak_rss_kib(pids[0]);
+    c.quit();
+    for user in ["alice", "bob"] {
+        let stored: Vec<Vec<u8>> = files(&d.root.join("store").join(user).join("new"))
+            .iter()
+            .map(|p| std::fs::read(p).expect("read"))
+            .filter(|m| m.len() > 1 << 20)
+            .collect();
+        assert_eq!(stored.len(), 1, "{user}");
+        let (_, body) = split_trace(&stored[0]);
+        assert!(
+            body == message,
+            "{user}: the stored message differs from what was sent"
+        );
+    }
+    assert!(
+        peak < 24 * 1024,
+        "the worker's peak memory was {peak} KiB for a 40 MiB message"
+    );
+}

@@ -14,6 +14,8 @@
 
 use std::io::{self, Read, Write};
 
+use super::body::Sink;
+
 /// Which line ends the channel accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Terminators {
@@ -42,6 +44,9 @@ pub struct DataOutcome {
     pub size: u64,
     pub lines: u64,
     pub has_nul: bool,
+    /// Keeping the data failed (the temporary file of a large message): nothing may be
+    /// stored, and the text says why.
+    pub keep_failed: Option<String>,
 }
 
 /// Why reading stopped.
@@ -186,7 +191,11 @@ impl<S: Read + Write> Wire<S> {
 
     /// Reads message data up to and including the `.` line into `body` (CRLF line ends,
     /// unstuffed), keeping at most `limit` octets.
-    pub fn read_data(&mut self, body: &mut Vec<u8>, limit: u64) -> Result<DataOutcome, WireError> {
+    pub fn read_data(
+        &mut self,
+        body: &mut impl Sink,
+        limit: u64,
+    ) -> Result<DataOutcome, WireError> {
         let mut outcome = DataOutcome::default();
         // Offset of the current line's start, relative to self.start, while it is incomplete.
         let mut scanned = 0;
@@ -250,7 +259,7 @@ impl<S: Read + Write> Wire<S> {
     /// its line end, as plain data.
     fn continue_line(
         &mut self,
-        body: &mut Vec<u8>,
+        body: &mut impl Sink,
         outcome: &mut DataOutcome,
         limit: u64,
     ) -> Result<(), WireError> {
@@ -298,8 +307,9 @@ impl<S: Read + Write> Wire<S> {
     }
 }
 
-/// Appends `bytes` to the body while it stays within `limit`; counts them in any case.
-fn keep(body: &mut Vec<u8>, outcome: &mut DataOutcome, limit: u64, bytes: &[u8]) {
+/// Appends `bytes` to the body while it stays within `limit` and keeping works; counts them
+/// in any case.
+fn keep(body: &mut impl Sink, outcome: &mut DataOutcome, limit: u64, bytes: &[u8]) {
     outcome.size += bytes.len() as u64;
     if bytes.contains(&0) {
         outcome.has_nul = true;
@@ -308,7 +318,12 @@ fn keep(body: &mut Vec<u8>, outcome: &mut DataOutcome, limit: u64, bytes: &[u8])
         outcome.too_big = true;
         return;
     }
-    body.extend_from_slice(bytes);
+    if outcome.keep_failed.is_some() {
+        return;
+    }
+    if let Err(e) = body.put(bytes) {
+        outcome.keep_failed = Some(e.to_string());
+    }
 }
 
 #[cfg(test)]

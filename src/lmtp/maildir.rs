@@ -158,14 +158,29 @@ fn size_from_name(name: &OsStr) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Writes `parts` to a new file at `path` and fsyncs it.
-fn write_new(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+/// Writes the message (trace header, then body) to a new file at `path` and fsyncs it: one
+/// `writev` when the body is in memory, pieces when it is in a temporary file.
+fn write_new(path: &Path, message: &Message<'_>) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)?;
+    let written = match message.body.as_slice() {
+        Some(body) => write_all_vectored(&mut file, &[message.trace, body]),
+        None => file
+            .write_all(message.trace)
+            .and_then(|()| message.body.chunks(|c| file.write_all(c))),
+    };
+    if let Err(e) = written.and_then(|()| file.sync_data()) {
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn write_all_vectored(file: &mut File, parts: &[&[u8]]) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
     let mut slices = &mut slices[..];
     while !slices.is_empty() {
@@ -173,20 +188,17 @@ fn write_new(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
             Ok(n) => IoSlice::advance_slices(&mut slices, n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let _ = fs::remove_file(path);
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         }
-    }
-    if let Err(e) = file.sync_data() {
-        let _ = fs::remove_file(path);
-        return Err(e);
     }
     Ok(())
 }
 
 impl Store for MaildirStore {
+    fn spill_dir(&self) -> &Path {
+        &self.settings.root
+    }
+
     fn resolve(&self, r: &Recipient, size: u64) -> Result<Target, Reply> {
         let user_dir = self.user_dir(&r.user);
         if !user_dir.join("new").is_dir() {
@@ -231,7 +243,6 @@ impl Store for MaildirStore {
     fn deliver(&self, message: &Message<'_>, targets: &[&Target]) -> Vec<Result<(), Reply>> {
         let size = message.size();
         let name = self.unique_name(size);
-        let parts = [message.trace, message.body];
         // The one written copy, once some target has it.
         let mut written: Option<PathBuf> = None;
         let mut results: Vec<Result<(), Reply>> = Vec::with_capacity(targets.len());
@@ -241,7 +252,7 @@ impl Store for MaildirStore {
             let result = match quota_ok {
                 Ok(false) => Err(over_quota(&t.user, self.settings.over_quota_permanent)),
                 Err(e) => Err(io_failure(&t.user, "cannot read the mailbox size", &e)),
-                Ok(true) => self.place(dir, &name, &parts, &mut written),
+                Ok(true) => self.place(dir, &name, message, &mut written),
             };
             if let Err(r) = &result {
                 log::error!("message {} to {}: {r}", message.id, dir.display());
@@ -280,7 +291,7 @@ impl MaildirStore {
         &self,
         dir: &Path,
         name: &str,
-        parts: &[&[u8]],
+        message: &Message<'_>,
         written: &mut Option<PathBuf>,
     ) -> Result<(), Reply> {
         let dest = dir.join("new").join(name);
@@ -293,7 +304,7 @@ impl MaildirStore {
             }
         }
         let tmp = dir.join("tmp").join(name);
-        write_new(&tmp, parts).map_err(|e| io_failure(&who, "cannot write the message", &e))?;
+        write_new(&tmp, message).map_err(|e| io_failure(&who, "cannot write the message", &e))?;
         if let Err(e) = fs::hard_link(&tmp, &dest) {
             let _ = fs::remove_file(&tmp);
             return Err(io_failure(&who, "cannot store the message", &e));
@@ -328,12 +339,13 @@ mod tests {
         Recipient::parse(s).expect("valid")
     }
 
-    fn msg<'a>(body: &'a [u8]) -> Message<'a> {
+    fn msg(body: &[u8]) -> Message<'static> {
         Message {
             id: "T.1.1",
             sender: "s@x",
             trace: b"Return-Path: <s@x>\r\n",
-            body,
+            // Leaked: a test's few bodies live as long as the test process.
+            body: Box::leak(Box::new(crate::lmtp::body::Body::from_bytes(body))),
             received: SystemTime::now(),
         }
     }

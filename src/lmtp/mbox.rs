@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::unistd::{Uid, User};
 
 use super::address::Recipient;
+use super::body::{Body, Sink};
 use super::reply::Reply;
 use super::store::{io_failure, over_quota, Message, Quota, Store, Target};
 
@@ -97,7 +98,7 @@ impl MboxStore {
     /// One try at appending `text` to the mailbox of `account` under both locks: `false`
     /// when another holder has a lock (nothing written). The in-process mutex is held only
     /// for the try, never while waiting between tries.
-    fn try_append(&self, path: &Path, account: &User, text: &[u8]) -> Result<bool, AppendError> {
+    fn try_append(&self, path: &Path, account: &User, text: &Body) -> Result<bool, AppendError> {
         let _in_process = self.stripe(&path.to_string_lossy());
         let Some(dot) = self.try_dot_lock(path)? else {
             return Ok(false);
@@ -268,7 +269,7 @@ fn try_fcntl_lock(file: &File) -> io::Result<bool> {
 
 /// Appends `text` to the locked mailbox and makes it durable; on failure the mailbox is cut
 /// back to its old length (or removed, when this delivery created it).
-fn write_locked(file: &File, created: bool, path: &Path, text: &[u8]) -> Result<(), AppendError> {
+fn write_locked(file: &File, created: bool, path: &Path, text: &Body) -> Result<(), AppendError> {
     let old_len = file
         .metadata()
         .map_err(|e| AppendError::Io("cannot examine the mailbox", e))?
@@ -276,13 +277,13 @@ fn write_locked(file: &File, created: bool, path: &Path, text: &[u8]) -> Result<
     let separator = missing_separator(file, old_len)
         .map_err(|e| AppendError::Io("cannot read the mailbox end", e))?;
     let mut out = file;
-    let result = if separator.is_empty() {
-        out.write_all(text)
-    } else {
-        let mut whole = Vec::with_capacity(separator.len() + text.len());
-        whole.extend_from_slice(separator);
-        whole.extend_from_slice(text);
-        out.write_all(&whole)
+    // One write for a message in memory; a large one goes in pieces (under the same locks).
+    let result = match (text.as_slice(), separator.is_empty()) {
+        (Some(t), true) => out.write_all(t),
+        (Some(t), false) => out.write_all(&[separator, t].concat()),
+        (None, _) => out
+            .write_all(separator)
+            .and_then(|()| text.chunks(|c| out.write_all(c))),
     }
     // A new file's owner and mode must survive a crash too: sync_all.
     .and_then(|()| {
@@ -331,7 +332,9 @@ fn missing_separator(file: &File, len: u64) -> io::Result<&'static [u8]> {
 }
 
 /// The message as it is appended: `From ` line, LF line ends, mboxrd quoting, empty line.
-pub fn mbox_text(message: &Message<'_>) -> Vec<u8> {
+/// Built once per message for all its recipients, in memory or (for a large message) in a
+/// temporary file in `spill_dir`.
+pub fn mbox_text(message: &Message<'_>, spill_dir: &Path) -> io::Result<Body> {
     let sender = if message.sender.is_empty() {
         "MAILER-DAEMON"
     } else {
@@ -347,34 +350,106 @@ pub fn mbox_text(message: &Message<'_>) -> Vec<u8> {
             }
         })
         .collect();
-    let mut out = Vec::with_capacity(message.trace.len() + message.body.len() + 128);
-    out.extend_from_slice(b"From ");
-    out.extend_from_slice(sender.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(super::trace::asctime_date(message.received).as_bytes());
-    out.push(b'\n');
-    for part in [message.trace, message.body] {
-        for line in part.split_inclusive(|&b| b == b'\n') {
-            let content = line
-                .strip_suffix(b"\r\n")
-                .or_else(|| line.strip_suffix(b"\n"))
-                .unwrap_or(line);
-            let unquoted = content
-                .iter()
-                .position(|&b| b != b'>')
-                .unwrap_or(content.len());
-            if content[unquoted..].starts_with(b"From ") {
-                out.push(b'>');
+    let mut out = Body::new(spill_dir);
+    out.put(
+        format!(
+            "From {sender} {}\n",
+            super::trace::asctime_date(message.received)
+        )
+        .as_bytes(),
+    )?;
+    let mut lines = MboxLines::default();
+    lines.feed(message.trace, &mut out)?;
+    message.body.chunks(|c| lines.feed(c, &mut out))?;
+    lines.finish(&mut out)?;
+    Ok(out)
+}
+
+/// Turns CRLF line ends into LF and quotes `^>*From ` lines (mboxrd), over input that
+/// arrives in pieces cut anywhere.
+#[derive(Default)]
+struct MboxLines {
+    /// The start of the current line while it may still turn out to be `>*From `.
+    head: Vec<u8>,
+    /// The current line is past the point where quoting is decided.
+    decided: bool,
+    /// A CR was seen and the next octet says whether it ends the line.
+    cr: bool,
+    out: Vec<u8>,
+}
+
+/// A line start of this many `>` is written as it is (no such line is quoted).
+const MAX_QUOTE_HEAD: usize = 4096;
+
+impl MboxLines {
+    fn feed(&mut self, bytes: &[u8], sink: &mut impl Sink) -> io::Result<()> {
+        for &b in bytes {
+            if self.cr {
+                self.cr = false;
+                if b == b'\n' {
+                    self.end_line();
+                    continue;
+                }
+                self.octet(b'\r');
             }
-            out.extend_from_slice(content);
-            out.push(b'\n');
+            match b {
+                b'\r' => self.cr = true,
+                b'\n' => self.end_line(),
+                _ => self.octet(b),
+            }
         }
+        sink.put(&self.out)?;
+        self.out.clear();
+        Ok(())
     }
-    out.push(b'\n');
-    out
+
+    fn octet(&mut self, b: u8) {
+        if self.decided {
+            self.out.push(b);
+            return;
+        }
+        self.head.push(b);
+        let quotes = self.head.iter().take_while(|&&c| c == b'>').count();
+        let rest = &self.head[quotes..];
+        let undecided = (rest.is_empty() && quotes < MAX_QUOTE_HEAD)
+            || (rest.len() < 5 && b"From ".starts_with(rest));
+        if undecided {
+            return;
+        }
+        if rest.starts_with(b"From ") {
+            self.out.push(b'>');
+        }
+        self.out.append(&mut self.head);
+        self.decided = true;
+    }
+
+    fn end_line(&mut self) {
+        self.out.append(&mut self.head);
+        self.out.push(b'\n');
+        self.decided = false;
+    }
+
+    /// Ends the text: a last line without its line end gets one, then the empty line.
+    fn finish(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+        if self.cr {
+            self.cr = false;
+            self.octet(b'\r');
+        }
+        if self.decided || !self.head.is_empty() {
+            self.end_line();
+        }
+        self.out.push(b'\n');
+        sink.put(&self.out)?;
+        self.out.clear();
+        Ok(())
+    }
 }
 
 impl Store for MboxStore {
+    fn spill_dir(&self) -> &Path {
+        &self.settings.spool
+    }
+
     fn resolve(&self, r: &Recipient, size: u64) -> Result<Target, Reply> {
         let account = local_account(&r.user, &r.written, || {
             Reply::new(
@@ -403,7 +478,16 @@ impl Store for MboxStore {
     /// 5 ms up to `SLEEP_TIME`, until `REPEAT_COUNT` × `SLEEP_TIME` has passed for the whole
     /// message; what is still locked then gets `450 4.2.0`.
     fn deliver(&self, message: &Message<'_>, targets: &[&Target]) -> Vec<Result<(), Reply>> {
-        let text = mbox_text(message);
+        let text = match mbox_text(message, &self.settings.spool) {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("message {}: cannot prepare it for mbox: {e}", message.id);
+                return targets
+                    .iter()
+                    .map(|t| Err(io_failure(&t.user, "cannot prepare the message", &e)))
+                    .collect();
+            }
+        };
         let mut results: Vec<Option<Result<(), Reply>>> = vec![None; targets.len()];
         let mut pending: Vec<(usize, User)> = Vec::new();
         for (i, t) in targets.iter().enumerate() {
@@ -544,13 +628,14 @@ mod tests {
         })
     }
 
-    fn msg<'a>(sender: &'a str, body: &'a [u8]) -> Message<'a> {
+    fn msg<'a>(sender: &'a str, body: &[u8]) -> Message<'a> {
         Message {
             id: "T.1.1",
             sender,
             trace: b"Return-Path: <s@x>\r\n",
-            body,
-            received: SystemTime::now(),
+            // Leaked: a test's few bodies live as long as the test process.
+            body: Box::leak(Box::new(Body::from_bytes(body))),
+            received: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         }
     }
 
@@ -559,13 +644,57 @@ mod tests {
             .expect("own account")
     }
 
+    /// The mbox text of a message whose body arrives in pieces of `piece` octets (so that
+    /// line starts, `From ` and CRLF are cut at every place), spilled when it passes
+    /// `spill_at`.
+    fn text_of(sender: &str, body: &[u8], piece: usize, spill_at: usize) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Body::with_spill_at(dir.path(), spill_at);
+        for c in body.chunks(piece) {
+            b.put(c).unwrap();
+        }
+        let m = Message {
+            body: &b,
+            ..msg(sender, b"")
+        };
+        let text = mbox_text(&m, dir.path()).unwrap();
+        let mut out = Vec::new();
+        text.chunks(|c| {
+            out.extend_from_slice(c);
+            Ok(())
+        })
+        .unwrap();
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn quoting_is_the_same_whatever_the_pieces() {
+        let body = b"From a\r\n>From b\r\n>>>>From c\r\nFrom\r\nFro\r\n>>\r\n\rx\r\r\nend";
+        let whole = text_of("", body, body.len(), usize::MAX);
+        for piece in 1..body.len() {
+            for spill_at in [1, 7, usize::MAX] {
+                assert_eq!(
+                    text_of("", body, piece, spill_at),
+                    whole,
+                    "{piece} {spill_at}"
+                );
+            }
+        }
+        let (_, rest) = whole.split_once('\n').unwrap();
+        assert_eq!(
+            rest,
+            "Return-Path: <s@x>\n>From a\n>>From b\n>>>>>From c\nFrom\nFro\n>>\n\rx\r\nend\n\n"
+        );
+    }
+
     #[test]
     fn from_line_lf_and_mboxrd_quoting() {
-        let text = mbox_text(&msg(
+        let text = text_of(
             "",
             b"Subject: x\r\n\r\nFrom me\r\n>From you\r\n>>From them\r\nFromage\r\n>x\r\nlast",
-        ));
-        let text = String::from_utf8(text).expect("utf-8");
+            1 << 20,
+            usize::MAX,
+        );
         let (first, rest) = text.split_once('\n').expect("From_ line");
         assert!(first.starts_with("From MAILER-DAEMON "), "{first}");
         assert_eq!(first.len(), "From MAILER-DAEMON ".len() + 24, "{first}");
@@ -573,7 +702,7 @@ mod tests {
             rest,
             "Return-Path: <s@x>\nSubject: x\n\n>From me\n>>From you\n>>>From them\nFromage\n>x\nlast\n\n"
         );
-        let spaced = String::from_utf8(mbox_text(&msg("a b@c", b"x\r\n"))).expect("utf-8");
+        let spaced = text_of("a b@c", b"x\r\n", 1, usize::MAX);
         assert!(spaced.starts_with("From a_b@c "), "{spaced}");
     }
 

@@ -5,6 +5,7 @@
 //! * [`command`]: parsing one command line (pure).
 //! * [`address`]: recipients: `uid+folder@domain`, what may name a mailbox.
 //! * [`input`]: lines and message data from the socket (terminators, dot-unstuffing, limits).
+//! * [`body`]: message data in memory, or in an unnamed temporary file when large.
 //! * [`session`]: the protocol state machine, one per connection.
 //! * [`settings`]: the channel in `imta.cnf` and its option file, read once at start.
 //! * [`store`]: what a delivery back end is ([`store::Store`]).
@@ -15,6 +16,7 @@
 //! * [`server`]: the worker handler that ties these together and logs each delivery.
 
 pub mod address;
+pub mod body;
 pub mod command;
 pub mod input;
 pub mod maildir;

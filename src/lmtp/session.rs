@@ -14,6 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::SystemTime;
 
 use super::address::{printable, Recipient};
+use super::body::Body;
 use super::command::{self, Command, Param};
 use super::input::{Line, Wire, WireError};
 use super::reply::Reply;
@@ -53,12 +54,9 @@ struct Session<'a> {
     lhlo: Option<String>,
     tx: Option<Transaction>,
     transactions: u64,
-    /// Reused for every message's data.
-    body: Vec<u8>,
+    /// Reused for every message's data (a large one goes to a temporary file).
+    body: Body,
 }
-
-/// Octets of message buffer a connection keeps between messages.
-const KEPT_BODY_CAPACITY: usize = 256 * 1024;
 
 /// Serves one connection until `QUIT`, end of input, a timeout or an error.
 pub fn run(stream: &TcpStream, ctx: &Context<'_>) -> End {
@@ -77,7 +75,7 @@ pub fn run(stream: &TcpStream, ctx: &Context<'_>) -> End {
         lhlo: None,
         tx: None,
         transactions: 0,
-        body: Vec::new(),
+        body: Body::new(ctx.store.spill_dir()),
     };
     s.reply(Reply::new(
         220,
@@ -394,9 +392,8 @@ impl Session<'_> {
         ));
         let stream = *self.wire.stream();
         let _ = stream.set_read_timeout(Some(settings.data_timeout));
-        let mut body = std::mem::take(&mut self.body);
-        body.clear();
-        let outcome = self.wire.read_data(&mut body, settings.max_message);
+        self.body.clear();
+        let outcome = self.wire.read_data(&mut self.body, settings.max_message);
         let _ = stream.set_read_timeout(Some(settings.command_timeout));
         let outcome = match outcome {
             Ok(o) => o,
@@ -440,13 +437,23 @@ impl Session<'_> {
             ))
         } else if outcome.has_nul {
             Some(Reply::new(554, "5.6.0", "Message contains NUL characters"))
+        } else if let Some(why) = &outcome.keep_failed {
+            log::error!(
+                "connection {}: cannot keep the message data: {why}",
+                self.ctx.conn
+            );
+            Some(Reply::new(
+                451,
+                "4.3.0",
+                format!("Temporary failure: cannot keep the message data: {why}"),
+            ))
         } else {
             None
         };
         let id = trace::new_id(SystemTime::now());
         let results = match refusal {
             Some(r) => vec![Err(r); tx.recipients.len()],
-            None => self.deliver(&tx, &id, &body),
+            None => self.deliver(&tx, &id, &self.body),
         };
         for ((r, target), result) in tx.recipients.iter().zip(results) {
             let reply = match result {
@@ -475,10 +482,8 @@ impl Session<'_> {
             }
             self.reply(reply);
         }
-        // A large message's memory goes back; the next message starts small again.
-        body.clear();
-        body.shrink_to(KEPT_BODY_CAPACITY);
-        self.body = body;
+        // A large message's memory or file goes; the next message starts small again.
+        self.body.clear();
         self.wire.shrink();
         if oversize.is_some() {
             log::warn!(
@@ -492,7 +497,7 @@ impl Session<'_> {
     }
 
     /// Stores the message once per distinct mailbox; one result per recipient.
-    fn deliver(&self, tx: &Transaction, id: &str, body: &[u8]) -> Vec<Result<(), Reply>> {
+    fn deliver(&self, tx: &Transaction, id: &str, body: &Body) -> Vec<Result<(), Reply>> {
         let received = SystemTime::now();
         let lhlo = self.lhlo.as_deref().unwrap_or("unknown");
         let trace = trace::header(&TraceInfo {

@@ -42,8 +42,8 @@ impl ImageKind {
     }
 }
 
-/// Built-in size cap when the channel sets no `blocklimit` (the whole message is held in
-/// memory until it is stored).
+/// Built-in size cap when the channel sets no `blocklimit` (a message goes to the relay's
+/// retry queue rather than fill the store's disk unannounced).
 pub const DEFAULT_MAX_MESSAGE: u64 = 100 << 20;
 /// Longest command line accepted (RFC 5321 asks for at least 512).
 pub const MAX_COMMAND_LINE: usize = 4096;

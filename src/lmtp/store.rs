@@ -6,9 +6,11 @@
 //! client: it answers with [`Reply`] values, which the session sends in RCPT order.
 
 use std::io;
+use std::path::Path;
 use std::time::SystemTime;
 
 use super::address::Recipient;
+use super::body::Body;
 use super::reply::Reply;
 
 /// A mailbox quota: at most `bytes` octets and `messages` messages in all the user's folders.
@@ -55,8 +57,8 @@ pub struct Message<'a> {
     /// The trace header the image adds (`Return-Path:` and `Received:`), CRLF line ends.
     pub trace: &'a [u8],
     /// The message as received, dot-unstuffing undone, CRLF line ends, without the final
-    /// `.` line.
-    pub body: &'a [u8],
+    /// `.` line (in memory, or in a temporary file when large).
+    pub body: &'a Body,
     /// When the data was complete.
     pub received: SystemTime,
 }
@@ -64,12 +66,16 @@ pub struct Message<'a> {
 impl Message<'_> {
     /// Octets the stored message has in CRLF form (trace header plus body).
     pub fn size(&self) -> u64 {
-        (self.trace.len() + self.body.len()) as u64
+        self.trace.len() as u64 + self.body.len()
     }
 }
 
 /// A delivery back end. Shared by every connection thread of a worker.
 pub trait Store: Send + Sync {
+    /// Where a large message is kept while it arrives (an unnamed temporary file on the
+    /// store's own file system).
+    fn spill_dir(&self) -> &Path;
+
     /// At `RCPT`: can `recipient` be delivered to? `size` is the message size the client
     /// declared with `MAIL FROM ... SIZE=` (0 when it did not). `Err` is the reply to send
     /// (`550 5.1.1` unknown user, `452 4.2.2` over quota, ...).
