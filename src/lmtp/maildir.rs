@@ -88,7 +88,7 @@ impl MaildirStore {
     fn within_quota(&self, target: &Target, size: u64) -> io::Result<bool> {
         match target.quota {
             Some(q) if !target.ignore_quota => {
-                maildirsize::admits(&self.user_dir(&target.user), q, size, usage)
+                maildirsize::admits(&self.user_dir(&target.user), q, size, usage, message_dirs)
             }
             _ => Ok(true),
         }
@@ -113,37 +113,43 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Octets and messages in the user's INBOX and folders.
-pub fn usage(user_dir: &Path) -> io::Result<(u64, u64)> {
-    let mut dirs = vec![user_dir.to_path_buf()];
+/// The message directories of a user: `new/` and `cur/` of the INBOX and of every folder.
+pub fn message_dirs(user_dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut folders = vec![user_dir.to_path_buf()];
     for entry in fs::read_dir(user_dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let b = name.as_encoded_bytes();
         if b.len() > 1 && b[0] == b'.' && b != b".." && entry.file_type()?.is_dir() {
-            dirs.push(entry.path());
+            folders.push(entry.path());
         }
     }
+    Ok(folders
+        .iter()
+        .flat_map(|f| [f.join("new"), f.join("cur")])
+        .collect())
+}
+
+/// Octets and messages in the user's INBOX and folders.
+pub fn usage(user_dir: &Path) -> io::Result<(u64, u64)> {
     let (mut bytes, mut messages) = (0u64, 0u64);
-    for dir in dirs {
-        for sub in ["new", "cur"] {
-            let entries = match fs::read_dir(dir.join(sub)) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            for entry in entries {
-                let entry = entry?;
-                let name = entry.file_name();
-                if name.as_encoded_bytes().starts_with(b".") {
-                    continue;
-                }
-                messages += 1;
-                bytes += match size_from_name(&name) {
-                    Some(s) => s,
-                    None => entry.metadata().map(|m| m.len()).unwrap_or(0),
-                };
+    for dir in message_dirs(user_dir)? {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.as_encoded_bytes().starts_with(b".") {
+                continue;
             }
+            messages += 1;
+            bytes += match size_from_name(&name) {
+                Some(s) => s,
+                None => entry.metadata().map(|m| m.len()).unwrap_or(0),
+            };
         }
     }
     Ok((bytes, messages))
@@ -270,7 +276,9 @@ impl Store for MaildirStore {
                         log::error!("cannot withdraw {}/new/{name}: {e}", t.key);
                     }
                     *result = Err(io_failure(&t.user, "cannot make the delivery durable", &e));
-                } else if t.quota.is_some() {
+                } else {
+                    // Also without a quota now: a cache left from an earlier quota stays
+                    // right (recording is nothing when there is no cache).
                     maildirsize::record(&self.user_dir(&t.user), size);
                 }
             }

@@ -19,9 +19,11 @@
 //! cache: it is not fsynced, and it is only kept for users who have a quota.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use super::store::Quota;
 
@@ -32,53 +34,90 @@ const MAX_CACHE_LEN: u64 = 5120;
 
 /// Whether one more message of `size` octets fits `quota` for the Maildir at `user_dir`.
 /// `count` counts the mailbox exactly (octets, messages); it is called only when the cache
-/// cannot answer or says no.
+/// cannot answer or says no. `dirs` lists the directories `count` reads (`new/`, `cur/` of
+/// every folder): a delivery that changes one while the count runs makes the new cache
+/// doubtful, and it is removed rather than trusted.
 pub fn admits(
     user_dir: &Path,
     quota: Quota,
     size: u64,
     count: impl FnOnce(&Path) -> io::Result<(u64, u64)>,
+    dirs: impl Fn(&Path) -> io::Result<Vec<PathBuf>>,
 ) -> io::Result<bool> {
-    if let Some((bytes, messages)) = cached(user_dir) {
+    if let Some((bytes, messages)) = cached(user_dir, quota) {
         if quota.admits(bytes, messages, size) {
             return Ok(true);
         }
     }
+    let before = mtimes(&dirs(user_dir)?);
     let (bytes, messages) = count(user_dir)?;
-    if let Err(e) = rewrite(user_dir, quota, bytes, messages) {
-        log::warn!(
+    match rewrite(user_dir, quota, bytes, messages) {
+        Ok(()) => {
+            let after = dirs(user_dir).map(|d| mtimes(&d));
+            if after.ok().as_ref() != Some(&before) {
+                // A delivery ran alongside the count and may have appended its line to the
+                // file just replaced: the next check counts again.
+                let _ = fs::remove_file(user_dir.join(FILE_NAME));
+            }
+        }
+        Err(e) => log::warn!(
             "cannot write {}/{FILE_NAME}: {e}; quota checks count the mailbox every time",
             user_dir.display()
-        );
+        ),
     }
     Ok(quota.admits(bytes, messages, size))
 }
 
+/// The modification times of `dirs` (missing ones as `None`).
+fn mtimes(dirs: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    dirs.iter()
+        .map(|d| fs::metadata(d).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
 /// Records a delivery of `size` octets, if the user has a cache.
 pub fn record(user_dir: &Path, size: u64) {
-    let opened = OpenOptions::new()
-        .append(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(user_dir.join(FILE_NAME));
-    let result = match opened {
-        Ok(mut f) => f.write_all(format!("{size} 1\n").as_bytes()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
+    let result =
+        open_regular(&user_dir.join(FILE_NAME), libc::O_WRONLY | libc::O_APPEND).and_then(|f| {
+            match f {
+                Some(mut f) => f.write_all(format!("{size} 1\n").as_bytes()),
+                None => Ok(()),
+            }
+        });
     if let Err(e) = result {
         // The next check that needs it recounts.
         log::warn!("cannot update {}/{FILE_NAME}: {e}", user_dir.display());
     }
 }
 
-/// The usage the cache holds, if it is there, short enough and well-formed.
-fn cached(user_dir: &Path) -> Option<(u64, u64)> {
-    let path = user_dir.join(FILE_NAME);
-    let meta = fs::symlink_metadata(&path).ok()?;
-    if !meta.is_file() || meta.len() > MAX_CACHE_LEN {
+/// Opens `path` with `flags` if it is a regular file (never following a symbolic link, never
+/// blocking on a FIFO); `None` when there is none.
+fn open_regular(path: &Path, flags: libc::c_int) -> io::Result<Option<File>> {
+    let mut o = OpenOptions::new();
+    o.read(flags & libc::O_ACCMODE == libc::O_RDONLY)
+        .write(flags & libc::O_ACCMODE == libc::O_WRONLY)
+        .append(flags & libc::O_APPEND != 0)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    match o.open(path) {
+        Ok(f) if f.metadata()?.is_file() => Ok(Some(f)),
+        Ok(_) => Err(io::Error::other("not a regular file")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The usage the cache holds, if it is there, short enough, well-formed and for this quota
+/// (the first line is the limit other programs read: a changed quota rewrites it).
+fn cached(user_dir: &Path, quota: Quota) -> Option<(u64, u64)> {
+    let mut file = open_regular(&user_dir.join(FILE_NAME), libc::O_RDONLY).ok()??;
+    if file.metadata().ok()?.len() > MAX_CACHE_LEN {
         return None;
     }
-    let text = fs::read_to_string(&path).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    if text.split('\n').next() != Some(quota_line(quota).as_str()) {
+        return None;
+    }
     parse_usage(&text)
 }
 
@@ -115,18 +154,19 @@ fn quota_line(q: Quota) -> String {
     parts.join(",")
 }
 
-/// Replaces the cache with the exact usage: written in `tmp/`, renamed into place.
+/// Replaces the cache with the exact usage: written under a new name in `tmp/`, renamed
+/// into place.
 fn rewrite(user_dir: &Path, quota: Quota, bytes: u64, messages: u64) -> io::Result<()> {
+    static N: AtomicU64 = AtomicU64::new(0);
     let tmp = user_dir.join("tmp").join(format!(
-        "{FILE_NAME}.{}.{:?}",
+        "{FILE_NAME}.{}.{}",
         std::process::id(),
-        std::thread::current().id()
+        N.fetch_add(1, Ordering::Relaxed)
     ));
     let text = format!("{}\n{bytes} {messages}\n", quota_line(quota));
     let written = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(&tmp)
@@ -145,6 +185,65 @@ mod tests {
 
     fn quota(bytes: u64, messages: u64) -> Quota {
         Quota { bytes, messages }
+    }
+
+    fn no_dirs(_: &Path) -> io::Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
+
+    #[test]
+    fn a_changed_quota_rewrites_the_limit_line() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("tmp")).unwrap();
+        let count = |_: &Path| Ok((500, 5));
+        assert!(admits(dir.path(), quota(1000, 10), 1, count, no_dirs).unwrap());
+        assert!(admits(dir.path(), quota(5000, 0), 1, count, no_dirs).unwrap());
+        assert_eq!(
+            fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(),
+            "5000S\n500 5\n"
+        );
+    }
+
+    #[test]
+    fn a_delivery_during_the_count_makes_the_new_cache_go() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["tmp", "new", "cur"] {
+            fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        let dirs = |p: &Path| Ok(vec![p.join("new"), p.join("cur")]);
+        let racing = |p: &Path| {
+            // Another process links a message into new/ while this one counts.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            fs::write(p.join("new").join("1.M1P1Q1.h,S=10"), b"0123456789")?;
+            Ok((0, 0))
+        };
+        assert!(admits(dir.path(), quota(1000, 0), 1, racing, dirs).unwrap());
+        assert!(!dir.path().join(FILE_NAME).exists());
+        let quiet = |_: &Path| Ok((10, 1));
+        assert!(admits(dir.path(), quota(1000, 0), 1, quiet, dirs).unwrap());
+        assert_eq!(
+            fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(),
+            "1000S\n10 1\n"
+        );
+    }
+
+    #[test]
+    fn a_fifo_in_its_place_neither_blocks_nor_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("tmp")).unwrap();
+        nix::unistd::mkfifo(
+            &dir.path().join(FILE_NAME),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        record(dir.path(), 10);
+        assert_eq!(cached(dir.path(), quota(1000, 0)), None);
+        // The exact count decides, and the rename replaces the FIFO with a real cache.
+        let count = |_: &Path| Ok((10, 1));
+        assert!(admits(dir.path(), quota(1000, 0), 1, count, no_dirs).unwrap());
+        assert!(fs::symlink_metadata(dir.path().join(FILE_NAME))
+            .unwrap()
+            .is_file());
     }
 
     #[test]
@@ -170,20 +269,20 @@ mod tests {
             Ok((500, 5))
         };
         let q = quota(1000, 10);
-        assert!(admits(dir.path(), q, 100, count).unwrap());
+        assert!(admits(dir.path(), q, 100, count, no_dirs).unwrap());
         assert_eq!(
             fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(),
             "1000S,10C\n500 5\n"
         );
         record(dir.path(), 100);
-        assert!(admits(dir.path(), q, 100, count).unwrap());
+        assert!(admits(dir.path(), q, 100, count, no_dirs).unwrap());
         assert_eq!(counts.get(), 1, "the second check used the cache");
         // The cache says 600 + 501 does not fit: an exact count decides (500 + 501: right).
-        assert!(!admits(dir.path(), q, 501, count).unwrap());
+        assert!(!admits(dir.path(), q, 501, count, no_dirs).unwrap());
         assert_eq!(counts.get(), 2);
         // Removals the cache did not hear of: the recount finds room.
         let fewer = |_: &Path| Ok((100, 1));
-        assert!(admits(dir.path(), q, 501, fewer).unwrap());
+        assert!(admits(dir.path(), q, 501, fewer, no_dirs).unwrap());
         assert_eq!(
             fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(),
             "1000S,10C\n100 1\n"
@@ -203,13 +302,13 @@ mod tests {
             counted.set(true);
             Ok((10, 1))
         };
-        admits(dir.path(), quota(1 << 30, 0), 1, count).unwrap();
+        admits(dir.path(), quota(1 << 30, 0), 1, count, no_dirs).unwrap();
         counted.set(false);
         for _ in 0..700 {
             record(dir.path(), 12345);
         }
         assert!(fs::metadata(dir.path().join(FILE_NAME)).unwrap().len() > MAX_CACHE_LEN);
-        admits(dir.path(), quota(1 << 30, 0), 1, count).unwrap();
+        admits(dir.path(), quota(1 << 30, 0), 1, count, no_dirs).unwrap();
         assert!(counted.get());
         assert_eq!(
             fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(),

@@ -18,14 +18,14 @@
 //! owned by the account with one link; a new one is created `0600` (`O_EXCL`) and given to
 //! the account. A failed append is truncated back to the old length.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::unistd::{Uid, User};
@@ -39,8 +39,8 @@ use super::store::{io_failure, over_quota, Message, Quota, Store, Target};
 const STALE_DOT_LOCK: Duration = Duration::from_secs(300);
 /// First pause between lock tries; it doubles up to the configured `SLEEP_TIME`.
 const FIRST_LOCK_PAUSE: Duration = Duration::from_millis(5);
-/// Number of in-process mailbox mutexes (mailboxes are spread over them by name).
-const STRIPES: usize = 64;
+/// The mailbox mutex table is swept of unused entries when it grows past this.
+const MUTEX_SWEEP_AT: usize = 1024;
 
 /// How the spool is set up.
 #[derive(Debug, Clone)]
@@ -57,7 +57,9 @@ pub struct MboxSettings {
 /// The mbox spool.
 pub struct MboxStore {
     settings: MboxSettings,
-    stripes: Vec<Mutex<()>>,
+    /// One mutex per mailbox in use, so threads of this process queue for a mailbox
+    /// instead of polling its dot-lock, and unrelated mailboxes never wait for each other.
+    mailboxes: Mutex<HashMap<PathBuf, Weak<Mutex<()>>>>,
     counter: AtomicU64,
     host: String,
 }
@@ -80,26 +82,34 @@ impl MboxStore {
         }
         MboxStore {
             settings,
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            mailboxes: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
             host: super::trace::host_name().replace('/', "_"),
         }
     }
 
-    fn stripe(&self, key: &str) -> MutexGuard<'_, ()> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
-        let m = &self.stripes[(h.finish() as usize) % STRIPES];
-        // A thread that panicked while holding it left no state behind: the file is
-        // consistent or truncated back; carry on.
-        m.lock().unwrap_or_else(|p| p.into_inner())
+    /// The mutex of the mailbox at `path`, shared by every thread delivering to it now.
+    fn mailbox_mutex(&self, path: &Path) -> Arc<Mutex<()>> {
+        let mut table = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = table.get(path).and_then(Weak::upgrade) {
+            return m;
+        }
+        if table.len() >= MUTEX_SWEEP_AT {
+            table.retain(|_, w| w.strong_count() > 0);
+        }
+        let m = Arc::new(Mutex::new(()));
+        table.insert(path.to_path_buf(), Arc::downgrade(&m));
+        m
     }
 
     /// One try at appending `text` to the mailbox of `account` under both locks: `false`
     /// when another holder has a lock (nothing written). The in-process mutex is held only
     /// for the try, never while waiting between tries.
     fn try_append(&self, path: &Path, account: &User, text: &Body) -> Result<bool, AppendError> {
-        let _in_process = self.stripe(&path.to_string_lossy());
+        let mutex = self.mailbox_mutex(path);
+        // A thread that panicked while holding it left no state behind: the file is
+        // consistent or truncated back; carry on.
+        let _in_process = mutex.lock().unwrap_or_else(|p| p.into_inner());
         let Some(dot) = self.try_dot_lock(path)? else {
             return Ok(false);
         };
@@ -111,7 +121,7 @@ impl MboxStore {
             }
             // The file closes here, which releases the fcntl lock.
         });
-        dot.release();
+        drop(dot);
         attempt
     }
 
@@ -129,11 +139,11 @@ impl MboxStore {
             .open(&tmp)
             .map_err(|e| AppendError::Io("cannot create a lock file", e))?;
         let linked = fs::hard_link(&tmp, &lock);
-        // Whether the link happened is read from the link count, which is right even when
-        // link() reports an error after succeeding (NFS).
-        let nlink = fs::symlink_metadata(&tmp).map(|m| m.nlink()).unwrap_or(1);
+        // A link() that reports an error may still have happened (NFS): then the lock file
+        // is our file, which its link count says.
+        let ours = linked.is_ok() || fs::symlink_metadata(&tmp).is_ok_and(|m| m.nlink() == 2);
         let _ = fs::remove_file(&tmp);
-        if nlink == 2 {
+        if ours {
             return Ok(Some(DotLock(lock)));
         }
         match linked {
@@ -154,11 +164,12 @@ fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// A held dot-lock; released explicitly (a crash leaves it, and it goes stale).
+/// A held dot-lock, removed when dropped (also when a panic unwinds); a crash of the whole
+/// process leaves it, and it goes stale after five minutes.
 struct DotLock(PathBuf);
 
-impl DotLock {
-    fn release(self) {
+impl Drop for DotLock {
+    fn drop(&mut self) {
         if let Err(e) = fs::remove_file(&self.0) {
             log::warn!("cannot remove the dot-lock {}: {e}", self.0.display());
         }

@@ -234,41 +234,26 @@ fn spawn_connection(
     let id = connection.id;
     let (h, c, a) = (Arc::clone(handler), Arc::clone(control), Arc::clone(active));
     let client = connection.client;
-    let spawned = threads.run(move || {
-        // Reports the end even when the handler panics: the slot must not stay counted.
-        let _ended = EndOnDrop {
-            control: &c,
-            active: &a,
-            conn: id,
-        };
-        log::debug!("connection {id} from {client}");
-        h.serve(connection);
-        log::debug!("connection {id} ended");
-    });
+    let spawned = threads.run(
+        move || {
+            log::debug!("connection {id} from {client}");
+            h.serve(connection);
+            log::debug!("connection {id} ended");
+        },
+        // Also after a panic (the thread survives it): the slot must not stay counted.
+        move |panicked| {
+            if panicked {
+                log::error!(
+                    "connection {id}: the handler failed (panic, above); connection closed"
+                );
+            }
+            end(&c, &a, id);
+        },
+    );
     if let Err(e) = spawned {
         // The job (and with it the socket) was dropped: the client sees the close.
         log::error!("connection {id}: cannot start a thread ({e}); closed");
         end(control, active, id);
-    }
-}
-
-/// Reports its connection ended when dropped, also while a panic unwinds the thread (the
-/// panic message is already in the log; the client sees its connection close).
-struct EndOnDrop<'a> {
-    control: &'a OwnedFd,
-    active: &'a Active,
-    conn: u64,
-}
-
-impl Drop for EndOnDrop<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            log::error!(
-                "connection {}: the handler failed (panic, above); connection closed",
-                self.conn
-            );
-        }
-        end(self.control, self.active, self.conn);
     }
 }
 

@@ -1,8 +1,9 @@
 //! The threads a worker serves its connections on. A thread that has served a connection
 //! waits for the next one (up to [`IDLE_EXIT`]) instead of exiting, so a busy worker does not
-//! create and destroy a thread, with its stack mapping, for every connection. There are never
-//! more threads than connections in hand plus the idle ones, so the dispatcher's `MAX_CONNS`
-//! also bounds them; idle ones exit after [`IDLE_EXIT`].
+//! create and destroy a thread, with its stack mapping, for every connection. A thread
+//! counts as idle before the end of its connection is reported (the `after` of a job), so
+//! the connection the dispatcher sends on that report finds it: the threads are at most the
+//! dispatcher's `MAX_CONNS`. A panicking job does not end its thread.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -12,10 +13,12 @@ use std::time::Duration;
 pub const IDLE_EXIT: Duration = Duration::from_secs(60);
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
+/// Runs after its job, told whether the job panicked.
+type After = Box<dyn FnOnce(bool) + Send + 'static>;
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Job>,
+    queue: VecDeque<(Job, After)>,
     idle: usize,
 }
 
@@ -27,7 +30,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A job runs outside the lock: a panic in one cannot leave the state half changed.
+        // Jobs run outside the lock: a panic in one cannot leave the state half changed.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -52,14 +55,21 @@ impl Threads {
         }
     }
 
-    /// Runs `job` on an idle thread, or on a new one when none is idle. An error means no
-    /// thread could be created; the job (and what it owns) has been dropped.
-    pub fn run(&self, job: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
-        let job: Job = Box::new(job);
+    /// Runs `job` on an idle thread, or on a new one when none is idle; then `after`, told
+    /// whether the job panicked (the thread survives a panic). The thread counts as idle
+    /// again before `after` runs, so whatever `after` announces (a free connection slot)
+    /// finds a thread ready. An error means no thread could be created; `job` and `after`
+    /// (and what they own) have been dropped without running.
+    pub fn run(
+        &self,
+        job: impl FnOnce() + Send + 'static,
+        after: impl FnOnce(bool) + Send + 'static,
+    ) -> std::io::Result<()> {
+        let task: (Job, After) = (Box::new(job), Box::new(after));
         {
             let mut state = self.shared.lock();
             if state.idle > state.queue.len() {
-                state.queue.push_back(job);
+                state.queue.push_back(task);
                 self.shared.work.notify_one();
                 return Ok(());
             }
@@ -69,10 +79,7 @@ impl Threads {
         std::thread::Builder::new()
             .name("conn".into())
             .stack_size(self.stack_size)
-            .spawn(move || {
-                job();
-                serve_queue(&shared, idle_exit);
-            })
+            .spawn(move || serve(&shared, task, idle_exit))
             .map(|_| ())
     }
 
@@ -82,28 +89,30 @@ impl Threads {
     }
 }
 
-/// After its first job: takes queued jobs until none comes for `idle_exit`.
-fn serve_queue(shared: &Shared, idle_exit: Duration) {
-    let mut state = shared.lock();
-    state.idle += 1;
+/// A thread's life: its first task, then queued ones until none comes for `idle_exit`.
+fn serve(shared: &Shared, first: (Job, After), idle_exit: Duration) {
+    let mut task = first;
     loop {
-        if let Some(job) = state.queue.pop_front() {
-            state.idle -= 1;
-            drop(state);
-            job();
-            state = shared.lock();
-            state.idle += 1;
-            continue;
-        }
-        let (next, timeout) = shared
-            .work
-            .wait_timeout(state, idle_exit)
-            .unwrap_or_else(|p| p.into_inner());
-        state = next;
-        if timeout.timed_out() && state.queue.is_empty() {
-            state.idle -= 1;
-            return;
-        }
+        let (job, after) = task;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err();
+        shared.lock().idle += 1;
+        after(panicked);
+        let mut state = shared.lock();
+        task = loop {
+            if let Some(next) = state.queue.pop_front() {
+                state.idle -= 1;
+                break next;
+            }
+            let (next, timeout) = shared
+                .work
+                .wait_timeout(state, idle_exit)
+                .unwrap_or_else(|p| p.into_inner());
+            state = next;
+            if timeout.timed_out() && state.queue.is_empty() {
+                state.idle -= 1;
+                return;
+            }
+        };
     }
 }
 
@@ -116,24 +125,31 @@ mod tests {
     fn threads_are_reused_and_exit_when_idle() {
         let t = Threads::with_idle_exit(64 * 1024, Duration::from_millis(300));
         let (tx, rx) = mpsc::channel();
+        let mut ids = std::collections::HashSet::new();
         for _ in 0..50 {
             let tx = tx.clone();
-            t.run(move || {
-                let _ = tx.send(std::thread::current().id());
-            })
+            // The job's `after` says when the thread is free, as ENDED does.
+            t.run(
+                || {},
+                move |_| {
+                    let _ = tx.send(std::thread::current().id());
+                },
+            )
             .expect("run");
-            // One at a time: each job finds the previous thread idle.
-            rx.recv().expect("job ran");
-            while t.idle() == 0 {
-                std::thread::yield_now();
-            }
+            // One at a time: each job, sent as soon as `after` ran, finds the previous
+            // thread idle already.
+            ids.insert(rx.recv().expect("job ran"));
         }
-        assert_eq!(t.idle(), 1, "one thread served all 50 jobs");
+        assert_eq!(ids.len(), 1, "one thread served all 50 jobs");
+        assert_eq!(t.idle(), 1);
         std::thread::sleep(Duration::from_millis(600));
         assert_eq!(t.idle(), 0, "the idle thread exited");
-        t.run(move || {
-            let _ = tx.send(std::thread::current().id());
-        })
+        t.run(
+            move || {
+                let _ = tx.send(std::thread::current().id());
+            },
+            |_| {},
+        )
         .expect("a new thread after the idle one left");
         rx.recv().expect("job ran");
     }
@@ -144,9 +160,12 @@ mod tests {
         let barrier = Arc::new(std::sync::Barrier::new(9));
         for _ in 0..8 {
             let b = Arc::clone(&barrier);
-            t.run(move || {
-                b.wait();
-            })
+            t.run(
+                move || {
+                    b.wait();
+                },
+                |_| {},
+            )
             .expect("run");
         }
         // All eight jobs block until all have started: they cannot share threads.
@@ -154,14 +173,31 @@ mod tests {
     }
 
     #[test]
-    fn a_panicking_job_does_not_stop_the_others() {
+    fn a_panicking_job_is_reported_and_its_thread_serves_on() {
         let t = Threads::new(64 * 1024);
-        t.run(|| panic!("a job that fails")).expect("run");
         let (tx, rx) = mpsc::channel();
-        t.run(move || {
-            let _ = tx.send(1);
-        })
+        let tx2 = tx.clone();
+        t.run(
+            || panic!("a job that fails"),
+            move |panicked| {
+                let _ = tx2.send((panicked, std::thread::current().id()));
+            },
+        )
         .expect("run");
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(1));
+        let (panicked, first) = rx.recv_timeout(Duration::from_secs(5)).expect("after ran");
+        assert!(panicked);
+        t.run(
+            || {},
+            move |panicked| {
+                let _ = tx.send((panicked, std::thread::current().id()));
+            },
+        )
+        .expect("run");
+        let (panicked, second) = rx.recv_timeout(Duration::from_secs(5)).expect("after ran");
+        assert!(!panicked);
+        assert_eq!(
+            first, second,
+            "the thread survived the panic and was reused"
+        );
     }
 }
