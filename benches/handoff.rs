@@ -135,6 +135,20 @@ fn dispatcher(root: &Path) -> (Running, SocketAddr) {
     );
 }
 
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // Fields after the command name (which may contain spaces): state is field 3,
+    // utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
 fn main() {
     let dir: PathBuf = std::env::temp_dir().join(format!("handoff-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
@@ -144,7 +158,10 @@ fn main() {
     drive(bare);
     drive(ours);
     let (bare_rate, bare_failed) = drive(bare);
+    let dispatcher_pid = _running.0.id();
+    let cpu_before = cpu_seconds(dispatcher_pid);
     let (our_rate, our_failed) = drive(ours);
+    let cpu_used = cpu_seconds(dispatcher_pid) - cpu_before;
     println!("| server | connections | failed | connections/s |");
     println!("|---|---:|---:|---:|");
     let n = CLIENT_THREADS * PER_THREAD;
@@ -155,6 +172,14 @@ fn main() {
     println!(
         "| ratio dispatcher / bare | | | {:.2} |",
         our_rate / bare_rate
+    );
+    let per_conn = cpu_used / n as f64;
+    println!();
+    println!(
+        "dispatcher process CPU (user + system) during its run: {:.0} µs per connection, \
+         i.e. one core could hand off about {:.0} connections/s",
+        per_conn * 1e6,
+        1.0 / per_conn
     );
     drop(_running);
     let _ = std::fs::remove_dir_all(&dir);
