@@ -208,3 +208,45 @@ fn debug_environment_variable_sets_the_dispatchers_mask_in_hex() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn a_workers_account_that_does_not_exist_is_named_before_detaching() {
+    let (_dir, root) = demo_layout();
+    let cnf = root.join("config/dispatcher.cnf");
+    let text_cnf = std::fs::read_to_string(&cnf).expect("dispatcher.cnf");
+    std::fs::write(
+        &cnf,
+        text_cnf.replacen(
+            "[SERVICE=LMTPSS]",
+            "[SERVICE=LMTPSS]\nUSER=no-such-account-9",
+            1,
+        ),
+    )
+    .expect("write dispatcher.cnf");
+    let expected = "[SERVICE=LMTPSS]: its workers are to run as no-such-account-9 (its USER)";
+    // --check warns (the installation may come from another host); --strict fails.
+    let check = run(&root.join("lib/dispatcher"), &["--check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stderr));
+    assert!(
+        text(&check.stderr).contains(expected),
+        "{}",
+        text(&check.stderr)
+    );
+    let strict = run(&root.join("lib/dispatcher"), &["--check", "--strict"]);
+    assert_eq!(strict.status.code(), Some(1));
+    if nix::unistd::geteuid().is_root() {
+        // Started as root without --foreground: the error comes before the dispatcher
+        // detaches, and nothing is left running.
+        let start = run(&root.join("lib/dispatcher"), &[]);
+        assert_eq!(start.status.code(), Some(1), "{}", text(&start.stdout));
+        assert!(
+            text(&start.stderr).contains(expected),
+            "{}",
+            text(&start.stderr)
+        );
+        assert!(
+            !root.join("log/dispatcher.pid").exists(),
+            "no pid file: it never ran"
+        );
+    }
+}

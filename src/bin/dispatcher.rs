@@ -135,7 +135,9 @@ fn main() -> ExitCode {
     }
     let (path, origin) = locate_tailor(&args);
     let mut diags = Diagnostics::default();
-    let result = check::load_installation(&path, origin, &mut diags);
+    let result = check::load_installation(&path, origin, &mut diags)
+        .map_err(|e| e.to_string())
+        .and_then(|inst| check::check_accounts(&inst, &mut diags, false).map(|()| inst));
     eprint!("{}", check::format_warnings(&diags));
     match result {
         Err(e) => {

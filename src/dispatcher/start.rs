@@ -31,6 +31,7 @@ pub fn start(opts: &StartOptions) -> Result<(), String> {
     let mut diags = Diagnostics::default();
     let inst = check::load_installation(&opts.tailor, opts.tailor_origin, &mut diags)
         .map_err(|e| e.to_string())?;
+    check::check_accounts(&inst, &mut diags, true)?;
     let mut listeners = Vec::new();
     for s in &inst.dispatcher.services {
         listeners.push(listen::open(s).map_err(|e| e.to_string())?);
