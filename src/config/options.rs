@@ -192,7 +192,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         "MAX_HANDOFFS",
         Count { min: 1 },
         Int(5),
-        Acted,
+        NotActed("hand-offs never block the dispatcher, so there is nothing to bound"),
         "most hand-offs to workers in progress at once per port",
     ),
     opt(
