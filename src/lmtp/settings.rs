@@ -42,8 +42,8 @@ impl ImageKind {
     }
 }
 
-/// Built-in size cap when the channel sets no `blocklimit` (a message goes to the relay's
-/// retry queue rather than fill the store's disk unannounced).
+/// Size cap when the channel sets no `blocklimit`/`sourceblocklimit` (which may set any
+/// other; large messages are kept on disk while they arrive, not in memory).
 pub const DEFAULT_MAX_MESSAGE: u64 = 100 << 20;
 /// Longest command line accepted (RFC 5321 asks for at least 512).
 pub const MAX_COMMAND_LINE: usize = 4096;
@@ -192,7 +192,8 @@ pub fn from_parts(
     }
     let mut notes = Vec::new();
     let mut terminators = Terminators::Crlf;
-    let mut max_message = DEFAULT_MAX_MESSAGE;
+    // The smallest of `blocklimit`/`sourceblocklimit`, else the built-in default.
+    let mut block_limit: Option<u64> = None;
     let mut max_lines = None;
     let mut logging = true;
     let mut trace = debug;
@@ -229,7 +230,8 @@ pub fn from_parts(
             )),
             "blocklimit" | "sourceblocklimit" => {
                 if let Some(n) = int_arg() {
-                    max_message = max_message.min(n.saturating_mul(block_size));
+                    let limit = n.saturating_mul(block_size);
+                    block_limit = Some(block_limit.map_or(limit, |b| b.min(limit)));
                 }
             }
             "noblocklimit" => {}
@@ -255,7 +257,7 @@ pub fn from_parts(
         channel: name,
         host: super::trace::host_name(),
         terminators,
-        max_message,
+        max_message: block_limit.unwrap_or(DEFAULT_MAX_MESSAGE),
         max_lines,
         logging,
         trace,
@@ -430,6 +432,19 @@ mod tests {
             &Plain,
             false,
         )
+    }
+
+    #[test]
+    fn blocklimit_may_raise_or_lower_the_default_and_the_smaller_wins() {
+        let big = settings("\ntcp_lmtpss lmtp blocklimit 204800\ntcp_lmtpss-daemon\n").unwrap();
+        assert_eq!(big.max_message, 204800 * 1024);
+        let both = settings(
+            "\ntcp_lmtpss lmtp blocklimit 204800 sourceblocklimit 300\ntcp_lmtpss-daemon\n",
+        )
+        .unwrap();
+        assert_eq!(both.max_message, 300 * 1024);
+        let none = settings("\ntcp_lmtpss lmtp\ntcp_lmtpss-daemon\n").unwrap();
+        assert_eq!(none.max_message, DEFAULT_MAX_MESSAGE);
     }
 
     #[test]
