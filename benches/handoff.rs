@@ -149,6 +149,26 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / hz
 }
 
+/// Pids of `parent`'s children whose command name is `name`.
+fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                return false;
+            };
+            let ppid = stat[close + 2..].split_whitespace().nth(1);
+            &stat[open + 1..close] == name && ppid == Some(&parent.to_string())
+        })
+        .collect()
+}
+
 fn main() {
     let dir: PathBuf = std::env::temp_dir().join(format!("handoff-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
@@ -157,14 +177,30 @@ fn main() {
     // Warm both up, then measure them one after the other in the same run.
     drive(bare);
     drive(ours);
-    let (bare_rate, bare_failed) = drive(bare);
     let dispatcher_pid = _running.0.id();
-    let cpu_before = cpu_seconds(dispatcher_pid);
+    let workers = children_named(dispatcher_pid, "echo_image");
+    let me = std::process::id();
+    let n = CLIENT_THREADS * PER_THREAD;
+    // CPU seconds of (this process: the client and the bare loop, the dispatcher, its workers).
+    let cpu = || {
+        (
+            cpu_seconds(me),
+            cpu_seconds(dispatcher_pid),
+            workers.iter().map(|&w| cpu_seconds(w)).sum::<f64>(),
+        )
+    };
+    let c0 = cpu();
+    let (bare_rate, bare_failed) = drive(bare);
+    let c1 = cpu();
     let (our_rate, our_failed) = drive(ours);
-    let cpu_used = cpu_seconds(dispatcher_pid) - cpu_before;
+    let c2 = cpu();
+    let per = |seconds: f64| seconds / n as f64 * 1e6;
+    let client = per(c2.0 - c1.0);
+    let bare_server = per(c1.0 - c0.0) - client;
+    let dispatcher = per(c2.1 - c1.1);
+    let worker = per(c2.2 - c1.2);
     println!("| server | connections | failed | connections/s |");
     println!("|---|---:|---:|---:|");
-    let n = CLIENT_THREADS * PER_THREAD;
     println!("| bare accept loop, thread per connection | {n} | {bare_failed} | {bare_rate:.0} |");
     println!(
         "| dispatcher + PORT_ACCESS + hand-off to 2 workers | {n} | {our_failed} | {our_rate:.0} |"
@@ -173,14 +209,15 @@ fn main() {
         "| ratio dispatcher / bare | | | {:.2} |",
         our_rate / bare_rate
     );
-    let per_conn = cpu_used / n as f64;
     println!();
-    println!(
-        "dispatcher process CPU (user + system) during its run: {:.0} µs per connection, \
-         i.e. one core could hand off about {:.0} connections/s",
-        per_conn * 1e6,
-        1.0 / per_conn
-    );
+    println!("CPU (user + system, /proc/<pid>/stat) per connection, µs:");
+    println!();
+    println!("| part | µs per connection |");
+    println!("|---|---:|");
+    println!("| client (4 threads, the same for both) | {client:.0} |");
+    println!("| bare accept loop (its run minus the client) | {bare_server:.0} |");
+    println!("| dispatcher process | {dispatcher:.0} |");
+    println!("| worker processes ({}) | {worker:.0} |", workers.len());
     drop(_running);
     let _ = std::fs::remove_dir_all(&dir);
 }
