@@ -24,14 +24,15 @@ impl Handler for Echo {
 
 fn serve(service: &str, active: usize, c: Connection) -> std::io::Result<()> {
     let mut out = c.stream.try_clone()?;
-    write!(
-        out,
+    // Each line in one write (write! on a socket would send every piece separately).
+    let greeting = format!(
         "220 {service} echo conn={} client={} active={active} pid={} uid={}\r\n",
         c.id,
         c.client,
         std::process::id(),
         nix::unistd::getuid()
-    )?;
+    );
+    out.write_all(greeting.as_bytes())?;
     for line in BufReader::new(c.stream).lines() {
         let line = line?;
         if line.trim_end() == "PANIC" {
@@ -39,10 +40,10 @@ fn serve(service: &str, active: usize, c: Connection) -> std::io::Result<()> {
             panic!("connection {}: asked to panic", c.id);
         }
         if line.trim_end().eq_ignore_ascii_case("QUIT") {
-            write!(out, "221 bye\r\n")?;
+            out.write_all(b"221 bye\r\n")?;
             break;
         }
-        write!(out, "250 {}\r\n", line.trim_end())?;
+        out.write_all(format!("250 {}\r\n", line.trim_end()).as_bytes())?;
     }
     Ok(())
 }
