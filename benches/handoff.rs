@@ -1,12 +1,14 @@
-//! `make bench` (dispatcher part): connections per second through the dispatcher, against a
-//! bare accept loop measured side by side in the same run.
+//! `make bench` (dispatcher part): connections per second through the dispatcher, against
+//! bare accept loops measured side by side in the same run.
 //!
-//! Both servers speak the same tiny protocol: a greeting line, then `221 bye` to `QUIT`, each
-//! connection on a thread of its own. The peer is a bare accept loop doing exactly that in one
-//! process; ours is the whole product path: the dispatcher accepts, judges PORT_ACCESS, hands
-//! the socket to a pre-started worker process (the echo test image) over SCM_RIGHTS, and the
-//! worker serves it. So the ratio is the price of the dispatcher. The same client (4 threads,
-//! a fixed number of connections each, so the run always ends) drives both.
+//! All servers speak the same tiny protocol: a greeting line, then `221 bye` to `QUIT`. The
+//! peers are, in one process, a bare accept loop with a thread per connection, and 8 threads
+//! that each accept on the shared listener and serve (no thread created per connection: the
+//! strictest simple server). Ours is the whole product path: the dispatcher accepts, judges
+//! PORT_ACCESS, hands the socket to a pre-started worker process (the echo test image) over
+//! SCM_RIGHTS, and the worker serves it on a reused thread and reports `ENDED`. The same
+//! client (4 threads, a fixed number of connections each, so the run always ends) drives all
+//! three; each process's CPU time per connection is printed too.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -56,13 +58,7 @@ fn bare_accept_loop() -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut out = stream.try_clone()?;
-                out.write_all(b"220 bare\r\n")?;
-                let mut line = String::new();
-                BufReader::new(stream).read_line(&mut line)?;
-                out.write_all(b"221 bye\r\n")
-            });
+            std::thread::spawn(move || serve_bare(stream));
         }
     });
     addr
@@ -75,6 +71,30 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A stricter peer: the same service from 8 threads that each accept on the shared listener
+/// and serve what they accepted (no thread created per connection).
+fn bare_accepting_threads() -> SocketAddr {
+    let listener = std::sync::Arc::new(TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let addr = listener.local_addr().expect("addr");
+    for _ in 0..8 {
+        let l = std::sync::Arc::clone(&listener);
+        std::thread::spawn(move || {
+            for stream in l.incoming().flatten() {
+                let _ = serve_bare(stream);
+            }
+        });
+    }
+    addr
+}
+
+fn serve_bare(stream: TcpStream) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    out.write_all(b"220 bare\r\n")?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    out.write_all(b"221 bye\r\n")
 }
 
 /// The dispatcher on a temporary installation, with 2 pre-started echo workers.
@@ -173,9 +193,11 @@ fn main() {
     let dir: PathBuf = std::env::temp_dir().join(format!("handoff-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
     let bare = bare_accept_loop();
+    let pooled = bare_accepting_threads();
     let (_running, ours) = dispatcher(&dir);
     // Warm both up, then measure them one after the other in the same run.
     drive(bare);
+    drive(pooled);
     drive(ours);
     let dispatcher_pid = _running.0.id();
     let workers = children_named(dispatcher_pid, "echo_image");
@@ -192,22 +214,32 @@ fn main() {
     let c0 = cpu();
     let (bare_rate, bare_failed) = drive(bare);
     let c1 = cpu();
+    let (pooled_rate, pooled_failed) = drive(pooled);
+    let c1p = cpu();
     let (our_rate, our_failed) = drive(ours);
     let c2 = cpu();
     let per = |seconds: f64| seconds / n as f64 * 1e6;
-    let client = per(c2.0 - c1.0);
+    let client = per(c2.0 - c1p.0);
     let bare_server = per(c1.0 - c0.0) - client;
-    let dispatcher = per(c2.1 - c1.1);
-    let worker = per(c2.2 - c1.2);
+    let pooled_server = per(c1p.0 - c1.0) - client;
+    let dispatcher = per(c2.1 - c1p.1);
+    let worker = per(c2.2 - c1p.2);
     println!("| server | connections | failed | connections/s |");
     println!("|---|---:|---:|---:|");
     println!("| bare accept loop, thread per connection | {n} | {bare_failed} | {bare_rate:.0} |");
     println!(
+        "| bare, 8 threads accepting on one listener | {n} | {pooled_failed} | {pooled_rate:.0} |"
+    );
+    println!(
         "| dispatcher + PORT_ACCESS + hand-off to 2 workers | {n} | {our_failed} | {our_rate:.0} |"
     );
     println!(
-        "| ratio dispatcher / bare | | | {:.2} |",
+        "| ratio dispatcher / bare accept loop | | | {:.2} |",
         our_rate / bare_rate
+    );
+    println!(
+        "| ratio dispatcher / 8 accepting threads | | | {:.2} |",
+        our_rate / pooled_rate
     );
     println!();
     println!("CPU (user + system, /proc/<pid>/stat) per connection, µs:");
@@ -216,6 +248,7 @@ fn main() {
     println!("|---|---:|");
     println!("| client (4 threads, the same for both) | {client:.0} |");
     println!("| bare accept loop (its run minus the client) | {bare_server:.0} |");
+    println!("| 8 accepting threads (their run minus the client) | {pooled_server:.0} |");
     println!("| dispatcher process | {dispatcher:.0} |");
     println!("| worker processes ({}) | {worker:.0} |", workers.len());
     drop(_running);
