@@ -7,6 +7,9 @@ mod common;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
 
 use common::dispatcher::Dispatcher;
 use common::lmtp::Lmtp;
@@ -219,4 +222,69 @@ fn a_large_message_reaches_the_mbox_whole() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert_eq!(leftovers, ["alice"], "nothing else in the spool");
+}
+
+#[test]
+fn sigkill_in_the_middle_of_an_append_leaves_no_half_message() {
+    account("alice");
+    let d = Dispatcher::start_lmtp("MIN_PROCS=1\nMAX_PROCS=1\nMIN_CONNS=1\nMAX_CONNS=20", "");
+    let mailbox = d.root.join("mail/alice");
+    // One whole message first.
+    let mut c = Lmtp::connect(RELAY, d.addr(1));
+    c.lhlo();
+    let r = c.send_message("a@b", "alice", b"Subject: whole\r\n\r\nkept\r\n");
+    assert_eq!(r.code, 250);
+    let whole = std::fs::read(&mailbox).expect("the mailbox");
+    // Then a large one, killed while its append is under way.
+    let big: String = (0..400_000)
+        .map(|i| format!("line {i} of a message that will be cut ................\r\n"))
+        .collect();
+    assert_eq!(c.cmd("MAIL FROM:<a@b>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice>").code, 250);
+    assert_eq!(c.cmd("DATA").code, 354);
+    let pids = d.workers("tcp_lmtpn_server");
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    c.send(&common::lmtp::dot_stuff(big.as_bytes()));
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut killed = false;
+    while Instant::now() < end {
+        let len = std::fs::metadata(&mailbox).map(|m| m.len()).unwrap_or(0);
+        if len > whole.len() as u64 {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0]), Signal::SIGKILL)
+                .expect("kill the worker");
+            killed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(killed, "the append never started");
+    assert_eq!(c.try_reply(), None, "no reply: the worker died before it");
+    let cut = std::fs::metadata(&mailbox).expect("mailbox").len();
+    assert!(
+        cut > whole.len() as u64 && cut < (whole.len() + big.len()) as u64,
+        "killed in the middle of the append ({cut} octets)"
+    );
+    // The replacement worker cuts the half message back when it starts.
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end && std::fs::read(&mailbox).expect("mailbox") != whole {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = std::fs::read(&mailbox).expect("mailbox");
+    assert!(
+        after == whole,
+        "the half message is gone: {} octets, {} expected",
+        after.len(),
+        whole.len()
+    );
+    assert!(
+        !d.root.join("mail/alice.lock").exists(),
+        "the dead worker's lock is gone"
+    );
+    // And delivery goes on.
+    let mut c = Lmtp::connect(RELAY, d.addr(1));
+    c.lhlo();
+    let r = c.send_message("a@b", "alice", b"Subject: after\r\n\r\nafter\r\n");
+    assert_eq!(r.code, 250);
+    let msgs = messages(&std::fs::read_to_string(&mailbox).expect("mailbox"));
+    assert_eq!(msgs.len(), 2);
 }

@@ -301,34 +301,6 @@ fn protocol_rules_pipelining_and_bad_input() {
     assert_eq!(c.try_reply(), None);
 }
 
-/// Pids of the dispatcher's children running `image`.
-fn workers(dispatcher: u32, image: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc") {
-        let Ok(entry) = entry else { continue };
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
-        let ppid: u32 = stat[close + 2..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        if ppid == dispatcher && image.starts_with(comm) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 #[test]
 fn sigkill_of_the_image_loses_nothing_acknowledged_and_leaves_no_partial_message() {
     let d = Dispatcher::start_lmtp("MIN_PROCS=1\nMAX_PROCS=1\nMIN_CONNS=1\nMAX_CONNS=20", "");
@@ -397,7 +369,7 @@ fn sigkill_of_the_image_loses_nothing_acknowledged_and_leaves_no_partial_message
     while files(&alice.join("new")).len() < 50 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let pids = workers(d.child.pid(), "tcp_lmtp_server");
+    let pids = d.workers("tcp_lmtp_server");
     assert_eq!(pids.len(), 1, "one worker: {pids:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pids[0]),
@@ -452,7 +424,7 @@ fn sigkill_of_the_image_loses_nothing_acknowledged_and_leaves_no_partial_message
     // The dispatcher starts a new worker and delivery goes on.
     let end = Instant::now() + Duration::from_secs(15);
     loop {
-        let w = workers(d.child.pid(), "tcp_lmtp_server");
+        let w = d.workers("tcp_lmtp_server");
         if w.len() == 1 && w[0] != pids[0] {
             break;
         }
@@ -487,9 +459,8 @@ fn a_channel_without_the_lmtp_keyword_is_refused_and_delivery_goes_on() {
     // The running workers keep the configuration they started with: delivery goes on.
     let mut c = Lmtp::connect(RELAY, d.addr(0));
     c.lhlo();
-    assert_eq!(c.cmd("MAIL FROM:<a@b>").code, 250);
-    assert_eq!(c.cmd("RCPT TO:<alice>").code, 250);
-    assert_eq!(c.data(b"Subject: x\r\n\r\nstill here\r\n", 1)[0].code, 250);
+    let r = c.send_message("a@b", "alice", b"Subject: x\r\n\r\nstill here\r\n");
+    assert_eq!(r.code, 250);
     c.quit();
     assert_eq!(files(&d.root.join("store/alice/new")).len(), 1);
 }
@@ -510,7 +481,7 @@ fn a_replacement_worker_refuses_a_channel_broken_since_the_last_reload() {
     d.edit_config("imta.cnf", |t| {
         t.replacen("tcp_lmtpss lmtp", "tcp_lmtpss smtp", 1)
     });
-    let pids = workers(d.child.pid(), "tcp_lmtp_server");
+    let pids = d.workers("tcp_lmtp_server");
     assert_eq!(pids.len(), 1, "{pids:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pids[0]),
@@ -642,7 +613,7 @@ fn a_large_message_is_stored_whole_without_being_held_in_memory() {
     assert_eq!(c.cmd("MAIL FROM:<small@relay.example>").code, 250);
     assert_eq!(c.cmd("RCPT TO:<alice>").code, 250);
     assert_eq!(c.data(b"Subject: small\r\n\r\nx\r\n", 1)[0].code, 250);
-    let pids = workers(d.child.pid(), "tcp_lmtp_server");
+    let pids = d.workers("tcp_lmtp_server");
     assert_eq!(pids.len(), 1);
     let peak = peak_rss_kib(pids[0]);
     c.quit();

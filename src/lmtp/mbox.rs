@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -80,11 +80,26 @@ impl MboxStore {
                 Uid::effective()
             );
         }
-        MboxStore {
+        let store = MboxStore {
             settings,
             mailboxes: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
-            host: super::trace::host_name().replace('/', "_"),
+            host: super::trace::host_name().replace(['/', ' '], "_"),
+        };
+        store.recover_crashed_deliveries();
+        store
+    }
+
+    /// At start: our dot-locks left by a worker that died (this host, its pid gone) are
+    /// removed, and a half-written message behind one is cut back, before any delivery.
+    fn recover_crashed_deliveries(&self) {
+        let Ok(entries) = fs::read_dir(&self.settings.spool) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().as_encoded_bytes().ends_with(b".lock") {
+                recover_stale(&entry.path(), &self.host, true);
+            }
         }
     }
 
@@ -115,7 +130,10 @@ impl MboxStore {
         };
         let attempt = open_mailbox(path, account).and_then(|(file, created)| {
             match try_fcntl_lock(&file) {
-                Ok(true) => write_locked(&file, created, path, text).map(|()| true),
+                Ok(true) => write_locked(&file, created, path, text, |len| {
+                    dot.note_length(&self.host, len)
+                })
+                .map(|()| true),
                 Ok(false) => Ok(false),
                 Err(e) => Err(AppendError::Io("cannot lock the mailbox", e)),
             }
@@ -148,7 +166,7 @@ impl MboxStore {
         }
         match linked {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                remove_if_stale(&lock);
+                recover_stale(&lock, &self.host, false);
                 Ok(None)
             }
             Err(e) => Err(AppendError::Io("cannot create the dot-lock", e)),
@@ -164,9 +182,36 @@ fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// A held dot-lock, removed when dropped (also when a panic unwinds); a crash of the whole
-/// process leaves it, and it goes stale after five minutes.
+/// A held dot-lock, removed when dropped (also when a panic unwinds). A crash of the whole
+/// process leaves it: it then names this host, the process and the mailbox's length before
+/// the append, so the next delivery (or the next worker's start) can tell the holder is dead
+/// at once and cut a half-written message back ([`recover_stale`]); a lock without that is
+/// stale after five minutes.
 struct DotLock(PathBuf);
+
+/// What our dot-locks hold: `tcp_lmtpn_server <host> <pid> <mailbox length>`.
+const LOCK_MARK: &str = "tcp_lmtpn_server";
+
+impl DotLock {
+    /// Records, before the append starts, the length to cut the mailbox back to should this
+    /// process die in the middle of it.
+    fn note_length(&self, host: &str, len: u64) {
+        let noted = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.0)
+            .and_then(|mut f| {
+                f.write_all(format!("{LOCK_MARK} {host} {} {len}\n", std::process::id()).as_bytes())
+            });
+        if let Err(e) = noted {
+            log::warn!(
+                "cannot note the mailbox length in {}: {e}",
+                self.0.display()
+            );
+        }
+    }
+}
 
 impl Drop for DotLock {
     fn drop(&mut self) {
@@ -176,8 +221,13 @@ impl Drop for DotLock {
     }
 }
 
-fn remove_if_stale(lock: &Path) {
-    let stale = |m: &fs::Metadata| {
+/// Removes the dot-lock `lock` if it is stale: one of ours whose process is gone (same host,
+/// no such pid), or any lock older than five minutes (`only_ours`: ours only, as at start).
+/// When ours noted the mailbox length, the mailbox is first cut back to it under an `fcntl`
+/// lock: an append the crash interrupted leaves no half message behind (it was never
+/// acknowledged; the relay sends it again).
+fn recover_stale(lock: &Path, host: &str, only_ours: bool) {
+    let old = |m: &fs::Metadata| {
         m.modified()
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
@@ -186,17 +236,110 @@ fn remove_if_stale(lock: &Path) {
     let Ok(first) = fs::symlink_metadata(lock) else {
         return;
     };
-    if !stale(&first) {
+    let mark = read_lock_mark(lock);
+    let holder_gone = mark
+        .as_ref()
+        .is_some_and(|m| m.host == host && !process_alive(m.pid));
+    if !holder_gone && (only_ours || !old(&first)) {
         return;
     }
     // Someone else may have judged it stale too, removed it and taken a fresh lock under the
-    // same name: remove only the very file judged stale (same inode, still old). The window
-    // left is the one every dot-locking program has.
+    // same name: act only on the very file judged stale (same inode). The window left is the
+    // one every dot-locking program has.
     let same = fs::symlink_metadata(lock)
-        .is_ok_and(|now| now.ino() == first.ino() && now.dev() == first.dev() && stale(&now));
-    if same && fs::remove_file(lock).is_ok() {
+        .is_ok_and(|now| now.ino() == first.ino() && now.dev() == first.dev());
+    if !same {
+        return;
+    }
+    if let Some(len) = mark.and_then(|m| m.length) {
+        let name = lock.as_os_str().as_encoded_bytes();
+        let Some(mailbox) = name.strip_suffix(b".lock") else {
+            return;
+        };
+        // SAFETY: the bytes came from an OsStr and only an ASCII suffix was removed.
+        let mailbox = Path::new(unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(mailbox) });
+        if !cut_back(mailbox, len) {
+            return;
+        }
+    }
+    if fs::remove_file(lock).is_ok() {
         log::warn!("removed the stale dot-lock {}", lock.display());
     }
+}
+
+/// The contents of one of our dot-locks.
+struct LockMark {
+    host: String,
+    pid: i32,
+    length: Option<u64>,
+}
+
+fn read_lock_mark(lock: &Path) -> Option<LockMark> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(lock)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    (&mut f).take(512).read_to_string(&mut text).ok()?;
+    let mut fields = text.split_whitespace();
+    if fields.next()? != LOCK_MARK {
+        return None;
+    }
+    Some(LockMark {
+        host: fields.next()?.to_string(),
+        pid: fields.next()?.parse().ok()?,
+        length: fields.next().and_then(|l| l.parse().ok()),
+    })
+}
+
+fn process_alive(pid: i32) -> bool {
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Err(nix::errno::Errno::ESRCH) => false,
+        _ => pid > 0,
+    }
+}
+
+/// Cuts `mailbox` back to `len` octets if it is longer; `false` when it cannot be done now
+/// (someone holds its `fcntl` lock, or it cannot be opened), so the lock stays.
+fn cut_back(mailbox: &Path, len: u64) -> bool {
+    let opened = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(mailbox);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+        Err(e) => {
+            log::warn!(
+                "cannot check {} after a crashed delivery: {e}",
+                mailbox.display()
+            );
+            return false;
+        }
+    };
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    if !meta.is_file() || !matches!(try_fcntl_lock(&file), Ok(true)) {
+        return false;
+    }
+    if meta.len() > len {
+        if let Err(e) = file.set_len(len).and_then(|()| file.sync_data()) {
+            log::error!("cannot cut {} back to {len} octets: {e}", mailbox.display());
+            return false;
+        }
+        log::warn!(
+            "{}: cut back {} octets of a delivery a crash interrupted (never acknowledged)",
+            mailbox.display(),
+            meta.len() - len
+        );
+    }
+    true
 }
 
 /// Opens the mailbox for appending, creating it for the account when missing; `true` when
@@ -280,11 +423,18 @@ fn try_fcntl_lock(file: &File) -> io::Result<bool> {
 
 /// Appends `text` to the locked mailbox and makes it durable; on failure the mailbox is cut
 /// back to its old length (or removed, when this delivery created it).
-fn write_locked(file: &File, created: bool, path: &Path, text: &Body) -> Result<(), AppendError> {
+fn write_locked(
+    file: &File,
+    created: bool,
+    path: &Path,
+    text: &Body,
+    note_length: impl FnOnce(u64),
+) -> Result<(), AppendError> {
     let old_len = file
         .metadata()
         .map_err(|e| AppendError::Io("cannot examine the mailbox", e))?
         .len();
+    note_length(old_len);
     let separator = missing_separator(file, old_len)
         .map_err(|e| AppendError::Io("cannot read the mailbox end", e))?;
     let mut out = file;
@@ -833,6 +983,85 @@ mod tests {
             took < Duration::from_millis(700),
             "one wait, not one per mailbox: {took:?}"
         );
+    }
+
+    /// A pid no process has (a child that has been reaped).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("reap");
+        pid
+    }
+
+    /// A mailbox with one whole message, then half of another and our dot-lock, as a worker
+    /// killed in the middle of its append leaves them; returns the mailbox and its whole part.
+    fn crashed_append(s: &MboxStore, spool: &Path) -> (PathBuf, Vec<u8>) {
+        let t = target(s);
+        assert!(s.deliver(&msg("a@b", b"whole\r\n"), &[&t])[0].is_ok());
+        let path = spool.join(me().name);
+        let whole = fs::read(&path).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"From x@y Thu Jan  1 00:00:00 1970\nSubject: half\n\nhalf of")
+            .unwrap();
+        fs::write(
+            lock_path(&path),
+            format!("{LOCK_MARK} {} {} {}\n", s.host, dead_pid(), whole.len()),
+        )
+        .unwrap();
+        (path, whole)
+    }
+
+    #[test]
+    fn a_delivery_cut_by_a_crash_is_cut_back_at_the_next_delivery() {
+        let spool = tempfile::tempdir().unwrap();
+        let s = store(spool.path(), 3, 10);
+        let (path, whole) = crashed_append(&s, spool.path());
+        let t = target(&s);
+        assert!(s.deliver(&msg("a@b", b"next\r\n"), &[&t])[0].is_ok());
+        let text = fs::read(&path).unwrap();
+        assert!(text.starts_with(&whole), "the whole message stays");
+        let rest = String::from_utf8_lossy(&text[whole.len()..]).into_owned();
+        assert!(!rest.contains("half"), "the half message is gone: {rest}");
+        assert!(
+            rest.starts_with("From a@b ") && rest.ends_with("next\n\n"),
+            "{rest}"
+        );
+        assert!(!lock_path(&path).exists());
+    }
+
+    #[test]
+    fn a_delivery_cut_by_a_crash_is_cut_back_when_the_next_worker_starts() {
+        let spool = tempfile::tempdir().unwrap();
+        let s = store(spool.path(), 3, 10);
+        let (path, whole) = crashed_append(&s, spool.path());
+        // Someone else's fresh lock on another mailbox is left alone.
+        fs::write(spool.path().join("other.lock"), b"").unwrap();
+        drop(store(spool.path(), 3, 10));
+        assert_eq!(fs::read(&path).unwrap(), whole);
+        assert!(!lock_path(&path).exists());
+        assert!(spool.path().join("other.lock").exists());
+    }
+
+    #[test]
+    fn a_lock_of_a_live_process_is_respected() {
+        let spool = tempfile::tempdir().unwrap();
+        let s = store(spool.path(), 2, 10);
+        let t = target(&s);
+        let path = spool.path().join(me().name);
+        // Held by this very process (alive), on this host: not stale, whatever it says.
+        fs::write(
+            lock_path(&path),
+            format!("{LOCK_MARK} {} {} 0\n", s.host, std::process::id()),
+        )
+        .unwrap();
+        let e = s
+            .deliver(&msg("a@b", b"x\r\n"), &[&t])
+            .remove(0)
+            .unwrap_err();
+        assert_eq!(e.code, 450);
+        assert!(lock_path(&path).exists());
     }
 
     #[test]

@@ -97,6 +97,16 @@ impl Lmtp {
         (0..accepted).map(|_| self.reply()).collect()
     }
 
+    /// One transaction to one recipient, each step required to succeed up to DATA; the reply
+    /// after the data.
+    pub fn send_message(&mut self, from: &str, to: &str, message: &[u8]) -> Reply {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        assert_eq!(r.code, 250, "MAIL: {r:?}");
+        let r = self.cmd(&format!("RCPT TO:<{to}>"));
+        assert_eq!(r.code, 250, "RCPT: {r:?}");
+        self.data(message, 1).remove(0)
+    }
+
     /// QUIT, which must be answered 221.
     pub fn quit(mut self) {
         let r = self.cmd("QUIT");
