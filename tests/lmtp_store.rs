@@ -635,3 +635,22 @@ fn a_large_message_is_stored_whole_without_being_held_in_memory() {
         "the worker's peak memory was {peak} KiB for a 40 MiB message"
     );
 }
+
+#[test]
+fn a_failure_after_data_names_the_address_the_client_wrote() {
+    let d = Dispatcher::start_lmtp(LIMITS, "");
+    maildir(&d.root, "dora");
+    let mut c = Lmtp::connect(RELAY, d.addr(0));
+    c.lhlo();
+    // No SIZE declared: the quota lets it pass at RCPT, the data then does not fit.
+    assert_eq!(c.cmd("MAIL FROM:<a@b>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<Dora@Example.COM> XQUOTA=100,0").code, 250);
+    let body = format!("Subject: q\r\n\r\n{}\r\n", "x".repeat(500));
+    let r = c.data(body.as_bytes(), 1).remove(0);
+    assert_eq!(r.code, 452, "{r:?}");
+    assert!(
+        r.lines[0].starts_with("4.2.2 <Dora@Example.COM> Mailbox is full"),
+        "{r:?}"
+    );
+    c.quit();
+}

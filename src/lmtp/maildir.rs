@@ -258,7 +258,7 @@ impl Store for MaildirStore {
             let result = match quota_ok {
                 Ok(false) => Err(over_quota(&t.user, self.settings.over_quota_permanent)),
                 Err(e) => Err(io_failure(&t.user, "cannot read the mailbox size", &e)),
-                Ok(true) => self.place(dir, &name, message, &mut written),
+                Ok(true) => self.place(dir, &t.user, &name, message, &mut written),
             };
             if let Err(r) = &result {
                 log::error!("message {} to {}: {r}", message.id, dir.display());
@@ -298,24 +298,24 @@ impl MaildirStore {
     fn place(
         &self,
         dir: &Path,
+        who: &str,
         name: &str,
         message: &Message<'_>,
         written: &mut Option<PathBuf>,
     ) -> Result<(), Reply> {
         let dest = dir.join("new").join(name);
-        let who = dir.to_string_lossy();
         if let Some(src) = written.as_ref() {
             match fs::hard_link(src, &dest) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
-                Err(e) => return Err(io_failure(&who, "cannot store the message", &e)),
+                Err(e) => return Err(io_failure(who, "cannot store the message", &e)),
             }
         }
         let tmp = dir.join("tmp").join(name);
-        write_new(&tmp, message).map_err(|e| io_failure(&who, "cannot write the message", &e))?;
+        write_new(&tmp, message).map_err(|e| io_failure(who, "cannot write the message", &e))?;
         if let Err(e) = fs::hard_link(&tmp, &dest) {
             let _ = fs::remove_file(&tmp);
-            return Err(io_failure(&who, "cannot store the message", &e));
+            return Err(io_failure(who, "cannot store the message", &e));
         }
         match written {
             None => *written = Some(tmp),

@@ -466,7 +466,8 @@ impl Session<'_> {
                         target.folder
                     ),
                 ),
-                Err(reply) => reply,
+                // A store names the account; the client is told the address it wrote.
+                Err(reply) => for_address(reply, &target.user, &r.written),
             };
             if settings.logging {
                 log::info!(
@@ -542,4 +543,13 @@ impl Session<'_> {
             })
             .collect()
     }
+}
+
+/// `reply` with its leading `<account>` (as a store words a failure) replaced by the address
+/// as the client wrote it.
+fn for_address(mut reply: Reply, account: &str, written: &str) -> Reply {
+    if let Some(rest) = reply.text.strip_prefix(&format!("<{account}>")) {
+        reply.text = format!("<{}>{rest}", printable(written));
+    }
+    reply
 }
