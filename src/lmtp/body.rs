@@ -1,10 +1,11 @@
 //! Message data while it is received and stored: in memory while small, in an unnamed
 //! temporary file once it passes [`SPILL_AT`] octets, so a connection never holds a large
 //! message in memory (`MAX_CONNS` connections with 100 MiB messages each would otherwise
-//! take gigabytes). The file is created with `O_TMPFILE` in a directory the store names (its
-//! own file system: the store root, the mail spool), so it has no name, no reader ever sees
-//! it and a crash leaves nothing behind; where the file system has no `O_TMPFILE` a named
-//! file is created and unlinked at once.
+//! take gigabytes). The file is created with `O_TMPFILE` in a directory the store names (on
+//! its own file system: the first recipient's Maildir `tmp/`, the mail spool), else in the
+//! system's temporary directory, so it has no name, no reader ever sees it and a crash
+//! leaves nothing behind; where the file system has no `O_TMPFILE` a named file is created
+//! and unlinked at once.
 //!
 //! [`Sink`] is what receiving writes to; [`Body::chunks`] is how a store reads it back, in
 //! order, without loading it.
@@ -66,6 +67,11 @@ impl Body {
         b
     }
 
+    /// Where a large body goes from now on (for the next message).
+    pub fn set_spill_dir(&mut self, dir: PathBuf) {
+        self.spill_dir = dir;
+    }
+
     /// Empties it for the next message; the file, if any, goes away.
     pub fn clear(&mut self) {
         self.file = None;
@@ -113,7 +119,10 @@ impl Body {
     fn spill(&mut self) -> io::Result<()> {
         let file = match self.file.take() {
             Some(f) => f,
-            None => unnamed_file(&self.spill_dir)?,
+            // The store's directory, else the system's temporary directory (a store root
+            // the workers may not write to, say).
+            None => unnamed_file(&self.spill_dir)
+                .or_else(|first| unnamed_file(&std::env::temp_dir()).map_err(|_| first))?,
         };
         let mut writer = &file;
         let written = writer.write_all(&self.mem);
@@ -212,8 +221,10 @@ mod tests {
     }
 
     #[test]
-    fn a_spill_directory_that_is_missing_is_an_error_not_a_panic() {
+    fn a_spill_directory_that_cannot_be_used_falls_back_to_the_temporary_directory() {
         let mut b = Body::with_spill_at(Path::new("/nonexistent/spill"), 4);
-        assert!(b.put(b"0123456789").is_err());
+        b.put(b"0123456789").unwrap();
+        assert!(b.spilled());
+        assert_eq!(read_back(&b), b"0123456789");
     }
 }

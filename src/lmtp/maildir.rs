@@ -201,8 +201,8 @@ fn write_all_vectored(file: &mut File, parts: &[&[u8]]) -> io::Result<()> {
 }
 
 impl Store for MaildirStore {
-    fn spill_dir(&self) -> &Path {
-        &self.settings.root
+    fn spill_dir(&self, first: &Target) -> PathBuf {
+        Path::new(&first.key).join("tmp")
     }
 
     fn resolve(&self, r: &Recipient, size: u64) -> Result<Target, Reply> {

@@ -607,8 +607,8 @@ impl MboxLines {
 }
 
 impl Store for MboxStore {
-    fn spill_dir(&self) -> &Path {
-        &self.settings.spool
+    fn spill_dir(&self, _first: &Target) -> PathBuf {
+        self.settings.spool.clone()
     }
 
     fn resolve(&self, r: &Recipient, size: u64) -> Result<Target, Reply> {

@@ -75,7 +75,7 @@ pub fn run(stream: &TcpStream, ctx: &Context<'_>) -> End {
         lhlo: None,
         tx: None,
         transactions: 0,
-        body: Body::new(ctx.store.spill_dir()),
+        body: Body::new(&std::env::temp_dir()),
     };
     s.reply(Reply::new(
         220,
@@ -393,6 +393,9 @@ impl Session<'_> {
         let stream = *self.wire.stream();
         let _ = stream.set_read_timeout(Some(settings.data_timeout));
         self.body.clear();
+        if let Some((_, first)) = self.tx.as_ref().and_then(|tx| tx.recipients.first()) {
+            self.body.set_spill_dir(self.ctx.store.spill_dir(first));
+        }
         let outcome = self.wire.read_data(&mut self.body, settings.max_message);
         let _ = stream.set_read_timeout(Some(settings.command_timeout));
         let outcome = match outcome {

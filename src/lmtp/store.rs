@@ -6,7 +6,7 @@
 //! client: it answers with [`Reply`] values, which the session sends in RCPT order.
 
 use std::io;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use super::address::Recipient;
@@ -72,9 +72,10 @@ impl Message<'_> {
 
 /// A delivery back end. Shared by every connection thread of a worker.
 pub trait Store: Send + Sync {
-    /// Where a large message is kept while it arrives (an unnamed temporary file on the
-    /// store's own file system).
-    fn spill_dir(&self) -> &Path;
+    /// Where a large message for `first` (the first accepted recipient) is kept while it
+    /// arrives: an unnamed temporary file on the store's own file system, in a directory the
+    /// worker can write to.
+    fn spill_dir(&self, first: &Target) -> PathBuf;
 
     /// At `RCPT`: can `recipient` be delivered to? `size` is the message size the client
     /// declared with `MAIL FROM ... SIZE=` (0 when it did not). `Err` is the reply to send
