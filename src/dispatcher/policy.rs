@@ -27,6 +27,8 @@
 //! * A worker that exits before taking its first connection is a failed start: the next start
 //!   waits 1 s, doubling up to 60 s, with one log line each time. A worker that has not said
 //!   it is ready [`READY_TIMEOUT`] after its start is killed, which makes it a failed start.
+//!   One that was ready and lived [`STABLE_AFTER`] before it died without serving (killed by
+//!   an administrator or the OOM killer) is not: it is replaced at once.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -40,6 +42,10 @@ pub type ConnId = u64;
 /// How long a started worker may take to say it is ready before it counts as a failed start
 /// and is killed (an image that does not speak the protocol must not hold connections).
 pub const READY_TIMEOUT: Millis = 30_000;
+
+/// A ready worker that dies this long after its start, even without having served, did not
+/// fail to start: it is replaced without a back-off.
+pub const STABLE_AFTER: Millis = 10_000;
 
 /// First and last delay after failed starts.
 pub const BACKOFF_FIRST: Millis = 1_000;
@@ -289,7 +295,8 @@ impl Pool {
                 connections: w.active,
             }));
         }
-        let failed_start = w.served == 0 && (w.state == State::Starting || !clean);
+        let young = now.saturating_sub(w.started) < STABLE_AFTER;
+        let failed_start = w.served == 0 && (w.state == State::Starting || (!clean && young));
         if failed_start {
             let delay = BACKOFF_FIRST
                 .saturating_mul(1 << self.failures.min(6))
@@ -700,6 +707,41 @@ mod tests {
         })));
         let a = p.handle(Event::ConnectionArrived(2), 6);
         assert_eq!(spawned(&a), [2], "replaced at once: it had served");
+    }
+
+    #[test]
+    fn a_ready_worker_that_dies_young_unserved_is_a_failed_start_an_older_one_is_not() {
+        let mut p = Pool::new(PoolLimits {
+            min_procs: 1,
+            ..limits()
+        });
+        p.handle(Event::Tick, 0);
+        p.handle(Event::WorkerReady(1), 100);
+        let a = p.handle(
+            Event::WorkerExited {
+                worker: 1,
+                clean: false,
+            },
+            2_000,
+        );
+        assert!(a
+            .iter()
+            .any(|x| matches!(x, Action::Log(PoolLog::StartFailed { worker: 1, .. }))));
+        assert!(spawned(&a).is_empty(), "backs off");
+        assert_eq!(spawned(&p.handle(Event::Tick, 3_000)), [2]);
+        p.handle(Event::WorkerReady(2), 3_100);
+        // Killed a minute later, never having had a connection: replaced at once.
+        let a = p.handle(
+            Event::WorkerExited {
+                worker: 2,
+                clean: false,
+            },
+            3_000 + 60_000,
+        );
+        assert!(!a
+            .iter()
+            .any(|x| matches!(x, Action::Log(PoolLog::StartFailed { .. }))));
+        assert_eq!(spawned(&a), [3]);
     }
 
     #[test]
