@@ -654,3 +654,60 @@ fn a_failure_after_data_names_the_address_the_client_wrote() {
     );
     c.quit();
 }
+
+#[test]
+fn random_command_soup_never_crashes_a_worker() {
+    use std::io::{Read, Write};
+    let d = Dispatcher::start_lmtp(LIMITS, "CREATE_MAILBOXES=1");
+    let pieces: [&[u8]; 15] = [
+        b"LHLO x\r\n",
+        b"MAIL FROM:<a@b>\r\n",
+        b"RCPT TO:<alice>\r\n",
+        b"RCPT TO:<bob+F@x> XQUOTA=10,1\r\n",
+        b"DATA\r\n",
+        b".\r\n",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"BDAT 10\r\n",
+        b"MAIL FROM:<> SIZE=5 BODY=8BITMIME\r\n",
+        b"RCPT TO:<..>\r\n",
+        b"\r\n",
+        b"\n",
+        b"\x00\r\n",
+        b"QUIT\r\n",
+    ];
+    // A fixed-seed generator: the same soup every run, 300 connections.
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..300 {
+        let mut soup = Vec::new();
+        for _ in 0..(next() % 30 + 1) {
+            if next() % 10 < 7 {
+                soup.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
+            } else {
+                soup.extend((0..next() % 300).map(|_| next() as u8));
+            }
+        }
+        let mut s = common::dispatcher::connect_from(RELAY, d.addr(0));
+        let _ = s.write_all(&soup);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    let log = service_log(&d.root, "tcp_lmtpss_server.log");
+    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(d.count_in_log("failed to start"), 0, "{}", d.log());
+    // Still serving.
+    let mut c = Lmtp::connect(RELAY, d.addr(0));
+    c.lhlo();
+    assert_eq!(
+        c.send_message("a@b", "alice", b"Subject: after\r\n\r\nx\r\n")
+            .code,
+        250
+    );
+}
