@@ -711,3 +711,32 @@ fn random_command_soup_never_crashes_a_worker() {
         250
     );
 }
+
+#[test]
+fn lmtp_cr_takes_a_bare_cr_as_a_line_end() {
+    let d = Dispatcher::start_lmtp(LIMITS, "");
+    let alice = maildir(&d.root, "alice");
+    d.edit_config("imta.cnf", |t| {
+        t.replacen("tcp_lmtpss lmtp", "tcp_lmtpss lmtp_cr", 1)
+    });
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_for_log("configuration reloaded");
+    let mut c = Lmtp::connect(RELAY, d.addr(0));
+    // Every line ends in a bare CR; the client waits for each reply.
+    c.send(b"LHLO cr.example\r");
+    assert_eq!(c.reply().code, 250);
+    c.send(b"MAIL FROM:<a@b>\r");
+    assert_eq!(c.reply().code, 250);
+    c.send(b"RCPT TO:<alice>\r");
+    assert_eq!(c.reply().code, 250);
+    c.send(b"DATA\r");
+    assert_eq!(c.reply().code, 354);
+    c.send(b"Subject: cr\rfirst\r..dot\r.\r");
+    assert_eq!(c.reply().code, 250);
+    c.send(b"QUIT\r");
+    assert_eq!(c.reply().code, 221);
+    let stored = files(&alice.join("new"));
+    assert_eq!(stored.len(), 1);
+    let (_, body) = split_trace(&std::fs::read(&stored[0]).expect("read"));
+    assert_eq!(body, b"Subject: cr\r\nfirst\r\n.dot\r\n");
+}

@@ -7,8 +7,10 @@
 //!
 //! Line terminators follow the channel's keyword: `lmtp`/`lmtp_crlf` end lines only with
 //! CRLF (a command ending in a bare LF is answered with an error; a bare LF in message data is
-//! kept as data); `lmtp_lf`, `lmtp_cr` and `lmtp_crorlf` also end lines with a bare LF (stored
-//! as CRLF). Message data is read line by line: the `.` line ends it, a leading `.` is
+//! kept as data); `lmtp_lf` also ends lines with a bare LF, `lmtp_cr` and `lmtp_crorlf` with
+//! a bare LF or a bare CR (all stored as CRLF). A bare CR is taken as a line end the moment it
+//! arrives, and an LF that follows it in the next read is dropped, so a client that ends a
+//! command with CR alone is answered without the server waiting for a byte that never comes. Message data is read line by line: the `.` line ends it, a leading `.` is
 //! removed from other lines (RFC 5321 §4.5.2); data beyond the size limit is read and thrown
 //! away so that the replies can still be sent in order.
 
@@ -21,8 +23,17 @@ use super::body::Sink;
 pub enum Terminators {
     /// CRLF only (`lmtp`, `lmtp_crlf`).
     Crlf,
-    /// CRLF or a bare LF (`lmtp_lf`, `lmtp_cr`, `lmtp_crorlf`).
+    /// CRLF or a bare LF (`lmtp_lf`).
     CrlfOrLf,
+    /// CRLF, a bare LF or a bare CR (`lmtp_cr`, `lmtp_crorlf`).
+    Any,
+}
+
+impl Terminators {
+    /// Whether a bare LF ends a line.
+    fn lf_ends_lines(self) -> bool {
+        self != Terminators::Crlf
+    }
 }
 
 /// A command line, or why it is not one.
@@ -81,6 +92,9 @@ pub struct Wire<S> {
     end: usize,
     out: Vec<u8>,
     mode: Terminators,
+    /// A bare CR ended the last read and was taken as a line end: an LF that comes next is
+    /// its second half and is dropped.
+    skip_lf: bool,
 }
 
 impl<S: Read + Write> Wire<S> {
@@ -92,6 +106,7 @@ impl<S: Read + Write> Wire<S> {
             end: 0,
             out: Vec::with_capacity(1024),
             mode,
+            skip_lf: false,
         }
     }
 
@@ -146,6 +161,15 @@ impl<S: Read + Write> Wire<S> {
             match self.stream.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Err(WireError::Closed),
                 Ok(n) => {
+                    let n = if self.mode == Terminators::Any {
+                        self.bare_cr_to_lf(n)
+                    } else {
+                        n
+                    };
+                    if n == 0 {
+                        // Only the LF of a CRLF cut by the read: read on.
+                        continue;
+                    }
                     self.end += n;
                     return Ok(n);
                 }
@@ -153,6 +177,31 @@ impl<S: Read + Write> Wire<S> {
                 Err(e) => return Err(WireError::from_io(e)),
             }
         }
+    }
+
+    /// In the `n` octets just read (at `end`), turns each bare CR into an LF (a line end),
+    /// keeps CRLF, and drops the LF that completes a CR taken as a line end at the end of the
+    /// previous read. Returns how many octets remain.
+    fn bare_cr_to_lf(&mut self, n: usize) -> usize {
+        let (from, to) = (self.end, self.end + n);
+        let mut w = from;
+        for r in from..to {
+            let b = self.buf[r];
+            if std::mem::take(&mut self.skip_lf) && b == b'\n' {
+                continue;
+            }
+            self.buf[w] = match b {
+                b'\r' if r + 1 < to && self.buf[r + 1] == b'\n' => b'\r',
+                b'\r' if r + 1 == to => {
+                    self.skip_lf = true;
+                    b'\n'
+                }
+                b'\r' => b'\n',
+                other => other,
+            };
+            w += 1;
+        }
+        w - from
     }
 
     /// The next line, without its terminator, at most `max` octets.
@@ -169,7 +218,7 @@ impl<S: Read + Write> Wire<S> {
                     return Ok(Line::TooLong);
                 }
                 let cr = lf > line_start && self.buf[lf - 1] == b'\r';
-                if !cr && self.mode == Terminators::Crlf {
+                if !cr && !self.mode.lf_ends_lines() {
                     return Ok(Line::BareLf);
                 }
                 let text_end = if cr { lf - 1 } else { lf };
@@ -231,7 +280,7 @@ impl<S: Read + Write> Wire<S> {
             let lf = self.start + scanned + i;
             let line = &self.buf[self.start..lf + 1];
             let cr = line.len() >= 2 && line[line.len() - 2] == b'\r';
-            if !cr && self.mode == Terminators::Crlf {
+            if !cr && !self.mode.lf_ends_lines() {
                 // A bare LF is data here: keep looking for the CRLF that ends the line.
                 scanned = lf + 1 - self.start;
                 continue;
@@ -270,7 +319,9 @@ impl<S: Read + Write> Wire<S> {
             let pending = &self.buf[self.start..self.end];
             let end_at = match self.mode {
                 Terminators::Crlf => pending.windows(2).position(|w| w == b"\r\n").map(|i| i + 2),
-                Terminators::CrlfOrLf => pending.iter().position(|&b| b == b'\n').map(|i| i + 1),
+                Terminators::CrlfOrLf | Terminators::Any => {
+                    pending.iter().position(|&b| b == b'\n').map(|i| i + 1)
+                }
             };
             match end_at {
                 Some(n) => {
@@ -377,6 +428,26 @@ mod tests {
             let mut w = wire(b"NOOP\nQUIT\r\n", step, Terminators::CrlfOrLf);
             assert_eq!(w.read_line(512).unwrap(), Line::Text(b"NOOP".to_vec()));
             assert_eq!(w.read_line(512).unwrap(), Line::Text(b"QUIT".to_vec()));
+        }
+    }
+
+    #[test]
+    fn a_bare_cr_ends_lines_under_lmtp_cr_whatever_the_pieces() {
+        for step in [1, 2, 3, 5, 1000] {
+            let mut w = wire(b"NOOP\rQUIT\r\nRSET\nLHLO\r", step, Terminators::Any);
+            for expected in [&b"NOOP"[..], b"QUIT", b"RSET", b"LHLO"] {
+                assert_eq!(
+                    w.read_line(512).unwrap(),
+                    Line::Text(expected.to_vec()),
+                    "{step}"
+                );
+            }
+            // Nothing more: the CR that ended LHLO did not make it wait for an LF.
+            assert!(matches!(w.read_line(512), Err(WireError::Closed)), "{step}");
+            let input = b"a\rb\r\nc\n\r.\rNOOP\r\n";
+            let (body, _, next) = data(input, step, Terminators::Any, 1 << 20);
+            assert_eq!(body, b"a\r\nb\r\nc\r\n\r\n".to_vec(), "{step}");
+            assert_eq!(next, Line::Text(b"NOOP".to_vec()), "{step}");
         }
     }
 

@@ -207,7 +207,8 @@ pub fn from_parts(
         let int_arg = || kw.args.first().and_then(|a| a.parse::<u64>().ok());
         match kw.name.as_str() {
             "lmtp" | "lmtp_crlf" => terminators = Terminators::Crlf,
-            "lmtp_lf" | "lmtp_cr" | "lmtp_crorlf" => terminators = Terminators::CrlfOrLf,
+            "lmtp_lf" => terminators = Terminators::CrlfOrLf,
+            "lmtp_cr" | "lmtp_crorlf" => terminators = Terminators::Any,
             k if k.starts_with("smtp") || k == "nosmtp" => {
                 return Err(unsupported(
                     "selects SMTP, but this image speaks LMTP; remove it",
