@@ -1,6 +1,7 @@
-//! The LMTP images against software no one here wrote: `swaks --protocol LMTP` and Postfix's
-//! `smtp-source -L` deliver through the real dispatcher, and Dovecot's `doveadm` (with a
-//! throwaway configuration, no Dovecot server running) reads what the store holds.
+//! The LMTP images against software no one here wrote: `swaks --protocol LMTP`, Postfix's
+//! `smtp-source -L` and a real Postfix relay (its `lmtp` delivery agent) deliver through the
+//! real dispatcher, and Dovecot's `doveadm` (with a throwaway configuration) reads what the
+//! store holds.
 
 mod common;
 
@@ -178,4 +179,65 @@ fn xquota_usage_is_kept_where_dovecot_reads_it() {
         ],
         "maildirsize:\n{cache}"
     );
+}
+
+/// A real relay: Postfix's own `lmtp` delivery agent, through the dispatcher, one message
+/// to three recipients; Postfix records each recipient's own result.
+#[test]
+fn postfix_delivers_through_the_dispatcher_with_one_result_per_recipient() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test starts a Postfix instance, which needs root (as make test runs in CI)");
+    }
+    let d = Dispatcher::start_lmtp(LIMITS, "");
+    for user in ["alice", "bob"] {
+        maildir(&d.root, user);
+    }
+    let pf_dir = tempfile::tempdir().expect("tempdir");
+    let postfix = peers::Postfix::start(pf_dir.path(), d.addr(0));
+    let id = postfix.submit(
+        "sender@relay.test.example",
+        &[
+            "alice@example.com",
+            "bob@example.com",
+            "nobody-here@example.com",
+        ],
+        b"Subject: through postfix\n\nHello from a real MTA.\n.A line with a leading dot.\n",
+    );
+    let results = postfix.results(&id, 3);
+    let status = |rcpt: &str| {
+        results
+            .iter()
+            .find(|l| l.contains(&format!("to=<{rcpt}>")))
+            .unwrap_or_else(|| panic!("no result for {rcpt}: {results:#?}"))
+            .clone()
+    };
+    for rcpt in ["alice@example.com", "bob@example.com"] {
+        let line = status(rcpt);
+        assert!(
+            line.contains("status=sent (250 2.0.0 <") && line.contains("Saved to INBOX"),
+            "{line}"
+        );
+    }
+    let line = status("nobody-here@example.com");
+    assert!(
+        line.contains("status=bounced") && line.contains("550 5.1.1"),
+        "{line}"
+    );
+    for user in ["alice", "bob"] {
+        let dir = d.root.join("store").join(user).join("new");
+        let files: Vec<_> = std::fs::read_dir(&dir).expect("new/").collect();
+        assert_eq!(files.len(), 1, "{user}");
+        let path = files
+            .into_iter()
+            .next()
+            .expect("one")
+            .expect("entry")
+            .path();
+        let text = std::fs::read_to_string(path).expect("read");
+        assert!(text.contains("\r\nSubject: through postfix\r\n"), "{text}");
+        assert!(
+            text.ends_with("\r\nHello from a real MTA.\r\n.A line with a leading dot.\r\n"),
+            "{text}"
+        );
+    }
 }

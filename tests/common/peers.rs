@@ -1,7 +1,8 @@
 //! Software no one here wrote, driven from the tests and the benchmark: `swaks` and Postfix's
-//! `smtp-source` as LMTP clients, and a throwaway Dovecot (its own configuration, base and
-//! state directories in a temporary directory, loopback only) whose `doveadm` reads what our
-//! store holds and whose LMTP server is the speed reference. Installed by
+//! `smtp-source` as LMTP clients, a throwaway Postfix whose own `lmtp` delivery agent relays
+//! through our dispatcher, and a throwaway Dovecot (its own configuration, base and state
+//! directories in a temporary directory, loopback only) whose `doveadm` reads what our store
+//! holds and whose LMTP server is the speed reference. Installed by
 //! `scripts/install-test-deps.sh`; a missing tool fails the test with that hint.
 
 use std::net::SocketAddr;
@@ -264,4 +265,155 @@ pub fn quota_get(conf: &Path, user: &str) -> Vec<(String, u64, u64)> {
             (field("Type="), number("Value="), number("Limit="))
         })
         .collect()
+}
+
+/// A throwaway Postfix (its own configuration, queue and log in a temporary directory; no
+/// listening port: its SMTP server is left out of master.cf) whose `lmtp` client delivers all
+/// mail to `lmtp`, as a real relay in front of a store would. Needs root (Postfix's master
+/// runs as root and its daemons as `postfix`). The master is killed by pid when dropped.
+pub struct Postfix {
+    dir: PathBuf,
+    master_pid: i32,
+}
+
+impl Postfix {
+    pub fn start(dir: &Path, lmtp: SocketAddr) -> Postfix {
+        let conf = dir.join("conf");
+        for sub in ["conf", "queue", "data"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("create Postfix's directories");
+        }
+        let master = std::fs::read_to_string("/etc/postfix/master.cf")
+            .unwrap_or_else(|e| missing("postfix (/etc/postfix/master.cf)", e));
+        // Every service but the SMTP server (nothing listens), definitions only.
+        let services: String = master
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with(' ') && !l.trim().is_empty())
+            .filter(|l| !l.starts_with("smtp ") || !l.contains(" inet "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(conf.join("master.cf"), services).expect("write master.cf");
+        let d = dir.display();
+        let main = format!(
+            "compatibility_level = 3.6\nqueue_directory = {d}/queue\ndata_directory = {d}/data\n\
+             mail_owner = postfix\nsetgid_group = postdrop\nmyhostname = relay.test.example\n\
+             mydomain = test.example\nmyorigin = relay.test.example\nmydestination =\n\
+             inet_interfaces = loopback-only\ninet_protocols = ipv4\nrelayhost =\n\
+             default_transport = lmtp:inet:{lmtp}\nlocal_transport = error:no local delivery\n\
+             maillog_file = {d}/maillog\nmaillog_file_prefixes = {d}\nsmtputf8_enable = no\n\
+             alias_maps =\nalias_database =\nnotify_classes =\n"
+        );
+        std::fs::write(conf.join("main.cf"), main).expect("write main.cf");
+        let chown = Command::new("chown")
+            .arg("postfix")
+            .arg(dir.join("data"))
+            .status()
+            .expect("chown");
+        assert!(
+            chown.success(),
+            "chown postfix {}",
+            dir.join("data").display()
+        );
+        let mut cmd = Command::new("postfix");
+        cmd.arg("-c").arg(&conf).arg("start");
+        let out = run_bounded(cmd, "postfix", Duration::from_secs(60));
+        let pid_file = dir.join("queue/pid/master.pid");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let master_pid = loop {
+            let pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok());
+            if let Some(pid) = pid {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Postfix did not start: {}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(dir.join("maillog")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Postfix {
+            dir: dir.to_path_buf(),
+            master_pid,
+        }
+    }
+
+    /// Submits `message` with Postfix's `sendmail`; returns the queue id Postfix gave it.
+    pub fn submit(&self, from: &str, to: &[&str], message: &[u8]) -> String {
+        use std::io::Write;
+        let mut child = Command::new("sendmail")
+            .arg("-C")
+            .arg(self.dir.join("conf"))
+            .args(["-f", from, "--"])
+            .args(to)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| missing("sendmail (postfix)", e));
+        child
+            .stdin
+            .take()
+            .expect("sendmail's stdin")
+            .write_all(message)
+            .expect("write to sendmail");
+        assert!(child.wait().expect("sendmail").success(), "sendmail failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            let id = log.lines().find_map(|l| {
+                l.contains(&format!("from=<{from}>"))
+                    .then(|| l.split("]: ").nth(1)?.split(':').next())
+                    .flatten()
+                    .map(str::to_string)
+            });
+            if let Some(id) = id {
+                return id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Postfix never picked the message up:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The `to=<...> ... status=...` lines of queue id `id`, waiting (bounded) for `n`.
+    pub fn results(&self, id: &str, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let lines: Vec<String> = self
+                .log()
+                .lines()
+                .filter(|l| l.contains(&format!("{id}: to=<")) && l.contains(" status="))
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} results:\n{}",
+                lines.len(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.master_pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        // The master is not our child (postfix-script started it): wait for it to be gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
