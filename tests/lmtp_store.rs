@@ -637,13 +637,18 @@ fn a_large_message_is_stored_whole_without_being_held_in_memory() {
 }
 
 #[test]
-fn a_failure_after_data_names_the_address_the_client_wrote() {
+fn store_replies_name_the_address_the_client_wrote() {
     let d = Dispatcher::start_lmtp(LIMITS, "");
     maildir(&d.root, "dora");
     let mut c = Lmtp::connect(RELAY, d.addr(0));
     c.lhlo();
     // No SIZE declared: the quota lets it pass at RCPT, the data then does not fit.
     assert_eq!(c.cmd("MAIL FROM:<a@b>").code, 250);
+    let r = c.cmd("RCPT TO:<Nobody-Here@x>");
+    assert_eq!(
+        r.lines[0],
+        "5.1.1 <Nobody-Here@x> User unknown: no mailbox here"
+    );
     assert_eq!(c.cmd("RCPT TO:<Dora@Example.COM> XQUOTA=100,0").code, 250);
     let body = format!("Subject: q\r\n\r\n{}\r\n", "x".repeat(500));
     let r = c.data(body.as_bytes(), 1).remove(0);

@@ -209,15 +209,11 @@ impl Store for MaildirStore {
         let user_dir = self.user_dir(&r.user);
         if !user_dir.join("new").is_dir() {
             if !self.settings.create {
-                return Err(Reply::new(
-                    550,
-                    "5.1.1",
-                    format!("<{}> User unknown: no mailbox here", r.written),
-                ));
+                return Err(Reply::new(550, "5.1.1", "User unknown: no mailbox here"));
             }
             if let Err(e) = create_maildir(&user_dir) {
                 log::error!("cannot create the mailbox {}: {e}", user_dir.display());
-                return Err(io_failure(&r.written, "cannot create the mailbox", &e));
+                return Err(io_failure("cannot create the mailbox", &e));
             }
             log::info!("created the mailbox {}", user_dir.display());
         }
@@ -241,8 +237,8 @@ impl Store for MaildirStore {
         };
         match self.within_quota(&target, size) {
             Ok(true) => Ok(target),
-            Ok(false) => Err(over_quota(&r.written, self.settings.over_quota_permanent)),
-            Err(e) => Err(io_failure(&r.written, "cannot read the mailbox size", &e)),
+            Ok(false) => Err(over_quota(self.settings.over_quota_permanent)),
+            Err(e) => Err(io_failure("cannot read the mailbox size", &e)),
         }
     }
 
@@ -256,9 +252,9 @@ impl Store for MaildirStore {
             let dir = Path::new(&t.key);
             let quota_ok = self.within_quota(t, size);
             let result = match quota_ok {
-                Ok(false) => Err(over_quota(&t.user, self.settings.over_quota_permanent)),
-                Err(e) => Err(io_failure(&t.user, "cannot read the mailbox size", &e)),
-                Ok(true) => self.place(dir, &t.user, &name, message, &mut written),
+                Ok(false) => Err(over_quota(self.settings.over_quota_permanent)),
+                Err(e) => Err(io_failure("cannot read the mailbox size", &e)),
+                Ok(true) => self.place(dir, &name, message, &mut written),
             };
             if let Err(r) = &result {
                 log::error!("message {} to {}: {r}", message.id, dir.display());
@@ -275,7 +271,7 @@ impl Store for MaildirStore {
                     if let Err(e) = fs::remove_file(new.join(&name)) {
                         log::error!("cannot withdraw {}/new/{name}: {e}", t.key);
                     }
-                    *result = Err(io_failure(&t.user, "cannot make the delivery durable", &e));
+                    *result = Err(io_failure("cannot make the delivery durable", &e));
                 } else {
                     // Also without a quota now: a cache left from an earlier quota stays
                     // right (recording is nothing when there is no cache).
@@ -298,7 +294,6 @@ impl MaildirStore {
     fn place(
         &self,
         dir: &Path,
-        who: &str,
         name: &str,
         message: &Message<'_>,
         written: &mut Option<PathBuf>,
@@ -308,14 +303,14 @@ impl MaildirStore {
             match fs::hard_link(src, &dest) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
-                Err(e) => return Err(io_failure(who, "cannot store the message", &e)),
+                Err(e) => return Err(io_failure("cannot store the message", &e)),
             }
         }
         let tmp = dir.join("tmp").join(name);
-        write_new(&tmp, message).map_err(|e| io_failure(who, "cannot write the message", &e))?;
+        write_new(&tmp, message).map_err(|e| io_failure("cannot write the message", &e))?;
         if let Err(e) = fs::hard_link(&tmp, &dest) {
             let _ = fs::remove_file(&tmp);
-            return Err(io_failure(who, "cannot store the message", &e));
+            return Err(io_failure("cannot store the message", &e));
         }
         match written {
             None => *written = Some(tmp),

@@ -612,12 +612,8 @@ impl Store for MboxStore {
     }
 
     fn resolve(&self, r: &Recipient, size: u64) -> Result<Target, Reply> {
-        let account = local_account(&r.user, &r.written, || {
-            Reply::new(
-                550,
-                "5.1.1",
-                format!("<{}> User unknown: no such local account", r.written),
-            )
+        let account = local_account(&r.user, || {
+            Reply::new(550, "5.1.1", "User unknown: no such local account")
         })?;
         let path = self.settings.spool.join(&account.name);
         let target = Target {
@@ -630,7 +626,7 @@ impl Store for MboxStore {
         if within_quota(&target, size) {
             Ok(target)
         } else {
-            Err(over_quota(&r.written, self.settings.over_quota_permanent))
+            Err(over_quota(self.settings.over_quota_permanent))
         }
     }
 
@@ -643,10 +639,7 @@ impl Store for MboxStore {
             Ok(t) => t,
             Err(e) => {
                 log::error!("message {}: cannot prepare it for mbox: {e}", message.id);
-                return targets
-                    .iter()
-                    .map(|t| Err(io_failure(&t.user, "cannot prepare the message", &e)))
-                    .collect();
+                return vec![Err(io_failure("cannot prepare the message", &e)); targets.len()];
             }
         };
         let mut results: Vec<Option<Result<(), Reply>>> = vec![None; targets.len()];
@@ -690,7 +683,7 @@ impl Store for MboxStore {
             results[i] = Some(Err(Reply::new(
                 450,
                 "4.2.0",
-                format!("<{}> Mailbox is locked; try again later", targets[i].user),
+                "Mailbox is locked; try again later",
             )));
         }
         results
@@ -710,18 +703,15 @@ impl Store for MboxStore {
 impl MboxStore {
     /// Before the first try: the account still exists and the quota admits the message.
     fn prepare(&self, t: &Target, size: u64) -> Result<User, Reply> {
-        let account = local_account(&t.user, &t.user, || {
+        let account = local_account(&t.user, || {
             Reply::new(
                 451,
                 "4.3.0",
-                format!(
-                    "<{}> The account disappeared during the transaction",
-                    t.user
-                ),
+                "The account disappeared during the transaction",
             )
         })?;
         if !within_quota(t, size) {
-            return Err(over_quota(&t.user, self.settings.over_quota_permanent));
+            return Err(over_quota(self.settings.over_quota_permanent));
         }
         Ok(account)
     }
@@ -735,24 +725,20 @@ fn failure_reply(t: &Target, e: AppendError) -> Reply {
             Reply::new(
                 451,
                 "4.3.0",
-                format!("<{}> Mailbox is unsafe to deliver to: {why}", t.user),
+                format!("Mailbox is unsafe to deliver to: {why}"),
             )
         }
-        AppendError::Io(what, e) => io_failure(&t.user, what, &e),
+        AppendError::Io(what, e) => io_failure(what, &e),
     }
 }
 
 /// The account `name` from the password database; `unknown()` is the reply when there is
-/// none, and a failing look-up is a temporary failure for `written`.
-fn local_account(
-    name: &str,
-    written: &str,
-    unknown: impl FnOnce() -> Reply,
-) -> Result<User, Reply> {
+/// none, and a failing look-up is a temporary failure.
+fn local_account(name: &str, unknown: impl FnOnce() -> Reply) -> Result<User, Reply> {
     match User::from_name(name) {
         Ok(Some(u)) => Ok(u),
         Ok(None) => Err(unknown()),
-        Err(e) => Err(io_failure(written, "cannot look up the account", &e.into())),
+        Err(e) => Err(io_failure("cannot look up the account", &e.into())),
     }
 }
 

@@ -358,6 +358,7 @@ impl Session<'_> {
                 reply
             }
             Err(reply) => {
+                let reply = addressed(reply, path);
                 if settings.logging {
                     log::info!(
                         "refused conn={} client={} from=<{}> to=<{}> result={reply}",
@@ -469,8 +470,7 @@ impl Session<'_> {
                         target.folder
                     ),
                 ),
-                // A store names the account; the client is told the address it wrote.
-                Err(reply) => for_address(reply, &target.user, &r.written),
+                Err(reply) => reply,
             };
             if settings.logging {
                 log::info!(
@@ -536,8 +536,9 @@ impl Session<'_> {
         let results = self.ctx.store.deliver(&message, &distinct);
         which
             .into_iter()
-            .map(|i| match results.get(i) {
-                Some(r) => r.clone(),
+            .zip(&tx.recipients)
+            .map(|(i, (r, _))| match results.get(i) {
+                Some(result) => result.clone().map_err(|e| addressed(e, &r.written)),
                 None => Err(Reply::new(
                     451,
                     "4.3.0",
@@ -548,11 +549,9 @@ impl Session<'_> {
     }
 }
 
-/// `reply` with its leading `<account>` (as a store words a failure) replaced by the address
-/// as the client wrote it.
-fn for_address(mut reply: Reply, account: &str, written: &str) -> Reply {
-    if let Some(rest) = reply.text.strip_prefix(&format!("<{account}>")) {
-        reply.text = format!("<{}>{rest}", printable(written));
-    }
+/// A store's reply for one recipient, with the address as the client wrote it in front (a
+/// store's texts do not name the recipient).
+fn addressed(mut reply: Reply, written: &str) -> Reply {
+    reply.text = format!("<{}> {}", printable(written), reply.text);
     reply
 }

@@ -378,7 +378,7 @@ impl Options<'_> {
         })
     }
 
-    /// A directory, `NAME:rest` resolved through the tailor; always ends in `/`.
+    /// A directory, `NAME:rest` resolved through the tailor.
     fn path(&self, name: &'static str, default: &str) -> Result<PathBuf, SettingsError> {
         let (spec, loc) = match self.options.get(name) {
             Some(s) if !s.value.trim().is_empty() => {

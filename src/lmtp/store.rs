@@ -70,7 +70,10 @@ impl Message<'_> {
     }
 }
 
-/// A delivery back end. Shared by every connection thread of a worker.
+/// A delivery back end. Shared by every connection thread of a worker. The texts of the
+/// replies it returns do not name the recipient: the session puts the address as the client
+/// wrote it in front (`<Alice@example.com> Mailbox is full ...`), so a store need not know it
+/// and store paths never reach a client.
 pub trait Store: Send + Sync {
     /// Where a large message for `first` (the first accepted recipient) is kept while it
     /// arrives: an unnamed temporary file on the store's own file system, in a directory the
@@ -90,8 +93,8 @@ pub trait Store: Send + Sync {
 
 /// The reply for a recipient whose mailbox is over quota: `452 4.2.2` (the relay retries,
 /// as the original's `4.2.2`) or, when the channel says over quota is permanent, `552 5.2.2`.
-pub fn over_quota(written: &str, permanent: bool) -> Reply {
-    let text = format!("<{written}> Mailbox is full (over quota)");
+pub fn over_quota(permanent: bool) -> Reply {
+    let text = "Mailbox is full (over quota)";
     if permanent {
         Reply::new(552, "5.2.2", text)
     } else {
@@ -101,9 +104,9 @@ pub fn over_quota(written: &str, permanent: bool) -> Reply {
 
 /// A reply for an I/O failure while storing: `452 4.3.1` when the disk or a quota of the
 /// system is full, else `451 4.3.0`; the relay keeps the message and retries.
-pub fn io_failure(written: &str, what: &str, e: &io::Error) -> Reply {
+pub fn io_failure(what: &str, e: &io::Error) -> Reply {
     let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
-    let text = format!("<{written}> Temporary failure: {what}: {e}");
+    let text = format!("Temporary failure: {what}: {e}");
     if full {
         Reply::new(452, "4.3.1", text)
     } else {
