@@ -408,13 +408,7 @@ fn a_reload_switches_to_the_lmtp_image_whose_log_has_time_and_pid() {
         "{reply}"
     );
     // The worker's own log goes to the service's LOGFILE, lines with time and pid.
-    let end = std::time::Instant::now() + WAIT;
-    let mut text = String::new();
-    while std::time::Instant::now() < end && !text.contains("delivering into the Maildir store") {
-        text =
-            std::fs::read_to_string(d.root.join("log/tcp_lmtpss_server.log")).unwrap_or_default();
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let text = d.wait_for_service_log("tcp_lmtpss_server.log", "delivering into the Maildir store");
     let line = text
         .lines()
         .find(|l| l.contains("delivering into the Maildir store"))
@@ -459,7 +453,7 @@ fn a_handler_that_panics_frees_its_connection_slot() {
     let mut c = Client::connect(RELAY, d.addr(0));
     assert!(c.line().starts_with("220 "));
     assert_eq!(c.quit(), "221 bye\r\n");
-    let log = std::fs::read_to_string(d.root.join("log/tcp_lmtpss_server.log")).unwrap_or_default();
+    let log = d.service_log("tcp_lmtpss_server.log");
     assert_eq!(
         log.matches("the handler failed (panic, above); connection closed")
             .count(),

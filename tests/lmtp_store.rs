@@ -46,19 +46,6 @@ fn split_trace(stored: &[u8]) -> (String, Vec<u8>) {
     (text[..end].to_string(), stored[end..].to_vec())
 }
 
-/// Every version of a service's LOGFILE (each worker writes its own), concatenated.
-fn service_log(root: &Path, name: &str) -> String {
-    files(&root.join("log"))
-        .iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{name}-")))
-        })
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-        .collect()
-}
-
 const MESSAGE: &[u8] = b"From: relay test <sender@relay.example>\r\nTo: alice@example.com\r\nSubject: acceptance\r\n\r\nFirst line.\r\n.A line that begins with a dot.\r\nFrom here on, an mbox would quote this.\r\n\r\nLast line.\r\n";
 
 #[test]
@@ -140,7 +127,7 @@ fn per_recipient_replies_and_one_copy_per_mailbox() {
 
     let end = Instant::now() + Duration::from_secs(5);
     let log = loop {
-        let log = service_log(&d.root, "tcp_lmtpss_server.log");
+        let log = d.service_log("tcp_lmtpss_server.log");
         if log.matches(&format!("id={id}")).count() >= 3 || Instant::now() > end {
             break log;
         }
@@ -327,8 +314,10 @@ fn sigkill_of_the_image_loses_nothing_acknowledged_and_leaves_no_partial_message
 
     // Four clients deliver as fast as they can until the image dies.
     let stop_at = Instant::now() + Duration::from_secs(20);
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let senders: Vec<_> = (0..4)
         .map(|n| {
+            let acks = std::sync::Arc::clone(&acks);
             std::thread::spawn(move || {
                 let mut acked = Vec::new();
                 let Some(mut c) = std::panic::catch_unwind(|| Lmtp::connect(RELAY, addr)).ok()
@@ -356,7 +345,10 @@ fn sigkill_of_the_image_loses_nothing_acknowledged_and_leaves_no_partial_message
                         Some(codes)
                     }));
                     match step {
-                        Ok(Some(codes)) if codes == [250, 250] => acked.push(tag),
+                        Ok(Some(codes)) if codes == [250, 250] => {
+                            acked.push(tag);
+                            acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         _ => break,
                     }
                 }
@@ -364,18 +356,14 @@ fn sigkill_of_the_image_loses_nothing_acknowledged_and_leaves_no_partial_message
             })
         })
         .collect();
-    // Let some messages through, then kill the image.
+    // Let some messages through (acknowledged to the clients, not only on disk), then kill
+    // the image.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while files(&alice.join("new")).len() < 50 && Instant::now() < deadline {
+    while acks.load(std::sync::atomic::Ordering::SeqCst) < 50 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let pids = d.workers("tcp_lmtp_server");
-    assert_eq!(pids.len(), 1, "one worker: {pids:?}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pids[0]),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 the image");
+    let killed = d.only_worker("tcp_lmtp_server");
+    nix::sys::signal::kill(killed, nix::sys::signal::Signal::SIGKILL).expect("kill -9 the image");
     let acked: Vec<String> = senders
         .into_iter()
         .flat_map(|h| h.join().expect("sender thread"))
@@ -425,7 +413,7 @@ fn sigkill_of_the_image_loses_nothing_acknowledged_and_leaves_no_partial_message
     let end = Instant::now() + Duration::from_secs(15);
     loop {
         let w = d.workers("tcp_lmtp_server");
-        if w.len() == 1 && w[0] != pids[0] {
+        if w.len() == 1 && w[0] != killed.as_raw() {
             break;
         }
         assert!(Instant::now() < end, "no new worker");
@@ -468,28 +456,19 @@ fn a_channel_without_the_lmtp_keyword_is_refused_and_delivery_goes_on() {
 #[test]
 fn a_replacement_worker_refuses_a_channel_broken_since_the_last_reload() {
     let d = Dispatcher::start_lmtp("MIN_PROCS=1\nMAX_PROCS=1\nMIN_CONNS=1\nMAX_CONNS=20", "");
-    let end = Instant::now() + Duration::from_secs(10);
-    while !service_log(&d.root, "tcp_lmtpss_server.log").contains("worker ready") {
-        assert!(
-            Instant::now() < end,
-            "the store's worker never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_for_service_log("tcp_lmtpss_server.log", "worker ready");
     // imta.cnf is edited without a reload, then the store's worker dies: its replacement
     // reads the broken channel, says why in the service's log and is retried with back-off.
     d.edit_config("imta.cnf", |t| {
         t.replacen("tcp_lmtpss lmtp", "tcp_lmtpss smtp", 1)
     });
-    let pids = d.workers("tcp_lmtp_server");
-    assert_eq!(pids.len(), 1, "{pids:?}");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pids[0]),
+        d.only_worker("tcp_lmtp_server"),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill the worker");
     d.wait_for_log("[SERVICE=LMTPSS] worker 2 failed to start; next start in");
-    let log = service_log(&d.root, "tcp_lmtpss_server.log");
+    let log = d.service_log("tcp_lmtpss_server.log");
     assert!(
         log.contains("[SERVICE=LMTPSS] cannot start: ")
             && log.contains("channel tcp_lmtpss has no `lmtp` keyword"),
@@ -516,15 +495,9 @@ fn a_client_that_does_not_read_its_replies_is_timed_out() {
     }
     assert!(sent > 0);
     // COMMAND_RECEIVE_TIME is 1.2 s: the server gives up on the writes and closes.
-    let end = Instant::now() + Duration::from_secs(15);
-    let mut log = String::new();
-    while Instant::now() < end && !log.contains("the client does not read its replies") {
-        log = service_log(&d.root, "tcp_lmtpss_server.log");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        log.contains("the client does not read its replies"),
-        "{log}"
+    d.wait_for_service_log(
+        "tcp_lmtpss_server.log",
+        "the client does not read its replies",
     );
     // What was sent before is readable, then the connection is closed (end of file, or a
     // reset for the commands the server never read).
@@ -613,9 +586,7 @@ fn a_large_message_is_stored_whole_without_being_held_in_memory() {
     assert_eq!(c.cmd("MAIL FROM:<small@relay.example>").code, 250);
     assert_eq!(c.cmd("RCPT TO:<alice>").code, 250);
     assert_eq!(c.data(b"Subject: small\r\n\r\nx\r\n", 1)[0].code, 250);
-    let pids = d.workers("tcp_lmtp_server");
-    assert_eq!(pids.len(), 1);
-    let peak = peak_rss_kib(pids[0]);
+    let peak = peak_rss_kib(d.only_worker("tcp_lmtp_server").as_raw());
     c.quit();
     for user in ["alice", "bob"] {
         let stored: Vec<Vec<u8>> = files(&d.root.join("store").join(user).join("new"))
@@ -704,7 +675,7 @@ fn random_command_soup_never_crashes_a_worker() {
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink);
     }
-    let log = service_log(&d.root, "tcp_lmtpss_server.log");
+    let log = d.service_log("tcp_lmtpss_server.log");
     assert!(!log.contains("panicked"), "{log}");
     assert_eq!(d.count_in_log("failed to start"), 0, "{}", d.log());
     // Still serving.

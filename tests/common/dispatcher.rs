@@ -153,7 +153,6 @@ impl Dispatcher {
         );
     }
 
-    /// How many lines of the log contain `text`.
     /// Pids of the dispatcher's children running `image` (names as `/proc` shows them: the
     /// first 15 characters).
     pub fn workers(&self, image: &str) -> Vec<i32> {
@@ -184,6 +183,47 @@ impl Dispatcher {
         pids
     }
 
+    /// The one worker running `image`; panics if there is not exactly one.
+    pub fn only_worker(&self, image: &str) -> nix::unistd::Pid {
+        let pids = self.workers(image);
+        assert_eq!(pids.len(), 1, "one {image} worker: {pids:?}");
+        nix::unistd::Pid::from_raw(pids[0])
+    }
+
+    /// Every version of a service's LOGFILE (`name`, such as `tcp_lmtpss_server.log`; each
+    /// worker writes its own), concatenated.
+    pub fn service_log(&self, name: &str) -> String {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir(self.root.join("log"))
+            .expect("log directory")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{name}-")))
+            })
+            .collect();
+        versions.sort();
+        versions
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until the service's log contains `text` and returns it; panics with the log
+    /// after WAIT.
+    pub fn wait_for_service_log(&self, name: &str, text: &str) -> String {
+        let end = Instant::now() + WAIT;
+        loop {
+            let log = self.service_log(name);
+            if log.contains(text) {
+                return log;
+            }
+            assert!(Instant::now() < end, "`{text}` not in {name}:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many lines of the log contain `text`.
     pub fn count_in_log(&self, text: &str) -> usize {
         self.log().lines().filter(|l| l.contains(text)).count()
     }
