@@ -10,6 +10,9 @@
 //! client (4 threads, a fixed number of connections each, so the run always ends) drives all
 //! three; each process's CPU time per connection is printed too.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -169,26 +172,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / hz
 }
 
-/// Pids of `parent`'s children whose command name is `name`.
-fn children_named(parent: u32, name: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                return false;
-            };
-            let ppid = stat[close + 2..].split_whitespace().nth(1);
-            &stat[open + 1..close] == name && ppid == Some(&parent.to_string())
-        })
-        .collect()
-}
-
 fn main() {
     let dir: PathBuf = std::env::temp_dir().join(format!("handoff-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
@@ -200,7 +183,10 @@ fn main() {
     drive(pooled);
     drive(ours);
     let dispatcher_pid = _running.0.id();
-    let workers = children_named(dispatcher_pid, "echo_image");
+    let workers: Vec<u32> = common::children_named(dispatcher_pid, "echo_image")
+        .into_iter()
+        .filter_map(|p| u32::try_from(p).ok())
+        .collect();
     let me = std::process::id();
     let n = CLIENT_THREADS * PER_THREAD;
     // CPU seconds of (this process: the client and the bare loop, the dispatcher, its workers).

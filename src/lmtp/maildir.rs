@@ -84,13 +84,19 @@ impl MaildirStore {
         )
     }
 
-    /// Checks the quota of the user owning `target` for one more message of `size` octets.
-    fn within_quota(&self, target: &Target, size: u64) -> io::Result<bool> {
-        match target.quota {
+    /// Checks the quota of the user owning `target` for one more message of `size` octets:
+    /// the over-quota reply, or a temporary failure when the usage cannot be read.
+    fn check_quota(&self, target: &Target, size: u64) -> Result<(), Reply> {
+        let admitted = match target.quota {
             Some(q) if !target.ignore_quota => {
                 maildirsize::admits(&self.user_dir(&target.user), q, size, usage, message_dirs)
             }
             _ => Ok(true),
+        };
+        match admitted {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(over_quota(self.settings.over_quota_permanent)),
+            Err(e) => Err(io_failure("cannot read the mailbox size", &e)),
         }
     }
 }
@@ -235,11 +241,7 @@ impl Store for MaildirStore {
             quota: r.quota.or(self.settings.default_quota),
             ignore_quota: r.ignores_quota(),
         };
-        match self.within_quota(&target, size) {
-            Ok(true) => Ok(target),
-            Ok(false) => Err(over_quota(self.settings.over_quota_permanent)),
-            Err(e) => Err(io_failure("cannot read the mailbox size", &e)),
-        }
+        self.check_quota(&target, size).map(|()| target)
     }
 
     fn deliver(&self, message: &Message<'_>, targets: &[&Target]) -> Vec<Result<(), Reply>> {
@@ -250,12 +252,9 @@ impl Store for MaildirStore {
         let mut results: Vec<Result<(), Reply>> = Vec::with_capacity(targets.len());
         for t in targets {
             let dir = Path::new(&t.key);
-            let quota_ok = self.within_quota(t, size);
-            let result = match quota_ok {
-                Ok(false) => Err(over_quota(self.settings.over_quota_permanent)),
-                Err(e) => Err(io_failure("cannot read the mailbox size", &e)),
-                Ok(true) => self.place(dir, &name, message, &mut written),
-            };
+            let result = self
+                .check_quota(t, size)
+                .and_then(|()| self.place(dir, &name, message, &mut written));
             if let Err(r) = &result {
                 log::error!("message {} to {}: {r}", message.id, dir.display());
             }

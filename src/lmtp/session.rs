@@ -270,16 +270,7 @@ impl Session<'_> {
         for (key, value) in params {
             match (key.as_str(), value.as_deref()) {
                 ("SIZE", Some(v)) => match v.parse::<u64>() {
-                    Ok(n) if n > settings.max_message => {
-                        return Reply::new(
-                            552,
-                            "5.3.4",
-                            format!(
-                                "Message size exceeds the fixed maximum message size ({} octets)",
-                                settings.max_message
-                            ),
-                        )
-                    }
+                    Ok(n) if n > settings.max_message => return over_limit(settings.max_message),
                     Ok(n) => declared = Some(n),
                     Err(_) => return Reply::new(501, "5.5.4", "Syntax error in SIZE= (a number)"),
                 },
@@ -422,14 +413,7 @@ impl Session<'_> {
                 format!("Message too big: larger than its declared SIZE={d}"),
             ))
         } else if outcome.too_big {
-            Some(Reply::new(
-                552,
-                "5.3.4",
-                format!(
-                    "Message size exceeds the fixed maximum message size ({} octets)",
-                    settings.max_message
-                ),
-            ))
+            Some(over_limit(settings.max_message))
         } else if settings.max_lines.is_some_and(|m| outcome.lines > m) {
             Some(Reply::new(
                 552,
@@ -547,6 +531,15 @@ impl Session<'_> {
             })
             .collect()
     }
+}
+
+/// A message larger than the channel allows (declared with `SIZE=`, or as received).
+fn over_limit(max: u64) -> Reply {
+    Reply::new(
+        552,
+        "5.3.4",
+        format!("Message size exceeds the fixed maximum message size ({max} octets)"),
+    )
 }
 
 /// A store's reply for one recipient, with the address as the client wrote it in front (a

@@ -156,31 +156,7 @@ impl Dispatcher {
     /// Pids of the dispatcher's children running `image` (names as `/proc` shows them: the
     /// first 15 characters).
     pub fn workers(&self, image: &str) -> Vec<i32> {
-        let dispatcher = self.child.pid();
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").expect("/proc") {
-            let Ok(entry) = entry else { continue };
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ...
-            let Some(close) = stat.rfind(')') else {
-                continue;
-            };
-            let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
-            let ppid: u32 = stat[close + 2..]
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
-            if ppid == dispatcher && image.starts_with(comm) {
-                pids.push(pid);
-            }
-        }
-        pids
+        super::children_named(self.child.pid(), image)
     }
 
     /// The one worker running `image`; panics if there is not exactly one.

@@ -103,3 +103,34 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Pids of `parent`'s children whose command is `name` (as `/proc` shows it: the first 15
+/// characters of the program name).
+pub fn children_named(parent: u32, name: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the command may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let ppid: u32 = stat[close + 2..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if ppid == parent && !comm.is_empty() && name.starts_with(comm) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
