@@ -125,7 +125,7 @@ pub fn check_accounts(
     let mail_user = inst.tailor.user();
     let fatal = starting && nix::unistd::geteuid().is_root();
     for s in &inst.dispatcher.services {
-        let Some(name) = s.user.value.as_deref().or(mail_user.as_deref()) else {
+        let Some(name) = s.worker_account(mail_user.as_deref()) else {
             continue;
         };
         if let Err(e) = crate::dispatcher::spawn::run_as(name) {

@@ -139,6 +139,12 @@ pub struct Service {
 }
 
 impl Service {
+    /// The account the service's workers run as when the dispatcher runs as root: its
+    /// `USER`, else the tailor's `IMTA_USER` (`mail_user`); `None` when neither is set.
+    pub fn worker_account<'a>(&'a self, mail_user: Option<&'a str>) -> Option<&'a str> {
+        self.user.value.as_deref().or(mail_user)
+    }
+
     /// The channel named by `CHANNEL=name` in `PARAMETER`, if any.
     pub fn channel(&self) -> Option<&str> {
         channel_of(self.parameter.value.as_deref()?)

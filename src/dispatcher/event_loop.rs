@@ -69,7 +69,7 @@ pub struct Reloaded {
 /// The account a service's workers run as: its USER, else the tailor's IMTA_USER; only when
 /// the dispatcher runs as root (otherwise they simply run as the dispatcher's user).
 fn service_account(service: &Service, mail_user: Option<&str>) -> Result<Option<RunAs>, String> {
-    let Some(name) = service.user.value.as_deref().or(mail_user) else {
+    let Some(name) = service.worker_account(mail_user) else {
         return Ok(None);
     };
     if !nix::unistd::geteuid().is_root() {

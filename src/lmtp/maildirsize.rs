@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use super::store::Quota;
+use super::store::{open_regular, Quota};
 
 /// The file's name in the user's Maildir.
 pub const FILE_NAME: &str = "maildirsize";
@@ -77,39 +77,28 @@ fn mtimes(dirs: &[PathBuf]) -> Vec<Option<SystemTime>> {
 
 /// Records a delivery of `size` octets, if the user has a cache.
 pub fn record(user_dir: &Path, size: u64) {
-    let result =
-        open_regular(&user_dir.join(FILE_NAME), libc::O_WRONLY | libc::O_APPEND).and_then(|f| {
-            match f {
-                Some(mut f) => f.write_all(format!("{size} 1\n").as_bytes()),
-                None => Ok(()),
-            }
-        });
+    let result = open_regular(
+        &user_dir.join(FILE_NAME),
+        OpenOptions::new().append(true).clone(),
+    )
+    .and_then(|f| match f {
+        Some(mut f) => f.write_all(format!("{size} 1\n").as_bytes()),
+        None => Ok(()),
+    });
     if let Err(e) = result {
         // The next check that needs it recounts.
         log::warn!("cannot update {}/{FILE_NAME}: {e}", user_dir.display());
     }
 }
 
-/// Opens `path` with `flags` if it is a regular file (never following a symbolic link, never
-/// blocking on a FIFO); `None` when there is none.
-fn open_regular(path: &Path, flags: libc::c_int) -> io::Result<Option<File>> {
-    let mut o = OpenOptions::new();
-    o.read(flags & libc::O_ACCMODE == libc::O_RDONLY)
-        .write(flags & libc::O_ACCMODE == libc::O_WRONLY)
-        .append(flags & libc::O_APPEND != 0)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    match o.open(path) {
-        Ok(f) if f.metadata()?.is_file() => Ok(Some(f)),
-        Ok(_) => Err(io::Error::other("not a regular file")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// The usage the cache holds, if it is there, short enough, well-formed and for this quota
 /// (the first line is the limit other programs read: a changed quota rewrites it).
 fn cached(user_dir: &Path, quota: Quota) -> Option<(u64, u64)> {
-    let mut file = open_regular(&user_dir.join(FILE_NAME), libc::O_RDONLY).ok()??;
+    let mut file = open_regular(
+        &user_dir.join(FILE_NAME),
+        OpenOptions::new().read(true).clone(),
+    )
+    .ok()??;
     if file.metadata().ok()?.len() > MAX_CACHE_LEN {
         return None;
     }

@@ -33,7 +33,7 @@ use nix::unistd::{Uid, User};
 use super::address::Recipient;
 use super::body::{Body, Sink};
 use super::reply::Reply;
-use super::store::{io_failure, over_quota, Message, Quota, Store, Target};
+use super::store::{io_failure, open_regular, over_quota, Message, Quota, Store, Target};
 
 /// A dot-lock older than this is left over from a crash and is removed.
 const STALE_DOT_LOCK: Duration = Duration::from_secs(300);
@@ -275,14 +275,7 @@ struct LockMark {
 }
 
 fn read_lock_mark(lock: &Path) -> Option<LockMark> {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(lock)
-        .ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
-    }
+    let mut f = open_regular(lock, OpenOptions::new().read(true).clone()).ok()??;
     let mut text = String::new();
     (&mut f).take(512).read_to_string(&mut text).ok()?;
     let mut fields = text.split_whitespace();
@@ -306,14 +299,10 @@ fn process_alive(pid: i32) -> bool {
 /// Cuts `mailbox` back to `len` octets if it is longer; `false` when it cannot be done now
 /// (someone holds its `fcntl` lock, or it cannot be opened), so the lock stays.
 fn cut_back(mailbox: &Path, len: u64) -> bool {
-    let opened = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(mailbox);
+    let opened = open_regular(mailbox, OpenOptions::new().read(true).write(true).clone());
     let file = match opened {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+        Ok(Some(f)) => f,
+        Ok(None) => return true,
         Err(e) => {
             log::warn!(
                 "cannot check {} after a crashed delivery: {e}",
@@ -325,7 +314,7 @@ fn cut_back(mailbox: &Path, len: u64) -> bool {
     let Ok(meta) = file.metadata() else {
         return false;
     };
-    if !meta.is_file() || !matches!(try_fcntl_lock(&file), Ok(true)) {
+    if !matches!(try_fcntl_lock(&file), Ok(true)) {
         return false;
     }
     if meta.len() > len {

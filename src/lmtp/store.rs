@@ -5,8 +5,10 @@
 //! The session owns the protocol; a store owns the disk. A store never sends anything to the
 //! client: it answers with [`Reply`] values, which the session sends in RCPT order.
 
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::address::Recipient;
@@ -111,5 +113,18 @@ pub fn io_failure(what: &str, e: &io::Error) -> Reply {
         Reply::new(452, "4.3.1", text)
     } else {
         Reply::new(451, "4.3.0", text)
+    }
+}
+
+/// Opens `path` as `options` say, but only if it is a regular file: never following a
+/// symbolic link, never blocking on a FIFO or a device. `None` when there is no such file;
+/// an error when something else is in its place.
+pub fn open_regular(path: &Path, mut options: OpenOptions) -> io::Result<Option<File>> {
+    options.custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    match options.open(path) {
+        Ok(f) if f.metadata()?.is_file() => Ok(Some(f)),
+        Ok(_) => Err(io::Error::other("not a regular file")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
