@@ -10,6 +10,8 @@
 //! * [`handoff`]: the dispatcher↔worker protocol, with socket passing.
 //! * [`mapping`]: the mapping engine (patterns, templates, tables) and the PORT_ACCESS decision.
 //! * [`worker`]: the runtime every worker image links.
+//! * [`safe_fs`]: opening files for writing without following planted links or files.
+//! * [`log_text`]: untrusted text in log lines, escaped.
 //! * [`check`]: `dispatcher --check`, the effective configuration as an administrator reads it.
 //! * [`test_mapping`]: `dispatcher --test-mapping`, probes through a table.
 //!
@@ -21,7 +23,9 @@ pub mod config;
 pub mod dispatcher;
 pub mod handoff;
 pub mod lmtp;
+pub mod log_text;
 pub mod mapping;
+pub mod safe_fs;
 pub mod test_mapping;
 pub mod worker;
 

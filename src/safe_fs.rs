@@ -1,0 +1,296 @@
+//! Opening files in directories that someone else may be able to write: the one place that
+//! decides how the dispatcher and the images create or open a file for writing.
+//!
+//! The dispatcher and the native image run with privileges (root, or the right to write any
+//! recipient's mailbox); the directories they write (`IMTA_LOG`, `STORE_ROOT`, `MAIL_SPOOL`)
+//! may be writable by others through a mistake or by design (a `1777` `/var/mail`). So every
+//! open for writing here:
+//!
+//! * never follows a symbolic link in the last component (`O_NOFOLLOW`), so a planted link
+//!   cannot point a write at another file;
+//! * creates only with `O_EXCL` ([`create_new`]), so a file planted between a check and the
+//!   create is never used;
+//! * opens an existing file only when it is a regular file (never a FIFO or a device, opened
+//!   `O_NONBLOCK` so one cannot block), with one link (a hard link cannot make it another
+//!   file) and the expected owner ([`open_existing`]);
+//! * says which of these checks failed ([`UnsafeFile`]), for a log line that names the path.
+//!
+//! Directories: [`dir_state`] tells "absent" from "could not be examined", where
+//! `Path::is_dir()` would call both "not a directory".
+//!
+//! This module reads no configuration and logs nothing: callers log a refusal with the path.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// What was wrong with a file that is in the way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnsafeFile {
+    #[error("it is a symbolic link")]
+    SymbolicLink,
+    #[error("it is not a regular file")]
+    NotRegular,
+    #[error("it has {0} hard links")]
+    Links(u64),
+    #[error("it belongs to uid {found}, not uid {expected}")]
+    Owner { found: u32, expected: u32 },
+}
+
+/// Why a file could not be opened safely.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Something is at the path that must not be written through.
+    #[error("refused: {0}")]
+    Unsafe(UnsafeFile),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl OpenError {
+    /// The underlying I/O error, for callers that classify `ENOSPC` and the like.
+    pub fn io(&self) -> Option<&io::Error> {
+        match self {
+            OpenError::Io(e) => Some(e),
+            OpenError::Unsafe(_) => None,
+        }
+    }
+}
+
+/// Flags every open here carries.
+const BASE_FLAGS: libc::c_int = libc::O_CLOEXEC | libc::O_NOFOLLOW;
+
+/// Creates `path` with `mode` (before the umask); fails with `AlreadyExists` if anything,
+/// a link included, is already there.
+pub fn create_new(path: &Path, options: &OpenOptions, mode: u32) -> io::Result<File> {
+    let mut options = options.clone();
+    options
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(BASE_FLAGS)
+        .open(path)
+}
+
+/// Opens an existing `path` as `options` say, only if it is a regular file with one link
+/// owned by `owner` (any owner when `None`). `Ok(None)` when nothing is there.
+pub fn open_existing(
+    path: &Path,
+    options: &OpenOptions,
+    owner: Option<u32>,
+) -> Result<Option<File>, OpenError> {
+    // Look before opening, so a device or a FIFO is never opened at all; the open below
+    // checks again what it got, since the path may change in between.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => check_metadata(&m, owner).map_err(OpenError::Unsafe)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(OpenError::Io(e)),
+    }
+    let mut options = options.clone();
+    options
+        .create(false)
+        .create_new(false)
+        .custom_flags(BASE_FLAGS | libc::O_NONBLOCK);
+    let file = match options.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(OpenError::Unsafe(UnsafeFile::SymbolicLink))
+        }
+        // A FIFO without a reader or a socket put there since the look above.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(OpenError::Unsafe(UnsafeFile::NotRegular))
+        }
+        Err(e) => return Err(OpenError::Io(e)),
+    };
+    check_file(&file, owner).map_err(OpenError::Unsafe)?;
+    Ok(Some(file))
+}
+
+/// Opens `path` if it is there and safe ([`open_existing`]), else creates it
+/// ([`create_new`]); `true` when it was created. A file that appears between the two tries
+/// is opened and checked, never truncated.
+pub fn open_or_create(
+    path: &Path,
+    options: &OpenOptions,
+    mode: u32,
+    owner: Option<u32>,
+) -> Result<(File, bool), OpenError> {
+    for _ in 0..3 {
+        if let Some(f) = open_existing(path, options, owner)? {
+            return Ok((f, false));
+        }
+        match create_new(path, options, mode) {
+            Ok(f) => return Ok((f, true)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(OpenError::Io(e)),
+        }
+    }
+    Err(OpenError::Io(io::Error::other(
+        "the file keeps appearing and disappearing",
+    )))
+}
+
+/// The checks of [`open_existing`] on a file already open.
+pub fn check_file(file: &File, owner: Option<u32>) -> Result<(), UnsafeFile> {
+    let meta = file.metadata().map_err(|_| UnsafeFile::NotRegular)?;
+    check_metadata(&meta, owner)
+}
+
+/// The same checks on metadata read with `symlink_metadata` or `fstat`.
+pub fn check_metadata(meta: &std::fs::Metadata, owner: Option<u32>) -> Result<(), UnsafeFile> {
+    if meta.file_type().is_symlink() {
+        return Err(UnsafeFile::SymbolicLink);
+    }
+    if !meta.file_type().is_file() {
+        return Err(UnsafeFile::NotRegular);
+    }
+    if meta.nlink() != 1 {
+        return Err(UnsafeFile::Links(meta.nlink()));
+    }
+    match owner {
+        Some(expected) if meta.uid() != expected => Err(UnsafeFile::Owner {
+            found: meta.uid(),
+            expected,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// What is at a path that should be a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirState {
+    /// A directory (a link to one is followed: an administrator may link a store root).
+    Present,
+    /// Nothing at all is there (`ENOENT`).
+    Absent,
+}
+
+/// Whether `path` is a directory, absent, or could not be examined (an error, also when
+/// something other than a directory is there): "absent" is only ever `ENOENT`.
+pub fn dir_state(path: &Path) -> io::Result<DirState> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(DirState::Present),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DirState::Absent),
+        Err(e) => Err(e),
+    }
+}
+
+/// The effective uid of this process: the owner every file it creates gets.
+pub fn effective_uid() -> u32 {
+    nix::unistd::Uid::effective().as_raw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn append() -> OpenOptions {
+        let mut o = OpenOptions::new();
+        o.append(true);
+        o
+    }
+
+    #[test]
+    fn creates_with_the_mode_and_refuses_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = create_new(&p, &append(), 0o640).unwrap();
+        assert_eq!(f.metadata().unwrap().mode() & 0o777, 0o640 & !umask());
+        let e = create_new(&p, &append(), 0o640).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+    }
+
+    fn umask() -> u32 {
+        // SAFETY: umask only sets and returns the process's mask; it is put back at once.
+        unsafe {
+            let m = libc::umask(0o022);
+            libc::umask(m);
+            m as u32
+        }
+    }
+
+    #[test]
+    fn never_writes_through_a_symbolic_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(
+            open_existing(&link, &append(), None),
+            Err(OpenError::Unsafe(UnsafeFile::SymbolicLink))
+        ));
+        assert!(create_new(&link, &append(), 0o600).is_err());
+        assert!(matches!(
+            open_or_create(&link, &append(), 0o600, None),
+            Err(OpenError::Unsafe(UnsafeFile::SymbolicLink))
+        ));
+        let mut s = String::new();
+        File::open(&target).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "keep");
+    }
+
+    #[test]
+    fn refuses_a_hard_link_a_fifo_and_another_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, "x").unwrap();
+        std::fs::hard_link(&a, dir.path().join("b")).unwrap();
+        assert!(matches!(
+            open_existing(&a, &append(), None),
+            Err(OpenError::Unsafe(UnsafeFile::Links(2)))
+        ));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(matches!(
+            open_existing(&fifo, &append(), None),
+            Err(OpenError::Unsafe(UnsafeFile::NotRegular))
+        ));
+        let c = dir.path().join("c");
+        std::fs::write(&c, "x").unwrap();
+        let other = effective_uid().wrapping_add(1);
+        assert!(matches!(
+            open_existing(&c, &append(), Some(other)),
+            Err(OpenError::Unsafe(UnsafeFile::Owner { .. }))
+        ));
+    }
+
+    #[test]
+    fn opens_or_creates_a_plain_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let (mut f, created) = open_or_create(&p, &append(), 0o640, Some(effective_uid())).unwrap();
+        assert!(created);
+        f.write_all(b"one\n").unwrap();
+        let (mut f, created) = open_or_create(&p, &append(), 0o640, Some(effective_uid())).unwrap();
+        assert!(!created);
+        f.write_all(b"two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "one\ntwo\n");
+        assert!(open_existing(&dir.path().join("none"), &append(), None)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn tells_an_absent_directory_from_one_that_cannot_be_examined() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(dir_state(dir.path()).unwrap(), DirState::Present);
+        assert_eq!(
+            dir_state(&dir.path().join("gone")).unwrap(),
+            DirState::Absent
+        );
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(dir_state(&file).is_err());
+        assert!(
+            dir_state(&file.join("below")).is_err(),
+            "ENOTDIR is not absence"
+        );
+    }
+}
