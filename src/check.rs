@@ -112,41 +112,20 @@ pub fn load_installation(
     })
 }
 
-/// The account each service's workers run as (its `USER`, else the tailor's `IMTA_USER`)
-/// must exist. When `starting` as root that is an error, named before the dispatcher
-/// detaches (it could not start those workers); otherwise a warning: `--check` may look at
-/// an installation copied from another host, and a dispatcher that is not root runs its
-/// workers as its own user.
+/// The account each service's workers run as: named, not root, and existing
+/// (`dispatcher::account` decides; see `check_services` there for what is an error when).
 pub fn check_accounts(
     inst: &Installation,
     diags: &mut Diagnostics,
     starting: bool,
 ) -> Result<(), String> {
     let mail_user = inst.tailor.user();
-    let fatal = starting && nix::unistd::geteuid().is_root();
-    for s in &inst.dispatcher.services {
-        let Some(name) = s.worker_account(mail_user.as_deref()) else {
-            continue;
-        };
-        if let Err(e) = crate::dispatcher::spawn::run_as(name) {
-            let what = format!(
-                "[SERVICE={}]: its workers are to run as {name} ({}): {e}",
-                s.name,
-                if s.user.value.is_some() {
-                    "its USER"
-                } else {
-                    "IMTA_USER of the tailor file"
-                }
-            );
-            if fatal {
-                return Err(what);
-            }
-            diags.warn_nowhere(format!(
-                "{what} (the dispatcher refuses to start as root with this account)"
-            ));
-        }
-    }
-    Ok(())
+    crate::dispatcher::account::check_services(
+        &inst.dispatcher.services,
+        mail_user.as_deref(),
+        starting,
+        diags,
+    )
 }
 
 /// A service's channel must exist in imta.cnf; the LMTP images also need its `lmtp` keyword.

@@ -28,6 +28,7 @@ fn start(max_conns: u64) -> (ChildGuard, OwnedFd) {
         max_conns,
         debug: 0,
         tailor: Path::new("/nonexistent/imta_tailor"),
+        import_environment: &[],
         run_as: None,
     };
     let child = spawn_worker(&spec, &worker_end, None).expect("spawn echo image");

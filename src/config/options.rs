@@ -36,6 +36,8 @@ pub enum ValueKind {
     Flag,
     /// Free text passed on as written.
     Text,
+    /// Names of environment variables, separated by blanks or commas.
+    EnvNames,
 }
 
 /// What this dispatcher does with the option.
@@ -91,7 +93,7 @@ const fn opt(
 
 use DefaultValue::{Derived, Int};
 use Support::{Acted, Historical, NotActed};
-use ValueKind::{Address, Bytes, Count, FileSpec, Flag, Mask, Ports, Seconds, Text};
+use ValueKind::{Address, Bytes, Count, EnvNames, FileSpec, Flag, Mask, Ports, Seconds, Text};
 
 /// The OpenVMS process quotas of the PMDF option table ("old Dispatcher options").
 const fn vms(name: &'static str) -> OptionSpec {
@@ -166,6 +168,13 @@ pub const OPTIONS: &[OptionSpec] = &[
         DefaultValue::None,
         Acted,
         "program the service's worker processes run",
+    ),
+    opt(
+        "IMPORT_ENVIRONMENT",
+        EnvNames,
+        DefaultValue::None,
+        Acted,
+        "variables of the dispatcher's environment the workers also get (ours, as Postfix's import_environment)",
     ),
     opt(
         "INTERFACE_ADDRESS",

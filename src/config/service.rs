@@ -76,6 +76,7 @@ enum Value {
     Address(Option<IpAddr>),
     Path(PathBuf),
     Text(String),
+    Names(Vec<String>),
 }
 
 /// The numeric limits of a service, each with its source.
@@ -133,6 +134,9 @@ pub struct Service {
     pub logfile: Setting<Option<PathBuf>>,
     pub parameter: Setting<Option<String>>,
     pub user: Setting<Option<String>>,
+    /// `IMPORT_ENVIRONMENT`: names of the dispatcher's environment passed on to the workers
+    /// besides the fixed few (`dispatcher::spawn::PASSED_ENVIRONMENT`); each a valid name.
+    pub import_environment: Setting<Vec<String>>,
     /// Debug mask passed to the workers.
     pub debug: Setting<u32>,
     pub limits: Limits,
@@ -375,6 +379,7 @@ impl Builder<'_> {
                 )
             }
             ValueKind::Text => Value::Text(line.value.clone()),
+            ValueKind::EnvNames => Value::Names(parse_env_names(&line.value).map_err(bad)?),
         })
     }
 
@@ -471,6 +476,10 @@ impl Builder<'_> {
         };
         let parameter = text(get("PARAMETER")?);
         let user = text(get("USER")?);
+        let import_environment = get("IMPORT_ENVIRONMENT")?.map_value(|v| match v {
+            Some(Value::Names(n)) => n,
+            _ => Vec::new(),
+        });
         let debug = get("DEBUG")?.map_value(mask);
         let count = |name| self.count(name, &own, globals);
         let mut limits = Limits {
@@ -508,6 +517,7 @@ impl Builder<'_> {
             logfile,
             parameter,
             user,
+            import_environment,
             debug,
             limits,
         };
@@ -539,6 +549,27 @@ impl Builder<'_> {
             ));
         }
     }
+}
+
+/// `IMPORT_ENVIRONMENT`'s names: blank- or comma-separated, each letters, digits and `_`,
+/// not starting with a digit (a name the shell could export).
+fn parse_env_names(text: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        return Err("no variable named".into());
+    }
+    for n in &names {
+        let valid = n.bytes().all(|b| b == b'_' || b.is_ascii_alphanumeric())
+            && !n.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(format!("`{n}` is not the name of an environment variable"));
+        }
+    }
+    Ok(names)
 }
 
 /// The text of an option as written in the section, else in the global part.
@@ -826,5 +857,31 @@ mod tests {
         let text = format!("MIN_PROCS=9\nMIN_CONNS=30\n{MINIMAL}");
         let (_, d) = build_text(&text).expect("valid");
         assert_eq!(d.warnings.len(), 2, "{d:?}");
+    }
+
+    #[test]
+    fn import_environment_takes_names_and_a_section_replaces_the_global_list() {
+        let (c, _) = build_text(MINIMAL).expect("valid");
+        assert!(c.services[0].import_environment.value.is_empty());
+        let text = format!("IMPORT_ENVIRONMENT=TMPDIR, KRB5CCNAME\n{MINIMAL}");
+        let (c, d) = build_text(&text).expect("valid");
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(
+            c.services[0].import_environment.value,
+            ["TMPDIR", "KRB5CCNAME"]
+        );
+        let text =
+            format!("IMPORT_ENVIRONMENT=TMPDIR\n{MINIMAL}IMPORT_ENVIRONMENT=MALLOC_ARENA_MAX\n");
+        let (c, _) = build_text(&text).expect("valid");
+        assert_eq!(c.services[0].import_environment.value, ["MALLOC_ARENA_MAX"]);
+    }
+
+    #[test]
+    fn import_environment_refuses_what_is_not_a_variable_name() {
+        for bad in ["A=B", "1X", "LD-PRELOAD", ""] {
+            let text = format!("{MINIMAL}IMPORT_ENVIRONMENT={bad}\n");
+            let e = build_text(&text).expect_err(bad).to_string();
+            assert!(e.contains("IMPORT_ENVIRONMENT"), "{e}");
+        }
     }
 }

@@ -32,8 +32,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::access::{self, RefusalLog};
+use super::account::{self, RunAs};
 use super::policy::{Action, ConnId, Event, Pool, PoolLimits, PoolLog, WorkerId};
-use super::spawn::{run_as, spawn_worker, RunAs, WorkerSpec};
+use super::spawn::{spawn_worker, WorkerSpec};
 use crate::config::service::Service;
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError};
 use crate::mapping::port_access::Verdict;
@@ -66,21 +67,16 @@ pub struct Reloaded {
     pub mail_user: Option<String>,
 }
 
-/// The account a service's workers run as: its USER, else the tailor's IMTA_USER; only when
-/// the dispatcher runs as root (otherwise they simply run as the dispatcher's user).
+/// The account a service's workers run as ([`super::account`] decides), or why they cannot
+/// be started.
 fn service_account(service: &Service, mail_user: Option<&str>) -> Result<Option<RunAs>, String> {
-    let Some(name) = service.worker_account(mail_user) else {
-        return Ok(None);
-    };
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(None);
-    }
-    run_as(name).map(Some).map_err(|e| {
-        format!(
-            "[SERVICE={}]: workers cannot run as {name}: {e}",
-            service.name
-        )
-    })
+    account::decide(
+        service,
+        mail_user,
+        account::running_as_root(),
+        account::lookup,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Signals, as flags set by the handlers and read by the loop.
@@ -430,6 +426,7 @@ impl Runtime {
             max_conns: rs.config.limits.max_conns.value,
             debug: rs.config.debug.value,
             tailor: &self.tailor,
+            import_environment: &rs.config.import_environment.value,
             run_as: rs.account,
         };
         // Each worker writes its own version of the service's LOGFILE, as the original does.

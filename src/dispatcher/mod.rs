@@ -5,11 +5,14 @@
 //!   connection, when to start, retire or replace one), tested without sockets or processes.
 //! * [`event_loop`]: performs the policy's actions; knows no limits.
 //! * [`listen`]: opening the ports; [`access`]: PORT_ACCESS at accept.
-//! * [`spawn`]: starting a worker process with its control socket on descriptor 3.
+//! * [`account`]: which account a service's workers run as, with which capability.
+//! * [`spawn`]: starting a worker process with its control socket on descriptor 3, a clean
+//!   environment and no other descriptor.
 //! * [`log`]: `dispatcher.log`; [`logfiles`]: versioned log names; [`pidfile`]: the locked
 //!   pid file.
 //! * [`start`]: from the command line to a running event loop.
 pub mod access;
+pub mod account;
 pub mod event_loop;
 pub mod listen;
 pub mod log;

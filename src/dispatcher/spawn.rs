@@ -1,11 +1,21 @@
 //! Starting a worker process: the service's IMAGE, with its end of the control socket on
 //! descriptor 3, its settings in the environment, and its output in the service's LOGFILE.
 //!
-//! Started as root, the dispatcher runs each worker as the service's `USER`, else the tailor's
-//! `IMTA_USER` ([`run_as`] looks the account up once, not per worker).
+//! What a worker inherits from the dispatcher is decided here and nowhere else:
 //!
-//! Nothing here decides whether to start a worker ([`super::policy`] does), and nothing waits
-//! for one: the caller keeps the `Child` and reaps it.
+//! * **Environment:** none of the dispatcher's own, except the names in
+//!   [`PASSED_ENVIRONMENT`] and the service's `IMPORT_ENVIRONMENT`; then the `IMTA_*`
+//!   settings of `docs/worker-protocol.md`. A variable set by whoever started the dispatcher
+//!   (a secret, `LD_PRELOAD`) does not reach the images.
+//! * **Descriptors:** 0 (`/dev/null`), 1 and 2 (the LOGFILE) and 3 (the control socket);
+//!   every other one is closed at the exec, also one the dispatcher inherited without
+//!   close-on-exec.
+//! * **Account:** started as root, the worker runs as the account [`super::account`] chose,
+//!   with no capability, or with `CAP_SETUID` alone for the native image.
+//!
+//! Nothing here decides whether to start a worker ([`super::policy`] does) or which account
+//! it runs as ([`super::account`] does), and nothing waits for one: the caller keeps the
+//! `Child` and reaps it.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -13,38 +23,14 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use super::account::RunAs;
 use crate::handoff::wire::CONTROL_FD;
 use crate::worker::runtime::env;
 
-/// The account a worker runs as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunAs {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// Why an account cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum RunAsError {
-    #[error("user {0} does not exist")]
-    NoSuchUser(String),
-    #[error("cannot look up user {0}: {1}")]
-    Lookup(String, nix::Error),
-}
-
-/// Looks up the account `name` (or a numeric uid) once, before any worker starts.
-pub fn run_as(name: &str) -> Result<RunAs, RunAsError> {
-    let user = match name.parse::<u32>() {
-        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
-        Err(_) => nix::unistd::User::from_name(name),
-    }
-    .map_err(|e| RunAsError::Lookup(name.to_string(), e))?
-    .ok_or_else(|| RunAsError::NoSuchUser(name.to_string()))?;
-    Ok(RunAs {
-        uid: user.uid.as_raw(),
-        gid: user.gid.as_raw(),
-    })
-}
+/// Variables of the dispatcher's environment every worker gets (when set): the search path,
+/// the time zone and the locale, which the C library reads. Anything else must be named in
+/// `IMPORT_ENVIRONMENT`.
+pub const PASSED_ENVIRONMENT: &[&str] = &["PATH", "TZ", "LANG", "LC_ALL"];
 
 /// Everything a worker is started with.
 #[derive(Debug, Clone)]
@@ -56,6 +42,9 @@ pub struct WorkerSpec<'a> {
     pub max_conns: u64,
     pub debug: u32,
     pub tailor: &'a Path,
+    /// The service's `IMPORT_ENVIRONMENT`: more names passed on from the dispatcher's
+    /// environment.
+    pub import_environment: &'a [String],
     /// Switch to this account before running the image (the dispatcher must be root).
     pub run_as: Option<RunAs>,
 }
@@ -74,7 +63,18 @@ pub fn spawn_worker(
     };
     let fd = control.as_raw_fd();
     let run_as = spec.run_as;
+    let highest_fd = highest_descriptor();
     let mut cmd = Command::new(spec.image);
+    cmd.env_clear();
+    let passed = PASSED_ENVIRONMENT
+        .iter()
+        .copied()
+        .chain(spec.import_environment.iter().map(String::as_str));
+    for name in passed {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
     cmd.env(env::SERVICE, spec.service)
         .env(env::PARAMETER, spec.parameter)
         .env(env::STACKSIZE, spec.stack_size.to_string())
@@ -84,21 +84,12 @@ pub fn spawn_worker(
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
-    // SAFETY: the closure runs in the child between fork and exec and calls only dup2, fcntl,
-    // setgroups, setgid and setuid, which are async-signal-safe; it touches no memory shared
-    // with other threads.
+    // SAFETY: the closure runs in the child between fork and exec and calls only dup2,
+    // fcntl, close_range, prctl, capset, setgroups, setgid and setuid, which are
+    // async-signal-safe system calls; it allocates nothing and touches no memory shared with
+    // other threads (everything it reads was copied into it before the fork).
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(RunAs { uid, gid }) = run_as {
-                // Groups first, while still root; then the user, which drops root for good.
-                let groups = [gid as libc::gid_t];
-                if libc::setgroups(1, groups.as_ptr()) == -1
-                    || libc::setgid(gid as libc::gid_t) == -1
-                    || libc::setuid(uid as libc::uid_t) == -1
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
             if fd == CONTROL_FD {
                 // Already in place: only clear close-on-exec.
                 if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
@@ -108,8 +99,136 @@ pub fn spawn_worker(
                 // dup2 leaves the new descriptor inheritable.
                 return Err(std::io::Error::last_os_error());
             }
+            close_above_control_at_exec(highest_fd);
+            if let Some(run_as) = run_as {
+                become_account(run_as)?;
+            }
             Ok(())
         });
     }
     cmd.spawn()
+}
+
+/// The highest descriptor number this process can have, for the fallback of
+/// [`close_above_control_at_exec`]; read before the fork, where reading it is allowed.
+fn highest_descriptor() -> libc::c_int {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limit into the struct it is given, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == -1 {
+        return 1024;
+    }
+    libc::c_int::try_from(limit.rlim_cur).unwrap_or(libc::c_int::MAX)
+}
+
+/// Marks every descriptor above 3 close-on-exec, so that the image starts with 0 to 3 only.
+///
+/// Marked, not closed: the standard library's `spawn` reports a failed exec to the parent
+/// through a close-on-exec pipe it opened, whose number this code cannot know; closing it
+/// would make a missing IMAGE look like a worker that started. After the exec the effect is
+/// the same: none of those descriptors exists in the image.
+///
+/// Async-signal-safe (runs between fork and exec): system calls only.
+fn close_above_control_at_exec(highest_fd: libc::c_int) {
+    let first = (CONTROL_FD + 1) as libc::c_uint;
+    // SAFETY: close_range only changes flags of this process's descriptors.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if !done {
+        // Kernels before 5.11 have no close_range with CLOSE_RANGE_CLOEXEC: one at a time.
+        for fd in CONTROL_FD + 1..highest_fd {
+            // SAFETY: fcntl on a descriptor number that may not be open (EBADF) is harmless.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+}
+
+/// `CAP_SETUID` from `<linux/capability.h>`.
+const CAP_SETUID: u32 = 7;
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets, two `CapData` words.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Switches this (child) process to `run_as` for good: groups, then the group, then the
+/// user. For the native image, `CAP_SETUID` is kept across the switch and made ambient, so
+/// it survives the exec of an ordinary program; every other capability is gone.
+///
+/// Async-signal-safe (runs between fork and exec): system calls only.
+fn become_account(run_as: RunAs) -> std::io::Result<()> {
+    let fail = || Err(std::io::Error::last_os_error());
+    // SAFETY: each call is a system call on this process's own credentials, with arguments
+    // that live on this stack frame for the duration of the call.
+    unsafe {
+        // Keep the permitted set through setuid (it is otherwise cleared) only when one
+        // capability is to stay; the capset below then cuts it down to that one.
+        let keep = libc::c_ulong::from(run_as.keep_setuid);
+        if libc::prctl(libc::PR_SET_KEEPCAPS, keep, 0, 0, 0) == -1 {
+            return fail();
+        }
+        // Groups first, while still root; then the user, which drops root for good.
+        let groups = [run_as.gid as libc::gid_t];
+        if libc::setgroups(1, groups.as_ptr()) == -1
+            || libc::setgid(run_as.gid as libc::gid_t) == -1
+            || libc::setuid(run_as.uid as libc::uid_t) == -1
+        {
+            return fail();
+        }
+        if !run_as.keep_setuid {
+            return Ok(());
+        }
+        let header = CapHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let bit = 1u32 << CAP_SETUID;
+        let data = [
+            CapData {
+                effective: bit,
+                permitted: bit,
+                inheritable: bit,
+            },
+            CapData {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            },
+        ];
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) == -1 {
+            return fail();
+        }
+        // Ambient: kept by the exec of a program without file capabilities.
+        let (ambient, raise) = (
+            libc::PR_CAP_AMBIENT as libc::c_int,
+            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+        );
+        if libc::prctl(ambient, raise, libc::c_ulong::from(CAP_SETUID), 0, 0) == -1
+            || libc::prctl(libc::PR_SET_KEEPCAPS, 0 as libc::c_ulong, 0, 0, 0) == -1
+        {
+            return fail();
+        }
+    }
+    Ok(())
 }

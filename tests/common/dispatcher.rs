@@ -28,58 +28,58 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| held[i].local_addr().map(|a| a.port()).expect("port"))
 }
 
-impl Dispatcher {
-    /// Lays out an installation with the seed's services on free ports, `limits` as global
-    /// options, and the echo test image as both services' IMAGE; starts
-    /// `dispatcher --foreground` and returns once both ports listen.
-    pub fn start(limits: &str) -> Dispatcher {
-        Dispatcher::start_with(limits, ["echo_image", "echo_image"], |_| {})
+/// The account the test installation's workers run as (its tailor's `IMTA_USER`): `nobody`
+/// when the tests run as root, as CI runs them, else the user running them.
+pub fn mail_account() -> String {
+    if nix::unistd::geteuid().is_root() {
+        "nobody".to_string()
+    } else {
+        nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map_or_else(|| nix::unistd::geteuid().to_string(), |u| u.name)
     }
+}
 
-    /// The same with the real LMTP images (`tcp_lmtp_server` on the first port,
-    /// `tcp_lmtpn_server` on the second), the seed's `imta.cnf`, and channel option files
-    /// that put the Maildir store in `<root>/store/` and the mbox spool in `<root>/mail/`
-    /// (both created, empty). `options` is added to both option files. PORT_ACCESS also
-    /// admits 127.0.0.1, because the interoperability tools (`smtp-source`) cannot choose
-    /// their source address.
-    pub fn start_lmtp(limits: &str, options: &str) -> Dispatcher {
-        Dispatcher::start_with(limits, ["tcp_lmtp_server", "tcp_lmtpn_server"], |root| {
-            let mappings = root.join("config/mappings");
-            let text = std::fs::read_to_string(&mappings).expect("read mappings");
-            let text = text.replacen(
-                "  TCP|*|*|*|*",
-                "  TCP|*|*|127.0.0.1|* $Y\n  TCP|*|*|*|*",
-                1,
-            );
-            std::fs::write(&mappings, text).expect("write mappings");
-            std::fs::copy(
-                fixtures().join("seed/imta.cnf"),
-                root.join("config/imta.cnf"),
-            )
-            .expect("copy the seed imta.cnf");
-            for dir in ["store", "mail"] {
-                std::fs::create_dir_all(root.join(dir)).expect("create the store directories");
-            }
-            let store = format!("STORE_ROOT={}/store/\n{options}\n", root.display());
-            let spool = format!("MAIL_SPOOL={}/mail/\n{options}\n", root.display());
-            std::fs::write(root.join("config/tcp_lmtpss_option"), store).expect("option file");
-            std::fs::write(root.join("config/tcp_lmtpsn_option"), spool).expect("option file");
-        })
-    }
+/// The uid and gid of [`mail_account`].
+pub fn mail_ids() -> (nix::unistd::Uid, nix::unistd::Gid) {
+    let name = mail_account();
+    let user = nix::unistd::User::from_name(&name)
+        .expect("look up the mail account")
+        .unwrap_or_else(|| panic!("account {name} exists"));
+    (user.uid, user.gid)
+}
 
-    /// Lays out the installation with `images` as the two services' IMAGE, lets `prepare`
-    /// adjust it, and starts the dispatcher.
-    pub fn start_with(limits: &str, images: [&str; 2], prepare: impl FnOnce(&Path)) -> Dispatcher {
+/// An installation laid out in a temporary directory, not yet started.
+pub struct Layout {
+    pub root: PathBuf,
+    pub ports: [u16; 2],
+    dir: tempfile::TempDir,
+}
+
+impl Layout {
+    /// Lays out an installation with scripts/demo-layout.sh (the workers' account:
+    /// [`mail_account`]), the seed's services on free ports with `limits` as global options
+    /// and `images` as the two services' IMAGE (the echo test image copied into `lib/`),
+    /// then lets `prepare` adjust it.
+    pub fn new(limits: &str, images: [&str; 2], prepare: impl FnOnce(&Path)) -> Layout {
         let dir = tempfile::tempdir().expect("tempdir");
         let bindir = Path::new(env!("CARGO_BIN_EXE_dispatcher"))
             .parent()
             .expect("bin dir")
             .to_path_buf();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-layout.sh");
+        // Workers run as another user: they must reach their image and configuration.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod the installation");
         let out = Command::new("bash")
             .arg(&script)
             .arg(dir.path())
             .arg(&bindir)
+            .arg(mail_account())
             .output()
             .expect("demo-layout.sh");
         assert!(
@@ -88,9 +88,6 @@ impl Dispatcher {
             String::from_utf8_lossy(&out.stderr)
         );
         let root = dir.path().to_path_buf();
-        // Workers may run as another user (USER=): they must reach their image.
-        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("chmod the installation");
         std::fs::copy(example("echo_image"), root.join("lib/echo_image")).expect("copy image");
         let ports = free_ports();
         let fill = |name: &str| {
@@ -109,28 +106,119 @@ impl Dispatcher {
         .expect("write dispatcher.cnf");
         std::fs::write(root.join("config/mappings"), fill("mappings.in")).expect("write mappings");
         prepare(&root);
-        let child = Command::new(root.join("lib/dispatcher"))
-            .args(["--foreground", "--shutdown-timeout", "5"])
+        Layout { root, ports, dir }
+    }
+
+    /// `dispatcher --foreground` of this installation, standard error to `stderr.log`.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(self.root.join("lib/dispatcher"));
+        cmd.args(["--foreground", "--shutdown-timeout", "5"])
             .env_remove("IMTA_TAILOR")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(root.join("stderr.log")).expect("stderr file"))
-            .spawn()
-            .expect("start dispatcher");
+            .stderr(std::fs::File::create(self.root.join("stderr.log")).expect("stderr file"));
+        cmd
+    }
+
+    /// Runs the dispatcher, which must exit within [`WAIT`] (a refused start); its exit
+    /// status and standard error.
+    pub fn run_refused(&self) -> (std::process::ExitStatus, String) {
+        let mut child = ChildGuard(self.command().spawn().expect("start dispatcher"));
+        let status = child
+            .wait_for(WAIT)
+            .expect("the dispatcher exits instead of starting");
+        let stderr = std::fs::read_to_string(self.root.join("stderr.log")).unwrap_or_default();
+        (status, stderr)
+    }
+
+    /// `dispatcher --check` of this installation: exit status, standard output and error.
+    pub fn check(&self) -> (std::process::ExitStatus, String, String) {
+        let out = Command::new(self.root.join("lib/dispatcher"))
+            .arg("--check")
+            .env_remove("IMTA_TAILOR")
+            .output()
+            .expect("run dispatcher --check");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Edits `config/<file>` in place with `edit`.
+    pub fn edit_config(&self, file: &str, edit: impl FnOnce(String) -> String) {
+        edit_config(&self.root, file, edit)
+    }
+}
+
+/// Edits `<root>/config/<file>` in place with `edit`.
+fn edit_config(root: &Path, file: &str, edit: impl FnOnce(String) -> String) {
+    let path = root.join("config").join(file);
+    let text = std::fs::read_to_string(&path).expect("read the configuration file");
+    std::fs::write(&path, edit(text)).expect("write the configuration file");
+}
+
+impl Dispatcher {
+    /// Lays out an installation with the seed's services on free ports, `limits` as global
+    /// options, and the echo test image as both services' IMAGE; starts
+    /// `dispatcher --foreground` and returns once both ports listen.
+    pub fn start(limits: &str) -> Dispatcher {
+        Dispatcher::start_with(limits, ["echo_image", "echo_image"], |_| {})
+    }
+
+    /// The same with the real LMTP images (`tcp_lmtp_server` on the first port,
+    /// `tcp_lmtpn_server` on the second), the seed's `imta.cnf`, and channel option files
+    /// that put the Maildir store in `<root>/store/` and the mbox spool in `<root>/mail/`
+    /// (both created, empty; the store owned by [`mail_account`], the spool `1777`). `options` is added to both option files. PORT_ACCESS also
+    /// admits 127.0.0.1, because the interoperability tools (`smtp-source`) cannot choose
+    /// their source address.
+    pub fn start_lmtp(limits: &str, options: &str) -> Dispatcher {
+        Dispatcher::start_with(limits, ["tcp_lmtp_server", "tcp_lmtpn_server"], |root| {
+            let mappings = root.join("config/mappings");
+            let text = std::fs::read_to_string(&mappings).expect("read mappings");
+            let text = text.replacen(
+                "  TCP|*|*|*|*",
+                "  TCP|*|*|127.0.0.1|* $Y\n  TCP|*|*|*|*",
+                1,
+            );
+            std::fs::write(&mappings, text).expect("write mappings");
+            std::fs::copy(
+                fixtures().join("seed/imta.cnf"),
+                root.join("config/imta.cnf"),
+            )
+            .expect("copy the seed imta.cnf");
+            // demo-layout.sh made both: the store the mail account's, the spool 1777.
+            let store = format!("STORE_ROOT={}/store/\n{options}\n", root.display());
+            let spool = format!("MAIL_SPOOL={}/mail/\n{options}\n", root.display());
+            std::fs::write(root.join("config/tcp_lmtpss_option"), store).expect("option file");
+            std::fs::write(root.join("config/tcp_lmtpsn_option"), spool).expect("option file");
+        })
+    }
+
+    /// Lays out the installation with `images` as the two services' IMAGE, lets `prepare`
+    /// adjust it, and starts the dispatcher.
+    pub fn start_with(limits: &str, images: [&str; 2], prepare: impl FnOnce(&Path)) -> Dispatcher {
+        Dispatcher::launch(Layout::new(limits, images, prepare), |_| {})
+    }
+
+    /// Starts `dispatcher --foreground` on `layout`, letting `configure` adjust the command
+    /// (its environment, descriptors), and returns once both ports listen.
+    pub fn launch(layout: Layout, configure: impl FnOnce(&mut Command)) -> Dispatcher {
+        let mut cmd = layout.command();
+        configure(&mut cmd);
+        let child = cmd.spawn().expect("start dispatcher");
         let d = Dispatcher {
             child: ChildGuard(child),
-            root,
-            ports,
-            _dir: dir,
+            root: layout.root,
+            ports: layout.ports,
+            _dir: layout.dir,
         };
-        d.wait_for_log(&format!("listening on 127.0.0.1:{}", ports[1]));
+        d.wait_for_log(&format!("listening on 127.0.0.1:{}", d.ports[1]));
         d
     }
 
     /// Edits `config/<file>` in place with `edit`.
     pub fn edit_config(&self, file: &str, edit: impl FnOnce(String) -> String) {
-        let path = self.root.join("config").join(file);
-        let text = std::fs::read_to_string(&path).expect("read the configuration file");
-        std::fs::write(&path, edit(text)).expect("write the configuration file");
+        edit_config(&self.root, file, edit)
     }
 
     pub fn log(&self) -> String {

@@ -133,11 +133,23 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
 }
 
 /// Provisions `user`'s Maildir (`cur`, `new`, `tmp`) in the store of the installation at
-/// `root`; `user` may name a folder (`alice/.Sent`).
+/// `root`; `user` may name a folder (`alice/.Sent`). Every directory made is given to the
+/// account the workers run as, as a provisioning tool run by the administrator would.
 pub fn maildir(root: &std::path::Path, user: &str) -> std::path::PathBuf {
-    let dir = root.join("store").join(user);
+    let store = root.join("store");
+    let dir = store.join(user);
     for sub in ["cur", "new", "tmp"] {
         std::fs::create_dir_all(dir.join(sub)).expect("create a Maildir");
+    }
+    let (uid, gid) = super::dispatcher::mail_ids();
+    let mut path = store.clone();
+    let below: Vec<_> = std::path::Path::new(user).components().collect();
+    for c in below {
+        path.push(c);
+        nix::unistd::chown(&path, Some(uid), Some(gid)).expect("give the Maildir away");
+    }
+    for sub in ["cur", "new", "tmp"] {
+        nix::unistd::chown(&dir.join(sub), Some(uid), Some(gid)).expect("give the Maildir away");
     }
     dir
 }
