@@ -6,16 +6,23 @@
 //! 2026-11-24T10:39:01Z dispatcher[4242] INFO: [SERVICE=LMTPSS] worker 1 started, pid 4250
 //! ```
 //!
-//! The file is opened for appending and can be reopened at the same name (after logrotate
-//! moved it). With `--foreground` every line also goes to standard error.
+//! The file is opened for appending. SIGUSR1 reopens it by the name of the version this
+//! dispatcher created (never through `dispatcher.log`, which is only a link to it): after
+//! logrotate moved the file away a new one of that name is created, and a file that is not
+//! ours at that name is refused, the refusal logged, and lines keep going to the file open
+//! before ([`super::logfiles::reopen_version`]). With `--foreground` every line also goes
+//! to standard error.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The logger installed with `log::set_boxed_logger`.
 pub struct DispatcherLog {
+    /// `dispatcher.log`, the link to the newest version.
+    base: PathBuf,
+    /// The version this dispatcher created and writes.
     path: PathBuf,
     file: Mutex<Option<File>>,
     to_stderr: bool,
@@ -33,6 +40,7 @@ impl DispatcherLog {
     ) -> std::io::Result<DispatcherLog> {
         let (path, file) = super::logfiles::open_version(base, keep)?;
         Ok(DispatcherLog {
+            base: base.to_path_buf(),
             path,
             file: Mutex::new(Some(file)),
             to_stderr,
@@ -40,16 +48,18 @@ impl DispatcherLog {
         })
     }
 
-    /// Reopens the file at its path (for SIGUSR1 after a rotation).
+    /// Reopens the version at its name (for SIGUSR1 after a rotation); on failure the file
+    /// open before stays in use and the error names the path.
     pub fn reopen(&self) -> std::io::Result<()> {
-        let file = open_append(&self.path)?;
+        let file = super::logfiles::reopen_version(&self.base, &self.path).map_err(|e| {
+            std::io::Error::other(format!(
+                "{}: {e}; still writing to the file open before",
+                self.path.display()
+            ))
+        })?;
         *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
         Ok(())
     }
-}
-
-fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
 }
 
 impl log::Log for DispatcherLog {

@@ -8,9 +8,21 @@
 //! the newest `HISTORY_TO_RETAIN` older versions are kept and older ones removed; the plain name
 //! (`dispatcher.log`, the LOGFILE itself) is a symbolic link to the newest version, so
 //! `tail -f IMTA_LOG:dispatcher.log` and grep work as before.
+//!
+//! `IMTA_LOG` is written as root and may be writable by others, so no name here is ever
+//! written through: a version is created with `O_EXCL` and `O_NOFOLLOW`, mode `0640`
+//! ([`crate::safe_fs::create_new`]); [`reopen_version`] opens only the regular file of ours
+//! that is at the version's name, or creates it anew; the link at the plain name is made
+//! under a temporary name and renamed over it, which replaces whatever is there (a link
+//! someone planted included) without following it.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+
+use crate::safe_fs::{self, OpenError};
+
+/// The permissions of every log file: never world-readable (they carry addresses).
+pub const MODE: u32 = 0o640;
 
 /// Width of the unique id: 9 base-36 digits of milliseconds (until the year 5188), a dot, 5 of
 /// the pid.
@@ -51,7 +63,7 @@ pub fn open_version(base: &Path, keep: u64) -> std::io::Result<(PathBuf, File)> 
     // Two workers started in the same millisecond by one process: take the next free name.
     let (path, file) = loop {
         let path = version_path(base, &unique_id(millis, std::process::id()));
-        match OpenOptions::new().append(true).create_new(true).open(&path) {
+        match safe_fs::create_new(&path, OpenOptions::new().append(true), MODE) {
             Ok(f) => break (path, f),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => millis += 1,
             Err(e) => return Err(e),
@@ -60,6 +72,19 @@ pub fn open_version(base: &Path, keep: u64) -> std::io::Result<(PathBuf, File)> 
     link_newest(base, &path)?;
     prune(base, keep)?;
     Ok((path, file))
+}
+
+/// Opens `version` (made by [`open_version`] for `base`) again for appending, as SIGUSR1
+/// asks after a rotation: the regular file of ours at that name, else (logrotate moved it
+/// away) a new empty one created there; `base` is pointed at it again. Whatever else is at
+/// the name (a link, a file of someone else's, a hard link) is refused and left as it is.
+pub fn reopen_version(base: &Path, version: &Path) -> Result<File, OpenError> {
+    let mut options = OpenOptions::new();
+    options.append(true);
+    let (file, _) =
+        safe_fs::open_or_create(version, &options, MODE, Some(safe_fs::effective_uid()))?;
+    link_newest(base, version)?;
+    Ok(file)
 }
 
 fn version_path(base: &Path, id: &str) -> PathBuf {
@@ -159,5 +184,34 @@ mod tests {
         std::fs::write(&base, "old\n").expect("write");
         open_version(&base, 5).expect("version");
         assert_eq!(std::fs::read_to_string(&base).expect("read"), "old\n");
+    }
+
+    #[test]
+    fn a_new_version_is_never_more_than_0640() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let (path, _) = open_version(&d.path().join("dispatcher.log"), 5).expect("version");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode & !MODE, 0, "{mode:o}");
+    }
+
+    #[test]
+    fn reopening_creates_a_moved_version_anew_and_refuses_a_planted_link() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let base = d.path().join("dispatcher.log");
+        let (path, _) = open_version(&base, 5).expect("version");
+        // logrotate moved it away: a new file of the same name, and the link points at it.
+        std::fs::rename(&path, d.path().join("rotated")).expect("rotate");
+        let mut f = reopen_version(&base, &path).expect("reopen");
+        std::io::Write::write_all(&mut f, b"after\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&base).expect("read"), "after\n");
+        // Someone replaced it with a link: refused, the target untouched.
+        let target = d.path().join("precious");
+        std::fs::write(&target, "keep\n").expect("write");
+        std::fs::remove_file(&path).expect("remove");
+        std::os::unix::fs::symlink(&target, &path).expect("symlink");
+        let e = reopen_version(&base, &path).expect_err("refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep\n");
     }
 }
