@@ -37,6 +37,8 @@ else
         "$here/fixtures/demo/config/imta_tailor.in" >"$root/config/imta_tailor"
 fi
 if [ "$(id -u)" -eq 0 ]; then
+    # The workers run as $account: they must reach lib/ and config/.
+    chmod 0755 "$root"
     chown "$account:$(id -gn "$account")" "$root/store"
     chmod 0755 "$root/store"
     chmod 1777 "$root/mail"

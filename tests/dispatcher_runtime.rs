@@ -331,13 +331,14 @@ fn sighup_adds_a_port_and_a_limit_and_open_sessions_survive() {
 
 #[test]
 fn workers_run_as_the_configured_user_when_the_dispatcher_is_root() {
-    let d = Dispatcher::start("MIN_PROCS=0\nUSER=nobody");
+    // The layout's IMTA_USER is nobody: USER wins over it.
+    let d = Dispatcher::start("MIN_PROCS=0\nUSER=alice");
     let mut c = Client::connect(RELAY, d.addr(0));
     let uid: u32 = field(&c.line(), "uid").parse().expect("uid");
     let expected = if nix::unistd::geteuid().is_root() {
-        nix::unistd::User::from_name("nobody")
-            .expect("look up nobody")
-            .expect("nobody exists")
+        nix::unistd::User::from_name("alice")
+            .expect("look up alice")
+            .expect("alice exists (scripts/install-test-deps.sh)")
             .uid
             .as_raw()
     } else {

@@ -69,12 +69,6 @@ impl Layout {
             .expect("bin dir")
             .to_path_buf();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-layout.sh");
-        // Workers run as another user: they must reach their image and configuration.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod the installation");
         let out = Command::new("bash")
             .arg(&script)
             .arg(dir.path())
