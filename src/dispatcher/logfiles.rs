@@ -214,4 +214,20 @@ mod tests {
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep\n");
     }
+
+    #[test]
+    fn a_link_planted_at_the_plain_name_is_replaced_never_written_through() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let target = d.path().join("precious");
+        std::fs::write(&target, "keep\n").expect("write");
+        let base = d.path().join("dispatcher.log");
+        std::os::unix::fs::symlink(&target, &base).expect("symlink");
+        let (path, mut f) = open_version(&base, 5).expect("version");
+        std::io::Write::write_all(&mut f, b"line\n").expect("write");
+        assert_eq!(
+            std::fs::read_link(&base).expect("a link").as_os_str(),
+            path.file_name().expect("a name")
+        );
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep\n");
+    }
 }
