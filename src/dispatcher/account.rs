@@ -115,14 +115,15 @@ pub fn decide(
     if !root {
         return Ok(None);
     }
-    let (name, named_by) = match (service.user.value.as_deref(), mail_user) {
-        (Some(u), _) => (u, NamedBy::User),
-        (None, Some(u)) => (u, NamedBy::ImtaUser),
-        (None, None) => {
-            return Err(AccountError::NoAccount {
-                service: service.name.clone(),
-            })
-        }
+    let Some(name) = service.worker_account(mail_user) else {
+        return Err(AccountError::NoAccount {
+            service: service.name.clone(),
+        });
+    };
+    let named_by = if service.user.value.is_some() {
+        NamedBy::User
+    } else {
+        NamedBy::ImtaUser
     };
     let account = lookup(name).map_err(|source| AccountError::Lookup {
         service: service.name.clone(),
