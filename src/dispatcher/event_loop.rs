@@ -11,8 +11,9 @@
 //! up to the shutdown bound, then kill what is left, by pid); SIGCHLD reaps workers; SIGUSR1
 //! reopens the log file; SIGUSR2 writes a status report to the log; SIGHUP reloads.
 //!
-//! Reload: every file is read again. If the new configuration is not usable, the error is
-//! logged (with its file, line and column) and nothing changes. Otherwise ports that stay are
+//! Reload: every file is read again. If the new configuration is not usable, or it would take
+//! away the PORT_ACCESS table in force ([`access::check_reload`]), the reason is logged (with
+//! its file, line and column) and nothing changes. Otherwise ports that stay are
 //! kept open (no connection waiting on them is lost), new ports are opened (if one cannot be,
 //! nothing changes), removed ports are closed; every running worker is told to drain and new
 //! workers are started on the new configuration, so open sessions finish where they are.
@@ -63,6 +64,8 @@ pub struct Setup {
 pub struct Reloaded {
     pub services: Vec<Service>,
     pub port_access: Option<MappingSet>,
+    /// Where `port_access` was read from, for the reason a reload is refused.
+    pub mappings_path: PathBuf,
     pub mail_user: Option<String>,
 }
 
@@ -712,6 +715,14 @@ impl Runtime {
 
     /// Switches to a configuration read again (see the module comment).
     fn apply_reload(&mut self, new: Reloaded) {
+        if let Err(e) = access::check_reload(
+            self.port_access.as_ref(),
+            &new.mappings_path,
+            new.port_access.as_ref(),
+        ) {
+            log::error!("reload refused, still running on the previous configuration: {e}");
+            return;
+        }
         let mut accounts = Vec::new();
         for ns in &new.services {
             match service_account(ns, new.mail_user.as_deref()) {
