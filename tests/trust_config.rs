@@ -9,6 +9,7 @@
 //!   `--check`), never "no table".
 //! * A start or `--check` with no PORT_ACCESS table warns, naming each service; `--strict`
 //!   fails.
+//! * A worker's control message cannot write a line of its choosing into `dispatcher.log`.
 
 mod common;
 
@@ -408,4 +409,32 @@ fn check_warns_about_services_without_port_access_and_strict_fails() {
         let (code, stderr) = check(true);
         assert_eq!(code, Some(1), "--strict fails: {stderr}");
     }
+}
+
+#[test]
+fn a_control_message_cannot_forge_a_line_of_the_dispatcher_log() {
+    // The first service's image sends `READY\n<what looks like a log line>` on its control
+    // socket (examples/echo_image.rs, PARAMETER=FORGE_CONTROL_MESSAGE).
+    let d = Dispatcher::start_with("MIN_PROCS=1", ["echo_image", "echo_image"], |root| {
+        let cnf = root.join("config/dispatcher.cnf");
+        let text = std::fs::read_to_string(&cnf).expect("dispatcher.cnf");
+        let text = text.replacen(
+            "PARAMETER=CHANNEL=tcp_lmtpss\n",
+            "PARAMETER=FORGE_CONTROL_MESSAGE\n",
+            1,
+        );
+        std::fs::write(&cnf, text).expect("dispatcher.cnf");
+    });
+    d.wait_for_log("[SERVICE=LMTPSS] worker 1 (pid");
+    d.wait_for_log("killing it");
+    let log = d.log();
+    let forged = "2000-01-01T00:00:00Z dispatcher[1] INFO: FORGED";
+    assert!(
+        !log.lines().any(|l| l.starts_with(forged)),
+        "a forged line in the log:\n{log}"
+    );
+    assert!(
+        log.contains("READY\\n2000-01-01T00:00:00Z dispatcher[1] INFO: FORGED by a worker"),
+        "the message is shown escaped:\n{log}"
+    );
 }

@@ -7,6 +7,10 @@
 //! ([`super::access`]) as it is accepted, before any worker sees it. This module knows no
 //! limits: those are the pool's.
 //!
+//! What a client or a worker controls (probes, addresses, the text of a control message) is
+//! logged only through [`crate::log_text::untrusted`], so it cannot end a log line and forge
+//! the next one.
+//!
 //! Signals: SIGTERM and SIGINT stop gracefully (close the listeners, drain every worker, wait
 //! up to the shutdown bound, then kill what is left, by pid); SIGCHLD reaps workers; SIGUSR1
 //! reopens the log file; SIGUSR2 writes a status report to the log; SIGHUP reloads.
@@ -37,6 +41,7 @@ use super::policy::{Action, ConnId, Event, Pool, PoolLimits, PoolLog, WorkerId};
 use super::spawn::{run_as, spawn_worker, RunAs, WorkerSpec};
 use crate::config::service::Service;
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError};
+use crate::log_text::untrusted;
 use crate::mapping::port_access::Verdict;
 use crate::mapping::table::MappingSet;
 
@@ -561,9 +566,11 @@ impl Runtime {
                 }
                 Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
+                    // The error quotes what the worker sent: its text is the worker's.
                     log::error!(
-                        "[SERVICE={name}] worker {id} (pid {}): {e}; killing it",
-                        w.child.id()
+                        "[SERVICE={name}] worker {id} (pid {}): {}; killing it",
+                        w.child.id(),
+                        untrusted(&e.to_string())
                     );
                     let _ = w.child.kill();
                     stop_watching(self.poll.registry(), w);
@@ -601,11 +608,14 @@ impl Runtime {
             return;
         };
         let (probe, decision) = access::judge(self.port_access.as_ref(), server, client);
+        // The probe and what the templates made of it carry the client's address: logged
+        // through `untrusted`, like everything a client or a worker controls.
+        let shown = untrusted(&probe);
         if let Some(text) = &decision.log_match {
-            log::info!("PORT_ACCESS {probe}: {text}");
+            log::info!("PORT_ACCESS {shown}: {}", untrusted(text));
         }
         for u in &decision.notes.unsupported {
-            log::warn!("PORT_ACCESS {probe}: {u} is not supported; counted as no answer");
+            log::warn!("PORT_ACCESS {shown}: {u} is not supported; counted as no answer");
         }
         if let Verdict::Reject { text } = &decision.verdict {
             let (log_it, suppressed) = self.refusals.record(self.now());
@@ -615,10 +625,13 @@ impl Runtime {
                 );
             }
             if log_it {
-                log::info!("[SERVICE={name}] PORT_ACCESS refused {probe}: \"{text}\"");
+                log::info!(
+                    "[SERVICE={name}] PORT_ACCESS refused {shown}: \"{}\"",
+                    untrusted(text)
+                );
             }
             if let Some(t) = &decision.log_reject {
-                log::info!("PORT_ACCESS {probe}: {t}");
+                log::info!("PORT_ACCESS {shown}: {}", untrusted(t));
             }
             let _ = stream.set_nonblocking(true);
             access::refuse(stream, &decision);
@@ -627,7 +640,10 @@ impl Runtime {
         self.accepted += 1;
         let conn = self.next_conn;
         self.next_conn += 1;
-        log::debug!("[SERVICE={name}] connection {conn} from {client} accepted");
+        log::debug!(
+            "[SERVICE={name}] connection {conn} from {} accepted",
+            untrusted(&client.to_string())
+        );
         self.services[s]
             .waiting
             .insert(conn, (stream, client, server));
