@@ -91,6 +91,21 @@ fn reload_is_refused(fault: impl FnOnce(&Path), reason: &str) -> Dispatcher {
     d
 }
 
+/// Puts a symbolic link to nothing in place of `mappings`, as when the file system holding
+/// the real file is not mounted.
+fn replace_with_link_to_nothing(mappings: &Path) {
+    std::fs::remove_file(mappings).expect("remove mappings");
+    let target = mappings.with_file_name("unmounted").join("mappings");
+    std::os::unix::fs::symlink(target, mappings).expect("symlink");
+}
+
+/// Puts a FIFO in place of `mappings`: reading it would wait for a writer that never comes,
+/// and a dispatcher reading it would stop accepting connections at all.
+fn replace_with_fifo(mappings: &Path) {
+    std::fs::remove_file(mappings).expect("remove mappings");
+    nix::unistd::mkfifo(mappings, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
+}
+
 /// Replaces `path` in one rename, as the administrator's guide asks.
 fn replace_atomically(path: &Path, text: &[u8]) {
     let new = path.with_extension("new");
@@ -147,29 +162,12 @@ fn sighup_after_mappings_was_cut_short_after_the_table_name_is_refused() {
 
 #[test]
 fn sighup_after_mappings_became_a_link_to_nothing_is_refused() {
-    // As when the file system holding the real file is not mounted.
-    reload_is_refused(
-        |m| {
-            std::fs::remove_file(m).expect("remove mappings");
-            let target = m.with_file_name("unmounted").join("mappings");
-            std::os::unix::fs::symlink(target, m).expect("symlink");
-        },
-        "which does not exist",
-    );
+    reload_is_refused(replace_with_link_to_nothing, "which does not exist");
 }
 
 #[test]
 fn sighup_after_mappings_became_a_fifo_is_refused_without_blocking() {
-    // Reading a FIFO would wait for a writer that never comes: the dispatcher would stop
-    // accepting connections at all.
-    reload_is_refused(
-        |m| {
-            std::fs::remove_file(m).expect("remove mappings");
-            nix::unistd::mkfifo(m, nix::sys::stat::Mode::from_bits_truncate(0o644))
-                .expect("mkfifo");
-        },
-        "it is a FIFO, not a regular file",
-    );
+    reload_is_refused(replace_with_fifo, "it is a FIFO, not a regular file");
 }
 
 #[test]
@@ -243,26 +241,12 @@ fn start_fails(fault: impl FnOnce(&Path), reason: &str) {
 
 #[test]
 fn a_start_with_mappings_a_link_to_nothing_fails_naming_the_file() {
-    start_fails(
-        |m| {
-            std::fs::remove_file(m).expect("remove mappings");
-            std::os::unix::fs::symlink(m.with_file_name("unmounted").join("mappings"), m)
-                .expect("symlink");
-        },
-        "it is a symbolic link to",
-    );
+    start_fails(replace_with_link_to_nothing, "it is a symbolic link to");
 }
 
 #[test]
 fn a_start_with_mappings_a_fifo_fails_naming_the_file_without_blocking() {
-    start_fails(
-        |m| {
-            std::fs::remove_file(m).expect("remove mappings");
-            nix::unistd::mkfifo(m, nix::sys::stat::Mode::from_bits_truncate(0o644))
-                .expect("mkfifo");
-        },
-        "it is a FIFO, not a regular file",
-    );
+    start_fails(replace_with_fifo, "it is a FIFO, not a regular file");
 }
 
 #[test]
