@@ -1,6 +1,10 @@
 //! A tiny worker image for the dispatcher's tests: greets each client with its connection id,
 //! the client address, how many connections this process holds, its pid and uid, then echoes
 //! lines until `QUIT` (`PANIC` makes the handler panic). Proves the hand-off path end to end without the LMTP images.
+//!
+//! With `PARAMETER=FORGE_CONTROL_MESSAGE` it plays a hostile image instead: before its first
+//! `READY` it sends [`FORGED_MESSAGE`] on its control socket, a message whose newline would
+//! start a line of its choosing in `dispatcher.log` if the dispatcher logged it verbatim.
 
 use std::io::{BufRead, BufReader, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,8 +52,27 @@ fn serve(service: &str, active: usize, c: Connection) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The PARAMETER that makes this image send [`FORGED_MESSAGE`].
+const FORGE: &str = "FORGE_CONTROL_MESSAGE";
+
+/// Not a protocol message: `READY`, a newline, and what would pass for a dispatcher log line.
+const FORGED_MESSAGE: &str = "READY\n2000-01-01T00:00:00Z dispatcher[1] INFO: FORGED by a worker";
+
+/// Sends [`FORGED_MESSAGE`] as one packet on the control socket.
+fn forge() -> std::io::Result<()> {
+    // SAFETY: descriptor 3 is the control socket the dispatcher gave this process; `main_for`
+    // owns it and keeps it open while the handler is built, which is when this runs.
+    let ctrl =
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(msdispatcher::handoff::wire::CONTROL_FD) };
+    nix::unistd::write(ctrl, FORGED_MESSAGE.as_bytes())?;
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     main_for("echo_image", |config| {
+        if config.parameter == FORGE {
+            forge().map_err(|e| format!("cannot send the forged message: {e}"))?;
+        }
         Ok(Arc::new(Echo {
             service: config.service.clone(),
             active: AtomicUsize::new(0),

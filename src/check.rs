@@ -6,6 +6,8 @@
 //! service's `PARAMETER=CHANNEL=name` name a channel `imta.cnf` defines? can the LMTP images
 //! run on it?), and prints the effective configuration per service with the source of every
 //! value. Errors stop the check (exit 1); warnings are printed and, with `--strict`, also fail.
+//! A file counts as absent only when nothing is at its path (`ENOENT`); one that is there but
+//! cannot be read or parsed is an error, so a broken `mappings` never means "no PORT_ACCESS".
 //!
 //! This module reads files and formats text; it starts nothing.
 
@@ -18,7 +20,9 @@ use crate::config::error::{ConfigError, Diagnostics, ErrorKind};
 use crate::config::imta_cnf::{self, ImtaCnf};
 use crate::config::mappings::{self, MappingFile};
 use crate::config::service::{self, DispatcherConfig, Service, Setting};
+use crate::config::source;
 use crate::config::tailor::{Tailor, TailorOrigin, TailorValue};
+use crate::dispatcher::access;
 use crate::mapping::table::MappingSet;
 
 /// Image names that are LMTP servers and so need a channel with the `lmtp` keyword.
@@ -32,12 +36,13 @@ pub struct Installation {
     pub dispatcher_path: PathBuf,
     pub dispatcher: DispatcherConfig,
     pub mappings_path: PathBuf,
-    /// `None` when the file does not exist (every connection is then accepted).
+    /// `None` when nothing is at its path (every connection is then accepted, with a
+    /// warning); a file that exists but cannot be read is an error, never `None`.
     pub mappings: Option<MappingFile>,
     /// The same tables, compiled for the mapping engine.
     pub mapping_set: Option<MappingSet>,
     pub imta_path: PathBuf,
-    /// `None` when the file does not exist.
+    /// `None` when nothing is at its path; a file that cannot be read is an error.
     pub imta: Option<ImtaCnf>,
     /// The option file of each channel a service names, in service order.
     pub channel_options: Vec<(String, ChannelOptions)>,
@@ -58,31 +63,21 @@ pub fn load_installation(
     }
 
     let mappings_path = tailor.mapping_file()?;
-    let mappings = if mappings_path.exists() {
+    // Absent only when nothing is there: a file that cannot be read or parsed is an error,
+    // never "no table" (which would accept every connection).
+    let mappings = if source::is_present(&mappings_path)? {
         Some(mappings::load(&mappings_path, &tailor, diags)?)
     } else {
-        diags.warn_nowhere(format!(
-            "no mappings file at {}: there is no PORT_ACCESS table, so every connection \
-             will be accepted",
-            mappings_path.display()
-        ));
         None
     };
     let mapping_set = match &mappings {
         Some(m) => Some(MappingSet::compile(m, diags)?),
         None => None,
     };
-    if let Some(m) = &mappings {
-        if m.table("PORT_ACCESS").is_none() {
-            diags.warn_nowhere(format!(
-                "{} has no PORT_ACCESS table: every connection will be accepted",
-                mappings_path.display()
-            ));
-        }
-    }
+    warn_open_services(&dispatcher, &mappings_path, mapping_set.as_ref(), diags);
 
     let imta_path = tailor.config_file()?;
-    let imta = if imta_path.exists() {
+    let imta = if source::is_present(&imta_path)? {
         Some(imta_cnf::load(&imta_path, &tailor, diags)?)
     } else {
         None
@@ -110,6 +105,28 @@ pub fn load_installation(
         imta,
         channel_options,
     })
+}
+
+/// Every service is named in a warning when no PORT_ACCESS table judges its connections: the
+/// original allows that, but a store that anyone on the network can reach is worth saying so
+/// at every start and in `--check` (where `--strict` makes it fail).
+fn warn_open_services(
+    dispatcher: &DispatcherConfig,
+    mappings_path: &Path,
+    set: Option<&MappingSet>,
+    diags: &mut Diagnostics,
+) {
+    let Some(reason) = access::missing_table(mappings_path, set) else {
+        return;
+    };
+    for s in &dispatcher.services {
+        let ports: Vec<String> = s.ports.value.iter().map(u16::to_string).collect();
+        diags.warn_nowhere(format!(
+            "[SERVICE={}] (PORT={}) accepts every connection: {reason}",
+            s.name,
+            ports.join(",")
+        ));
+    }
 }
 
 /// The account each service's workers run as: named, not root, and existing

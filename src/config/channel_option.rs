@@ -4,17 +4,17 @@
 //!
 //! The syntax is the PMDF option-file syntax of [`super::option_file`] (`NAME=value` lines,
 //! `!` comments, blank lines). A file that does not exist means "no options", as in the
-//! original, where most channels have none; a file that exists but cannot be read is an
-//! error. Names are compared case-blind and the last setting of a name counts, with a warning
+//! original, where most channels have none; a file that exists but cannot be read (a
+//! directory, a link to nothing, a file below a directory it may not search) is an error. Names are compared case-blind and the last setting of a name counts, with a warning
 //! for the earlier ones. Which names mean what is decided by the programs that read them (the
 //! LMTP images); the path comes from [`super::tailor::Tailor::channel_option_file`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::error::{ConfigError, Diagnostics, ErrorKind};
+use super::error::{ConfigError, Diagnostics};
 use super::option_file::{self, Setting};
-use super::source::read_text;
+use super::source::{is_present, read_text};
 
 /// The settings of one channel option file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,20 +38,14 @@ impl ChannelOptions {
 
 /// Reads the option file at `path`; a file that does not exist gives no options.
 pub fn load(path: &Path, diags: &mut Diagnostics) -> Result<ChannelOptions, ConfigError> {
-    let text = match read_text(path) {
-        Ok(text) => text,
-        Err(ConfigError {
-            kind: ErrorKind::Read { source, .. },
-            ..
-        }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(ChannelOptions {
-                path: path.to_path_buf(),
-                exists: false,
-                settings: Vec::new(),
-            })
-        }
-        Err(e) => return Err(e),
-    };
+    if !is_present(path)? {
+        return Ok(ChannelOptions {
+            path: path.to_path_buf(),
+            exists: false,
+            settings: Vec::new(),
+        });
+    }
+    let text = read_text(path)?;
     let file: Arc<Path> = Arc::from(path);
     let settings = option_file::parse(&file, &text)?;
     for (i, s) in settings.iter().enumerate() {

@@ -13,6 +13,8 @@
 //! directory. An include loop or nesting deeper than [`MAX_INCLUDE_DEPTH`] is an error naming
 //! the chain of files.
 
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,9 +50,71 @@ impl ResolvePath for PlainPaths {
 pub type ParseFn<'p, T> =
     dyn Fn(&Arc<Path>, &str, &mut Diagnostics) -> Result<Vec<Line<T>>, ConfigError> + 'p;
 
-/// Reads a whole file as UTF-8 text; invalid bytes are an error naming line and column.
+/// Whether anything is at `path`. `false` only when nothing at all is there (`ENOENT`): a file
+/// that exists but cannot be examined (`EACCES` on a directory above it, `ENOTDIR`) is an
+/// error, and so is a symbolic link to nothing, so that a file an administrator meant to be
+/// read is never mistaken for one that is deliberately absent. (`Path::exists()` calls all of
+/// these "absent".)
+pub fn is_present(path: &Path) -> Result<bool, ConfigError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(ConfigError::read(path, e)),
+        Ok(m) if m.file_type().is_symlink() => match std::fs::metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let target = std::fs::read_link(path)
+                    .map_or_else(|_| "?".to_string(), |t| t.display().to_string());
+                Err(ConfigError::read(
+                    path,
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("it is a symbolic link to {target}, which does not exist"),
+                    ),
+                ))
+            }
+            Err(e) => Err(ConfigError::read(path, e)),
+            Ok(_) => Ok(true),
+        },
+        Ok(_) => Ok(true),
+    }
+}
+
+/// The bytes of the regular file at `path` (a symbolic link to one is followed: installations
+/// link configuration files). Anything else is an error and is never read: a FIFO would block
+/// the reader (a reloading dispatcher would stop serving), a device would never end, a
+/// directory is no configuration.
+fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; it means nothing for a file.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "something"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is {what}, not a regular file"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Reads a whole regular file as UTF-8 text; invalid bytes are an error naming line and
+/// column.
 pub fn read_text(path: &Path) -> Result<String, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|e| ConfigError::read(path, e))?;
+    let bytes = read_regular(path).map_err(|e| ConfigError::read(path, e))?;
     String::from_utf8(bytes).map_err(|e| {
         let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         // Only the valid prefix is decoded, so the count is exact up to the bad byte.
@@ -242,6 +306,44 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("main:2:1: cannot read"), "{msg}");
         assert!(msg.contains("nothere"), "{msg}");
+    }
+
+    #[test]
+    fn only_enoent_is_absence() {
+        let d = tempfile::tempdir().expect("tempdir");
+        assert!(!is_present(&d.path().join("none")).expect("absent"));
+        let file = write(d.path(), "file", "x\n");
+        assert!(is_present(&file).expect("present"));
+        let err = is_present(&file.join("below")).expect_err("ENOTDIR is not absence");
+        assert!(err.to_string().starts_with("cannot read"), "{err}");
+        let dangling = d.path().join("dangling");
+        std::os::unix::fs::symlink(d.path().join("gone"), &dangling).expect("symlink");
+        let err = is_present(&dangling).expect_err("a link to nothing is not absence");
+        assert!(
+            err.to_string().contains("is a symbolic link to") && err.to_string().contains("gone"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_fifo_or_a_directory_is_refused_without_being_read() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        // Would block forever if the FIFO were read.
+        let err = read_text(&fifo).expect_err("not a file");
+        assert!(
+            err.to_string()
+                .ends_with("it is a FIFO, not a regular file"),
+            "{err}"
+        );
+        let err = read_text(d.path()).expect_err("not a file");
+        assert!(
+            err.to_string()
+                .ends_with("it is a directory, not a regular file"),
+            "{err}"
+        );
     }
 
     #[test]

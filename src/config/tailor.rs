@@ -9,7 +9,8 @@
 //! 1. the `--tailor PATH` command-line option;
 //! 2. the environment variable `IMTA_TAILOR`;
 //! 3. `../config/imta_tailor` relative to the directory of the running binary (the installed
-//!    layout `<root>/lib/dispatcher` beside `<root>/config/imta_tailor`), when that file exists;
+//!    layout `<root>/lib/dispatcher` beside `<root>/config/imta_tailor`), when anything is there (a
+//!    file there that cannot be read is an error, not a reason to try the default);
 //! 4. the original's default, [`DEFAULT_TAILOR`].
 //!
 //! Names the file leaves out get defaults derived from where the file is (see
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use super::error::{ConfigError, Diagnostics, ErrorKind, Loc};
 use super::option_file::{self, Setting};
-use super::source::{read_text, ResolvePath};
+use super::source::{is_present, read_text, ResolvePath};
 
 /// Where Sun Java System Messaging Server 6 keeps the tailor file.
 pub const DEFAULT_TAILOR: &str = "/opt/SUNWmsgsr/config/imta_tailor";
@@ -114,7 +115,9 @@ pub fn locate(
     }
     if let Some(dir) = exe.and_then(Path::parent) {
         let beside = dir.join("../config/imta_tailor");
-        if beside.is_file() {
+        // Anything but "nothing there" is the installation's own tailor: one that cannot be
+        // read then fails with its own error instead of giving way to the built-in default.
+        if !matches!(is_present(&beside), Ok(false)) {
             return (beside, TailorOrigin::BesideBinary);
         }
     }

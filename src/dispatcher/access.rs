@@ -3,12 +3,19 @@
 //!
 //! Refusals are logged at most [`REFUSALS_PER_MINUTE`] times a minute; the rest are counted
 //! and summed up in one line, so a flood cannot fill the disk.
+//!
+//! It also decides whether a configuration has a table in force at all ([`missing_table`]),
+//! which `--check` and every start warn about, and whether a reload may replace the running
+//! table ([`check_reload`]): a reload never goes from a table that judges connections to
+//! none, so a `mappings` file removed, emptied or half-written before a SIGHUP cannot open
+//! the service to everyone. A changed table is the administrator's business and applies.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 
 use crate::mapping::port_access::{self, Decision};
-use crate::mapping::table::MappingSet;
+use crate::mapping::table::{MappingSet, Table};
 
 /// Refusals written to the log in one minute before they are only counted.
 pub const REFUSALS_PER_MINUTE: u32 = 60;
@@ -25,6 +32,50 @@ pub fn judge(
         None => port_access::decide(&MappingSet::default(), &probe),
     };
     (probe, decision)
+}
+
+/// The PORT_ACCESS table of `set` if it can refuse anything (it has an entry). A table with
+/// no entries accepts every connection, as no table does, so it counts as none.
+fn judging_table(set: Option<&MappingSet>) -> Option<&Table> {
+    set.and_then(|s| s.table(port_access::TABLE))
+        .filter(|t| !t.entries.is_empty())
+}
+
+/// Why the configuration read from `mappings` (`set`: `None` when the file is absent) accepts
+/// every connection; `None` when a PORT_ACCESS table judges them.
+pub fn missing_table(mappings: &Path, set: Option<&MappingSet>) -> Option<String> {
+    if judging_table(set).is_some() {
+        return None;
+    }
+    let path = mappings.display();
+    Some(match set {
+        None => format!("there is no mappings file {path}"),
+        Some(s) if s.table(port_access::TABLE).is_some() => {
+            format!("the PORT_ACCESS table of {path} has no entries")
+        }
+        Some(_) => format!("{path} has no PORT_ACCESS table"),
+    })
+}
+
+/// Whether a reload may replace the `running` tables by `new` (read from `mappings`): not
+/// when a PORT_ACCESS table is in force and the new configuration has none. The error is the
+/// reason, for `reload refused`.
+pub fn check_reload(
+    running: Option<&MappingSet>,
+    mappings: &Path,
+    new: Option<&MappingSet>,
+) -> Result<(), String> {
+    if judging_table(running).is_none() {
+        return Ok(());
+    }
+    match missing_table(mappings, new) {
+        None => Ok(()),
+        Some(reason) => Err(format!(
+            "{reason}, but a PORT_ACCESS table is in force: a reload never removes it (if the \
+             file is being rewritten, replace it in one rename; to run without PORT_ACCESS, \
+             restart the dispatcher)"
+        )),
+    }
 }
 
 /// Sends the rejection reply (best effort: the socket is non-blocking and the text short) and
@@ -70,6 +121,49 @@ impl RefusalLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::error::Diagnostics;
+    use crate::config::mappings;
+    use std::sync::Arc;
+
+    fn set(text: &str) -> MappingSet {
+        let file: Arc<Path> = Arc::from(Path::new("mappings"));
+        let mut d = Diagnostics::default();
+        let parsed = mappings::parse_str(&file, text, &mut d).expect("parses");
+        MappingSet::compile(&parsed, &mut d).expect("compiles")
+    }
+
+    const TABLE: &str = "PORT_ACCESS\n\n  TCP|*|*|*|*  $N500\n";
+
+    #[test]
+    fn a_reload_may_change_the_table_but_never_remove_it() {
+        let path = Path::new("/etc/mappings");
+        let running = set(TABLE);
+        let changed = set("PORT_ACCESS\n\n  TCP|*|*|127.0.0.2|*  $Y\n");
+        assert_eq!(check_reload(Some(&running), path, Some(&changed)), Ok(()));
+        for (new, reason) in [
+            (None, "there is no mappings file /etc/mappings"),
+            (Some(set("")), "/etc/mappings has no PORT_ACCESS table"),
+            (
+                Some(set("OTHER\n\n  a  b\n")),
+                "/etc/mappings has no PORT_ACCESS table",
+            ),
+            (
+                Some(set("PORT_ACCESS\n\n")),
+                "the PORT_ACCESS table of /etc/mappings has no entries",
+            ),
+        ] {
+            let err = check_reload(Some(&running), path, new.as_ref()).expect_err(reason);
+            assert!(err.starts_with(reason), "{err}");
+        }
+    }
+
+    #[test]
+    fn without_a_table_in_force_any_reload_applies() {
+        let path = Path::new("/etc/mappings");
+        assert_eq!(check_reload(None, path, None), Ok(()));
+        assert_eq!(check_reload(Some(&set("")), path, None), Ok(()));
+        assert_eq!(check_reload(None, path, Some(&set(TABLE))), Ok(()));
+    }
 
     #[test]
     fn a_flood_is_logged_sixty_times_a_minute_and_then_summed_up() {

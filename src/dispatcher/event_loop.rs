@@ -7,12 +7,17 @@
 //! ([`super::access`]) as it is accepted, before any worker sees it. This module knows no
 //! limits: those are the pool's.
 //!
+//! What a client or a worker controls (probes, addresses, the text of a control message) is
+//! logged only through [`crate::log_text::untrusted`], so it cannot end a log line and forge
+//! the next one.
+//!
 //! Signals: SIGTERM and SIGINT stop gracefully (close the listeners, drain every worker, wait
 //! up to the shutdown bound, then kill what is left, by pid); SIGCHLD reaps workers; SIGUSR1
 //! reopens the log file; SIGUSR2 writes a status report to the log; SIGHUP reloads.
 //!
-//! Reload: every file is read again. If the new configuration is not usable, the error is
-//! logged (with its file, line and column) and nothing changes. Otherwise ports that stay are
+//! Reload: every file is read again. If the new configuration is not usable, or it would take
+//! away the PORT_ACCESS table in force ([`access::check_reload`]), the reason is logged (with
+//! its file, line and column) and nothing changes. Otherwise ports that stay are
 //! kept open (no connection waiting on them is lost), new ports are opened (if one cannot be,
 //! nothing changes), removed ports are closed; every running worker is told to drain and new
 //! workers are started on the new configuration, so open sessions finish where they are.
@@ -37,6 +42,7 @@ use super::policy::{Action, ConnId, Event, Pool, PoolLimits, PoolLog, WorkerId};
 use super::spawn::{spawn_worker, WorkerSpec};
 use crate::config::service::Service;
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError};
+use crate::log_text::untrusted;
 use crate::mapping::port_access::Verdict;
 use crate::mapping::table::MappingSet;
 
@@ -64,6 +70,8 @@ pub struct Setup {
 pub struct Reloaded {
     pub services: Vec<Service>,
     pub port_access: Option<MappingSet>,
+    /// Where `port_access` was read from, for the reason a reload is refused.
+    pub mappings_path: PathBuf,
     pub mail_user: Option<String>,
 }
 
@@ -555,9 +563,11 @@ impl Runtime {
                 }
                 Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
+                    // The error quotes what the worker sent: its text is the worker's.
                     log::error!(
-                        "[SERVICE={name}] worker {id} (pid {}): {e}; killing it",
-                        w.child.id()
+                        "[SERVICE={name}] worker {id} (pid {}): {}; killing it",
+                        w.child.id(),
+                        untrusted(&e.to_string())
                     );
                     let _ = w.child.kill();
                     stop_watching(self.poll.registry(), w);
@@ -595,11 +605,14 @@ impl Runtime {
             return;
         };
         let (probe, decision) = access::judge(self.port_access.as_ref(), server, client);
+        // The probe and what the templates made of it carry the client's address: logged
+        // through `untrusted`, like everything a client or a worker controls.
+        let shown = untrusted(&probe);
         if let Some(text) = &decision.log_match {
-            log::info!("PORT_ACCESS {probe}: {text}");
+            log::info!("PORT_ACCESS {shown}: {}", untrusted(text));
         }
         for u in &decision.notes.unsupported {
-            log::warn!("PORT_ACCESS {probe}: {u} is not supported; counted as no answer");
+            log::warn!("PORT_ACCESS {shown}: {u} is not supported; counted as no answer");
         }
         if let Verdict::Reject { text } = &decision.verdict {
             let (log_it, suppressed) = self.refusals.record(self.now());
@@ -609,10 +622,13 @@ impl Runtime {
                 );
             }
             if log_it {
-                log::info!("[SERVICE={name}] PORT_ACCESS refused {probe}: \"{text}\"");
+                log::info!(
+                    "[SERVICE={name}] PORT_ACCESS refused {shown}: \"{}\"",
+                    untrusted(text)
+                );
             }
             if let Some(t) = &decision.log_reject {
-                log::info!("PORT_ACCESS {probe}: {t}");
+                log::info!("PORT_ACCESS {shown}: {}", untrusted(t));
             }
             let _ = stream.set_nonblocking(true);
             access::refuse(stream, &decision);
@@ -621,7 +637,10 @@ impl Runtime {
         self.accepted += 1;
         let conn = self.next_conn;
         self.next_conn += 1;
-        log::debug!("[SERVICE={name}] connection {conn} from {client} accepted");
+        log::debug!(
+            "[SERVICE={name}] connection {conn} from {} accepted",
+            untrusted(&client.to_string())
+        );
         self.services[s]
             .waiting
             .insert(conn, (stream, client, server));
@@ -709,6 +728,14 @@ impl Runtime {
 
     /// Switches to a configuration read again (see the module comment).
     fn apply_reload(&mut self, new: Reloaded) {
+        if let Err(e) = access::check_reload(
+            self.port_access.as_ref(),
+            &new.mappings_path,
+            new.port_access.as_ref(),
+        ) {
+            log::error!("reload refused, still running on the previous configuration: {e}");
+            return;
+        }
         let mut accounts = Vec::new();
         for ns in &new.services {
             match service_account(ns, new.mail_user.as_deref()) {

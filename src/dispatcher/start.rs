@@ -91,6 +91,7 @@ pub fn start(opts: &StartOptions) -> Result<(), String> {
                 mail_user: inst.tailor.user(),
                 services: inst.dispatcher.services,
                 port_access: inst.mapping_set,
+                mappings_path: inst.mappings_path,
             })
         }),
     };
