@@ -169,9 +169,33 @@ fn euid_of(pid: i32) -> u32 {
         .expect("the Uid line")
 }
 
+/// What takes the place of the store root.
+#[derive(Debug, Clone, Copy)]
+enum RootFault {
+    File,
+    LinkToItself,
+    Unreadable,
+}
+
+impl RootFault {
+    /// Puts the fault at `store`, the real store being at `away`.
+    fn apply(self, store: &Path, away: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        match self {
+            RootFault::File => std::fs::write(store, b"not a store").expect("write a file"),
+            RootFault::LinkToItself => {
+                std::os::unix::fs::symlink(store, store).expect("plant a loop")
+            }
+            RootFault::Unreadable => {
+                std::fs::rename(away, store).expect("put the store back");
+                std::fs::set_permissions(store, PermissionsExt::from_mode(0o000)).expect("chmod");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_store_root_that_is_no_directory_or_cannot_be_read_defers_mail() {
-    use std::os::unix::fs::PermissionsExt;
     let d = Dispatcher::start_lmtp(LIMITS, "");
     provision(&d, "alice");
     let store = d.root.join("store");
@@ -180,31 +204,16 @@ fn a_store_root_that_is_no_directory_or_cannot_be_read_defers_mail() {
     d.wait_for_service_log(LOG, "worker ready");
     let worker = d.only_worker("tcp_lmtp_server").as_raw();
 
-    let mut faults: Vec<(&str, Box<dyn Fn() + '_>)> = vec![
-        (
-            "a file",
-            Box::new(|| std::fs::write(&store, b"not a store").expect("write a file")),
-        ),
-        (
-            "a link to itself",
-            Box::new(|| std::os::unix::fs::symlink(&store, &store).expect("plant a loop")),
-        ),
-    ];
+    let mut faults = vec![RootFault::File, RootFault::LinkToItself];
     // Root reads anything: only a worker that is not root can meet an unreadable root.
     if euid_of(worker) != 0 {
-        faults.push((
-            "unreadable",
-            Box::new(|| {
-                std::fs::rename(&away, &store).expect("put the store back");
-                std::fs::set_permissions(&store, PermissionsExt::from_mode(0o000)).expect("chmod");
-            }),
-        ));
+        faults.push(RootFault::Unreadable);
     }
-    for (what, fault) in &faults {
-        fault();
+    for fault in faults {
+        fault.apply(&store, &away);
         let mut c = transaction(&d);
         let r = c.cmd("RCPT TO:<alice@example.com>");
-        assert_eq!(status(&r), deferred(), "store root {what}: {r:?}");
+        assert_eq!(status(&r), deferred(), "store root {fault:?}: {r:?}");
         c.quit();
         if std::fs::symlink_metadata(&store).is_ok_and(|m| !m.is_dir()) {
             std::fs::remove_file(&store).expect("remove the fault");
