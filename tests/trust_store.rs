@@ -256,61 +256,51 @@ fn rcpt_and_rset_create_no_mailbox() {
     assert_eq!(entries(&store.join("new7/new")).len(), 1);
 }
 
-/// A file outside the store with text in it, owned by the workers' account.
-fn victim(d: &Dispatcher, text: &str) -> PathBuf {
-    let path = d.root.join("victim");
-    std::fs::write(&path, text).expect("write the victim file");
-    give_to(&path, store_owner(&d.root));
-    path
+/// A well-formed quota cache for the quota the relay sends below, so that a store that
+/// trusts it reads it and appends to it.
+const CACHE: &str = "1000000S\n0 0\n";
+
+/// Plants `plant(victim, maildirsize)` in alice's Maildir, where `victim` is a file outside
+/// the store holding [`CACHE`], owned by the workers' account; delivers to alice with a
+/// quota (which reads the cache; the delivery appends to it) and checks that the message
+/// arrived and the victim is untouched.
+fn planted_maildirsize_is_not_written(
+    plant: impl FnOnce(&Path, &Path) -> std::io::Result<()>,
+) -> (Dispatcher, PathBuf) {
+    let d = Dispatcher::start_lmtp(LIMITS, "");
+    let alice = provision(&d, "alice");
+    let victim = d.root.join("victim");
+    std::fs::write(&victim, CACHE).expect("write the victim file");
+    give_to(&victim, store_owner(&d.root));
+    plant(&victim, &alice.join("maildirsize")).expect("plant the file");
+
+    let mut c = transaction(&d);
+    let r = c.cmd("RCPT TO:<alice@example.com> XQUOTA=1000000,0");
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(c.data(MESSAGE, 1)[0].code, 250);
+    c.quit();
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("read the victim"),
+        CACHE
+    );
+    assert_eq!(entries(&alice.join("new")).len(), 1);
+    (d, alice)
 }
 
 #[test]
 fn a_symbolic_link_planted_as_maildirsize_is_never_followed() {
-    let d = Dispatcher::start_lmtp(LIMITS, "");
-    let alice = provision(&d, "alice");
-    let victim = victim(&d, "1000000S\n0 0\n");
-    std::os::unix::fs::symlink(&victim, alice.join("maildirsize")).expect("plant the link");
-
-    let mut c = transaction(&d);
-    // A quota reads the file; the delivery appends to it.
-    assert_eq!(
-        c.cmd("RCPT TO:<alice@example.com> XQUOTA=1000000,0").code,
-        250
-    );
-    assert_eq!(c.data(MESSAGE, 1)[0].code, 250);
-    c.quit();
-    assert_eq!(
-        std::fs::read_to_string(&victim).expect("read the victim"),
-        "1000000S\n0 0\n"
-    );
-    assert_eq!(entries(&alice.join("new")).len(), 1);
+    planted_maildirsize_is_not_written(|victim, at| std::os::unix::fs::symlink(victim, at));
 }
 
 #[test]
 fn a_maildirsize_hard_linked_to_another_file_is_not_written() {
-    let d = Dispatcher::start_lmtp(LIMITS, "");
-    let alice = provision(&d, "alice");
-    // A well-formed cache for the quota the relay sends, so that it is read and appended to.
-    let victim = victim(&d, "1000000S\n0 0\n");
-    std::fs::hard_link(&victim, alice.join("maildirsize")).expect("plant the hard link");
-
-    let mut c = transaction(&d);
-    assert_eq!(
-        c.cmd("RCPT TO:<alice@example.com> XQUOTA=1000000,0").code,
-        250
-    );
-    assert_eq!(c.data(MESSAGE, 1)[0].code, 250);
-    c.quit();
-    assert_eq!(
-        std::fs::read_to_string(&victim).expect("read the victim"),
-        "1000000S\n0 0\n"
-    );
+    let (d, alice) =
+        planted_maildirsize_is_not_written(|victim, at| std::fs::hard_link(victim, at));
     let log = d.wait_for_service_log(LOG, "maildirsize: it has 2 hard links");
     assert!(
         log.contains(&format!("refused {}/maildirsize", alice.display())),
         "{log}"
     );
-    assert_eq!(entries(&alice.join("new")).len(), 1);
 }
 
 /// Plants `link` (in alice's Maildir) as a link to a directory elsewhere; RCPT to `rcpt`
