@@ -16,14 +16,23 @@
 //! * says which of these checks failed ([`UnsafeFile`]), for a log line that names the path.
 //!
 //! Directories: [`dir_state`] tells "absent" from "could not be examined", where
-//! `Path::is_dir()` would call both "not a directory".
+//! `Path::is_dir()` would call both "not a directory". Below a directory someone else may
+//! write (a user's Maildir), the `*_at` functions work relative to a directory descriptor
+//! opened with [`open_dir_at`], one component at a time and never through a link, so a
+//! directory swapped for a symbolic link between a check and a write cannot redirect it;
+//! [`open_dir_no_links`] opens a whole path that way in one call (`openat2`).
 //!
 //! This module reads no configuration and logs nothing: callers log a refusal with the path.
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 /// What was wrong with a file that is in the way.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +41,8 @@ pub enum UnsafeFile {
     SymbolicLink,
     #[error("it is not a regular file")]
     NotRegular,
+    #[error("it is not a directory")]
+    NotDirectory,
     #[error("it has {0} hard links")]
     Links(u64),
     #[error("it belongs to uid {found}, not uid {expected}")]
@@ -54,6 +65,16 @@ impl OpenError {
         match self {
             OpenError::Io(e) => Some(e),
             OpenError::Unsafe(_) => None,
+        }
+    }
+}
+
+impl From<OpenError> for io::Error {
+    /// For callers that only report the failure: a refusal becomes an error saying why.
+    fn from(e: OpenError) -> io::Error {
+        match e {
+            OpenError::Io(e) => e,
+            OpenError::Unsafe(u) => io::Error::other(format!("refused: {u}")),
         }
     }
 }
@@ -105,6 +126,11 @@ pub fn open_existing(
     };
     check_file(&file, owner).map_err(OpenError::Unsafe)?;
     Ok(Some(file))
+}
+
+/// [`open_existing`] for any owner, a refusal reported as an `io::Error`.
+pub fn open_regular(path: &Path, options: OpenOptions) -> io::Result<Option<File>> {
+    Ok(open_existing(path, &options, None)?)
 }
 
 /// Opens `path` if it is there and safe ([`open_existing`]), else creates it
@@ -178,6 +204,84 @@ pub fn dir_state(path: &Path) -> io::Result<DirState> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DirState::Absent),
         Err(e) => Err(e),
     }
+}
+
+/// Opens the directory `name` inside `parent` for the `*_at` functions, never following a
+/// symbolic link (`O_NOFOLLOW|O_DIRECTORY`). `Ok(None)` when nothing is there; a link or
+/// anything else that is not a directory is [`OpenError::Unsafe`].
+pub fn open_dir_at(parent: BorrowedFd<'_>, name: &Path) -> Result<Option<OwnedFd>, OpenError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match nix::fcntl::openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) => Ok(None),
+        // Linux says ENOTDIR for a link with O_NOFOLLOW|O_DIRECTORY: look at what is there.
+        Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => match metadata_at(parent, name) {
+            Ok(m) if m.file_type().is_symlink() => Err(OpenError::Unsafe(UnsafeFile::SymbolicLink)),
+            Ok(_) => Err(OpenError::Unsafe(UnsafeFile::NotDirectory)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(OpenError::Io(e)),
+        },
+        Err(e) => Err(OpenError::Io(e.into())),
+    }
+}
+
+/// Opens the directory `path` for the `*_at` functions, refusing a symbolic link in any of
+/// its components (`openat2` with `RESOLVE_NO_SYMLINKS`): for a directory named by
+/// something that someone else may have rearranged. An error also where the kernel has no
+/// `openat2`; callers then use a directory they trust instead.
+pub fn open_dir_no_links(path: &Path) -> io::Result<OwnedFd> {
+    let how = nix::fcntl::OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS);
+    Ok(nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how)?)
+}
+
+/// [`create_new`] inside the directory `dir`: `O_CREAT|O_EXCL|O_NOFOLLOW`, so nothing that
+/// is already there (a link included) is ever opened. `access` is `O_WRONLY` or `O_RDWR`,
+/// perhaps with `O_APPEND`.
+pub fn create_new_at(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    access: OFlag,
+    mode: u32,
+) -> io::Result<File> {
+    let flags = access | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::openat(dir, name, flags, Mode::from_bits_truncate(mode))?;
+    Ok(File::from(fd))
+}
+
+/// [`open_existing`] inside the directory `dir`: `access` is `O_RDONLY`, `O_WRONLY` or
+/// `O_RDWR`, perhaps with `O_APPEND`.
+pub fn open_existing_at(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    access: OFlag,
+    owner: Option<u32>,
+) -> Result<Option<File>, OpenError> {
+    // As open_existing: look first, so a FIFO or a device is never opened.
+    match metadata_at(dir, name) {
+        Ok(m) => check_metadata(&m, owner).map_err(OpenError::Unsafe)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(OpenError::Io(e)),
+    }
+    let flags = access | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let file = match nix::fcntl::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => File::from(fd),
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => return Err(OpenError::Unsafe(UnsafeFile::SymbolicLink)),
+        Err(Errno::ENXIO) => return Err(OpenError::Unsafe(UnsafeFile::NotRegular)),
+        Err(e) => return Err(OpenError::Io(e.into())),
+    };
+    check_file(&file, owner).map_err(OpenError::Unsafe)?;
+    Ok(Some(file))
+}
+
+/// What is at `name` in `dir`, a link not followed: `fstat` of an `O_PATH` descriptor,
+/// which opens nothing (a FIFO cannot block it).
+fn metadata_at(dir: BorrowedFd<'_>, name: &Path) -> io::Result<std::fs::Metadata> {
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::openat(dir, name, flags, Mode::empty())?;
+    File::from(fd).metadata()
 }
 
 /// The effective uid of this process: the owner every file it creates gets.
@@ -292,5 +396,58 @@ mod tests {
             dir_state(&file.join("below")).is_err(),
             "ENOTDIR is not absence"
         );
+    }
+
+    #[test]
+    fn below_a_directory_descriptor_no_link_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let base: OwnedFd = File::open(dir.path()).unwrap().into();
+        let base = std::os::fd::AsFd::as_fd(&base);
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("sub"), dir.path().join("link")).unwrap();
+        std::fs::write(dir.path().join("file"), "keep").unwrap();
+        assert!(open_dir_at(base, Path::new("sub")).unwrap().is_some());
+        assert!(open_dir_at(base, Path::new("none")).unwrap().is_none());
+        assert!(matches!(
+            open_dir_at(base, Path::new("link")),
+            Err(OpenError::Unsafe(UnsafeFile::SymbolicLink))
+        ));
+        assert!(matches!(
+            open_dir_at(base, Path::new("file")),
+            Err(OpenError::Unsafe(UnsafeFile::NotDirectory))
+        ));
+        std::os::unix::fs::symlink(dir.path().join("file"), dir.path().join("flink")).unwrap();
+        let write = OFlag::O_WRONLY | OFlag::O_APPEND;
+        assert!(matches!(
+            open_existing_at(base, Path::new("flink"), write, None),
+            Err(OpenError::Unsafe(UnsafeFile::SymbolicLink))
+        ));
+        assert!(create_new_at(base, Path::new("flink"), write, 0o600).is_err());
+        std::fs::hard_link(dir.path().join("file"), dir.path().join("hard")).unwrap();
+        assert!(matches!(
+            open_existing_at(base, Path::new("hard"), write, None),
+            Err(OpenError::Unsafe(UnsafeFile::Links(2)))
+        ));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("file")).unwrap(),
+            "keep"
+        );
+        let mut f = create_new_at(base, Path::new("new"), write, 0o600).unwrap();
+        f.write_all(b"x").unwrap();
+        let f = open_existing_at(base, Path::new("new"), write, Some(effective_uid()));
+        assert!(f.unwrap().is_some());
+        assert!(open_existing_at(base, Path::new("none"), write, None)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_path_with_a_link_anywhere_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("a"), dir.path().join("l")).unwrap();
+        assert!(open_dir_no_links(&dir.path().join("a/b")).is_ok());
+        assert!(open_dir_no_links(&dir.path().join("l/b")).is_err());
+        assert!(open_dir_no_links(&dir.path().join("l")).is_err());
     }
 }

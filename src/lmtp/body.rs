@@ -5,16 +5,27 @@
 //! its own file system: the first recipient's Maildir `tmp/`, the mail spool), else in the
 //! system's temporary directory, so it has no name, no reader ever sees it and a crash
 //! leaves nothing behind; where the file system has no `O_TMPFILE` a named file is created
-//! and unlinked at once.
+//! (`O_EXCL`) and unlinked at once. The store's directory is opened refusing a symbolic
+//! link in any part of its path ([`safe_fs::open_dir_no_links`]): whoever can write a
+//! user's Maildir must not be able to send the data somewhere else by replacing `tmp/` (or
+//! the Maildir) with a link. Where that open fails for any reason, the data goes to the
+//! system's temporary directory, which the administrator chose.
 //!
 //! [`Sink`] is what receiving writes to; [`Body::chunks`] is how a store reads it back, in
 //! order, without loading it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use crate::safe_fs;
 
 /// Octets kept in memory before the data goes to a temporary file.
 pub const SPILL_AT: usize = 1 << 20;
@@ -122,7 +133,7 @@ impl Body {
             // The store's directory, else the system's temporary directory (a store root
             // the workers may not write to, say).
             None => unnamed_file(&self.spill_dir)
-                .or_else(|first| unnamed_file(&std::env::temp_dir()).map_err(|_| first))?,
+                .or_else(|first| unnamed_temp_file().map_err(|_| first))?,
         };
         let mut writer = &file;
         let written = writer.write_all(&self.mem);
@@ -144,39 +155,38 @@ impl Sink for Body {
     }
 }
 
-/// A file with no name in `dir`: `O_TMPFILE`, else a named one unlinked at once.
+/// A file with no name in the store's directory `dir`, which is opened refusing any link
+/// on the way.
 fn unnamed_file(dir: &Path) -> io::Result<File> {
-    let unnamed = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
-        .open(dir);
-    match unnamed {
-        Ok(f) => Ok(f),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
-            ) =>
-        {
+    let dir = safe_fs::open_dir_no_links(dir)?;
+    unnamed_file_at(dir.as_fd())
+}
+
+/// A file with no name in the system's temporary directory (`TMPDIR`, `/tmp`).
+fn unnamed_temp_file() -> io::Result<File> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let dir = nix::fcntl::open(&std::env::temp_dir(), flags, Mode::empty())?;
+    unnamed_file_at(dir.as_fd())
+}
+
+/// A file with no name in the directory `dir`: `O_TMPFILE`, else a named one unlinked at
+/// once.
+fn unnamed_file_at(dir: BorrowedFd<'_>) -> io::Result<File> {
+    let flags = OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC;
+    match nix::fcntl::openat(dir, ".", flags, Mode::from_bits_truncate(0o600)) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(Errno::EOPNOTSUPP) | Err(Errno::EISDIR) | Err(Errno::EINVAL) => {
             static N: AtomicU64 = AtomicU64::new(0);
-            let path = dir.join(format!(
+            let name = format!(
                 ".lmtp-spill.{}.{}",
                 std::process::id(),
                 N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-                .open(&path)?;
-            std::fs::remove_file(&path)?;
+            );
+            let f = safe_fs::create_new_at(dir, Path::new(&name), OFlag::O_RDWR, 0o600)?;
+            nix::unistd::unlinkat(dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)?;
             Ok(f)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -218,6 +228,25 @@ mod tests {
         assert!(!b.spilled() && b.is_empty());
         b.put(b"next").unwrap();
         assert_eq!(read_back(&b), b"next");
+    }
+
+    #[test]
+    fn a_spill_directory_behind_a_link_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let link = dir.path().join("tmp");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        for spill_dir in [link.clone(), link.join(".")] {
+            let mut b = Body::with_spill_at(&spill_dir, 4);
+            b.put(b"0123456789").unwrap();
+            assert!(b.spilled());
+            // An unnamed file still shows its directory in /proc.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(b.file.as_ref().unwrap());
+            let shown = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+            assert!(!shown.starts_with(&elsewhere), "{}", shown.display());
+            assert!(!shown.starts_with(dir.path()), "{}", shown.display());
+        }
     }
 
     #[test]

@@ -6,9 +6,20 @@
 //! STORE_ROOT/alice/.Sent/{tmp,new,cur}     folder "Sent" (alice+Sent@domain)
 //! ```
 //!
-//! A user is known when `STORE_ROOT/<user>/new` is a directory (user names in lower case);
-//! with `CREATE_MAILBOXES=1` a missing one is created at the first `RCPT`. `user+folder`
-//! goes to the folder when it exists, else to the INBOX; folders are never created here.
+//! A user is known when `STORE_ROOT/<user>/new` is a directory (user names in lower case).
+//! "User unknown" is said only below a root that is there: the root itself missing or
+//! unreadable is a temporary failure for everyone ([`StoreRoot`]), and the root is never
+//! created here. With `CREATE_MAILBOXES=1` an unknown user is accepted at `RCPT` and the
+//! Maildir is created when a message is delivered into it, never before (a transaction that
+//! is reset leaves nothing). `user+folder` goes to the folder when it exists, else to the
+//! INBOX; folders are never created here.
+//!
+//! Whoever can write a user's Maildir must not be able to make a delivery write elsewhere.
+//! So below the store root every directory is opened one component at a time without
+//! following a link (`O_NOFOLLOW|O_DIRECTORY`, [`safe_fs::open_dir_at`]), and every file is
+//! created, linked and removed relative to those descriptors (`openat` with `O_EXCL`,
+//! `linkat`, `unlinkat`): a user directory, folder, `tmp/` or `new/` that is a symbolic link
+//! or not a directory makes that recipient `451 4.3.0` and a log line naming the path.
 //!
 //! Delivery of one message to several mailboxes writes it once: to `tmp/` of the first
 //! mailbox, `fsync`, then `link()` into `new/` of every mailbox (a copy where a mailbox is on
@@ -24,17 +35,26 @@
 //! the Maildir++ cache `maildirsize` ([`maildirsize`]) so it is not recounted each time.
 
 use std::ffi::OsStr;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, IoSlice, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::UnlinkatFlags;
+
 use super::address::Recipient;
-use super::maildirsize;
+use super::maildirsize::{self, UserDir};
 use super::reply::Reply;
-use super::store::{io_failure, over_quota, Message, Quota, Store, Target};
+use super::store::{
+    io_failure, over_quota, unsafe_mailbox, Message, Quota, Store, StoreRoot, Target,
+};
+use crate::log_text;
+use crate::safe_fs::{self, OpenError, UnsafeFile};
 
 /// How the store is set up.
 #[derive(Debug, Clone)]
@@ -48,9 +68,99 @@ pub struct MaildirSettings {
 /// The Maildir store.
 pub struct MaildirStore {
     settings: MaildirSettings,
+    root: StoreRoot,
     /// This host's name as it may appear in a file name (`/` and `:` escaped).
     host: String,
     counter: AtomicU64,
+}
+
+/// Why one mailbox cannot take a message; the text names the path (escaped: it holds a
+/// user and a folder name a client chose).
+#[derive(Debug, thiserror::Error)]
+enum MailboxError {
+    /// Something is in the mailbox that must not be written through.
+    #[error("refused {path}: {why}")]
+    Unsafe { path: String, why: UnsafeFile },
+    #[error("{path}: {doing}: {source}")]
+    Io {
+        path: String,
+        doing: &'static str,
+        source: io::Error,
+    },
+    #[error("{path}: {reply}")]
+    OverQuota { path: String, reply: Reply },
+}
+
+impl MailboxError {
+    fn io(path: &Path, doing: &'static str, source: io::Error) -> MailboxError {
+        MailboxError::Io {
+            path: shown(path),
+            doing,
+            source,
+        }
+    }
+
+    /// The reply for the recipient (without the path).
+    fn reply(&self) -> Reply {
+        match self {
+            MailboxError::Unsafe { .. } => unsafe_mailbox(),
+            MailboxError::Io { doing, source, .. } => io_failure(doing, source),
+            MailboxError::OverQuota { reply, .. } => reply.clone(),
+        }
+    }
+}
+
+/// A path as a log line shows it.
+fn shown(path: &Path) -> String {
+    log_text::escape(path.as_os_str().as_encoded_bytes())
+}
+
+/// The directory `name` inside `parent` (whose path is `path`'s parent), opened without
+/// following a link; `None` when absent.
+fn subdir(parent: BorrowedFd<'_>, path: &Path) -> Result<Option<OwnedFd>, MailboxError> {
+    let name = path.file_name().unwrap_or(OsStr::new("."));
+    safe_fs::open_dir_at(parent, Path::new(name)).map_err(|e| match e {
+        OpenError::Unsafe(why) => MailboxError::Unsafe {
+            path: shown(path),
+            why,
+        },
+        OpenError::Io(e) => MailboxError::io(path, "cannot open the mailbox", e),
+    })
+}
+
+/// [`subdir`] for a directory that must be there.
+fn required_subdir(parent: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd, MailboxError> {
+    subdir(parent, path)?.ok_or_else(|| {
+        MailboxError::io(
+            path,
+            "the mailbox is incomplete",
+            io::Error::from(io::ErrorKind::NotFound),
+        )
+    })
+}
+
+/// One mailbox (the INBOX or a folder) opened for delivery: every directory below the
+/// store root opened without following a link. The descriptors, not the paths, are what
+/// is written through; the paths are for the log.
+struct Mailbox {
+    /// The user's directory (which holds `maildirsize`).
+    user: OwnedFd,
+    user_path: PathBuf,
+    /// The INBOX's or the folder's directory.
+    path: PathBuf,
+    tmp: OwnedFd,
+    new: OwnedFd,
+    /// `INBOX`, or the folder as the client wrote it.
+    folder: String,
+}
+
+impl Mailbox {
+    fn user_dir(&self) -> UserDir<'_> {
+        UserDir {
+            fd: self.user.as_fd(),
+            path: &self.user_path,
+        }
+    }
 }
 
 impl MaildirStore {
@@ -59,13 +169,14 @@ impl MaildirStore {
             .replace('/', "\\057")
             .replace(':', "\\072");
         MaildirStore {
+            root: StoreRoot::new(settings.root.clone(), "STORE_ROOT"),
             settings,
             host,
             counter: AtomicU64::new(0),
         }
     }
 
-    fn user_dir(&self, user: &str) -> PathBuf {
+    fn user_path(&self, user: &str) -> PathBuf {
         self.settings.root.join(user)
     }
 
@@ -84,39 +195,174 @@ impl MaildirStore {
         )
     }
 
-    /// Checks the quota of the user owning `target` for one more message of `size` octets:
-    /// the over-quota reply, or a temporary failure when the usage cannot be read.
-    fn check_quota(&self, target: &Target, size: u64) -> Result<(), Reply> {
-        let admitted = match target.quota {
-            Some(q) if !target.ignore_quota => {
-                maildirsize::admits(&self.user_dir(&target.user), q, size, usage, message_dirs)
+    /// Opens `user`'s mailbox below `root`: `folder` when it is given and exists, else the
+    /// INBOX. `None` when the user has no Maildir (no directory, or one without `new/`).
+    fn open_mailbox(
+        &self,
+        root: BorrowedFd<'_>,
+        user: &str,
+        folder: Option<&str>,
+    ) -> Result<Option<Mailbox>, MailboxError> {
+        let user_path = self.user_path(user);
+        let Some(user_fd) = subdir(root, &user_path)? else {
+            return Ok(None);
+        };
+        let Some(inbox_new) = subdir(user_fd.as_fd(), &user_path.join("new"))? else {
+            return Ok(None);
+        };
+        if let Some(f) = folder.filter(|f| !f.eq_ignore_ascii_case("INBOX")) {
+            let path = user_path.join(format!(".{f}"));
+            if let Some(dir) = subdir(user_fd.as_fd(), &path)? {
+                if let Some(new) = subdir(dir.as_fd(), &path.join("new"))? {
+                    let tmp = required_subdir(dir.as_fd(), &path.join("tmp"))?;
+                    return Ok(Some(Mailbox {
+                        user: user_fd,
+                        user_path,
+                        path,
+                        tmp,
+                        new,
+                        folder: f.to_string(),
+                    }));
+                }
             }
+        }
+        let tmp = required_subdir(user_fd.as_fd(), &user_path.join("tmp"))?;
+        Ok(Some(Mailbox {
+            user: user_fd,
+            path: user_path.clone(),
+            user_path,
+            tmp,
+            new: inbox_new,
+            folder: "INBOX".to_string(),
+        }))
+    }
+
+    /// Creates `user`'s Maildir below `root` (`tmp`, `new`, `cur`, mode 0700; what already
+    /// exists is kept) and makes the names durable. The root itself is never created.
+    fn create_maildir(&self, root: BorrowedFd<'_>, user: &str) -> Result<(), MailboxError> {
+        let path = self.user_path(user);
+        let failed = |e: Errno| MailboxError::io(&path, "cannot create the mailbox", e.into());
+        let made_user = make_dir(root, Path::new(user)).map_err(failed)?;
+        // Opened without following a link: one planted since the mkdir is refused.
+        let dir = required_subdir(root, &path)?;
+        for sub in ["tmp", "new", "cur"] {
+            make_dir(dir.as_fd(), Path::new(sub)).map_err(failed)?;
+        }
+        nix::unistd::fsync(dir.as_fd()).map_err(failed)?;
+        if made_user {
+            nix::unistd::fsync(root).map_err(failed)?;
+        }
+        log::info!("created the mailbox {}", shown(&path));
+        Ok(())
+    }
+
+    /// Checks the quota of the user owning `target` for one more message of `size` octets;
+    /// `user` is `None` for a mailbox not created yet (nothing in it to count).
+    fn check_quota(
+        &self,
+        target: &Target,
+        user: Option<UserDir<'_>>,
+        size: u64,
+    ) -> Result<(), MailboxError> {
+        let user_path = self.user_path(&target.user);
+        let admitted = match target.quota {
+            Some(q) if !target.ignore_quota => match user {
+                Some(u) => maildirsize::admits(u, q, size, usage, message_dirs),
+                None => Ok(q.admits(0, 0, size)),
+            },
             _ => Ok(true),
         };
         match admitted {
             Ok(true) => Ok(()),
-            Ok(false) => Err(over_quota(self.settings.over_quota_permanent)),
-            Err(e) => Err(io_failure("cannot read the mailbox size", &e)),
+            Ok(false) => Err(MailboxError::OverQuota {
+                path: shown(&user_path),
+                reply: over_quota(self.settings.over_quota_permanent),
+            }),
+            Err(e) => Err(MailboxError::io(
+                &user_path,
+                "cannot read the mailbox size",
+                e,
+            )),
         }
     }
+
+    /// The mailbox `target` names, opened for a delivery of `size` octets and within its
+    /// quota; created first when it is not there and `CREATE_MAILBOXES=1`.
+    fn open_for_delivery(
+        &self,
+        root: BorrowedFd<'_>,
+        target: &Target,
+        size: u64,
+    ) -> Result<Mailbox, MailboxError> {
+        let folder = Some(target.folder.as_str());
+        if let Some(m) = self.open_mailbox(root, &target.user, folder)? {
+            self.check_quota(target, Some(m.user_dir()), size)?;
+            return Ok(m);
+        }
+        let path = self.user_path(&target.user);
+        let gone = || {
+            MailboxError::io(
+                &path,
+                "the mailbox is gone",
+                io::Error::from(io::ErrorKind::NotFound),
+            )
+        };
+        if !self.settings.create {
+            return Err(gone());
+        }
+        // Quota first: a message that does not fit creates nothing.
+        self.check_quota(target, None, size)?;
+        self.create_maildir(root, &target.user)?;
+        self.open_mailbox(root, &target.user, None)?
+            .ok_or_else(gone)
+    }
+
+    /// Puts the message into `m`'s `new/` under `name`: a hard link to the copy already
+    /// written in `src`'s `tmp/`, or a new copy written in `m`'s own `tmp/` when there is
+    /// none yet or the link crosses file systems. `true` when a copy was written in `m`.
+    fn place(
+        &self,
+        m: &Mailbox,
+        name: &str,
+        message: &Message<'_>,
+        src: Option<&Mailbox>,
+    ) -> Result<bool, MailboxError> {
+        let stored =
+            |e: Errno| MailboxError::io(&m.path.join("new"), "cannot store the message", e.into());
+        if let Some(src) = src {
+            match nix::unistd::linkat(src.tmp.as_fd(), name, m.new.as_fd(), name, AtFlags::empty())
+            {
+                Ok(()) => return Ok(false),
+                Err(Errno::EXDEV) => {}
+                Err(e) => return Err(stored(e)),
+            }
+        }
+        write_new(m.tmp.as_fd(), name, message)
+            .map_err(|e| MailboxError::io(&m.path.join("tmp"), "cannot write the message", e))?;
+        if let Err(e) =
+            nix::unistd::linkat(m.tmp.as_fd(), name, m.new.as_fd(), name, AtFlags::empty())
+        {
+            remove(m.tmp.as_fd(), name);
+            return Err(stored(e));
+        }
+        Ok(true)
+    }
 }
 
-/// Creates a user's Maildir (`tmp`, `new`, `cur`, mode 0700) and makes the names durable.
-fn create_maildir(dir: &Path) -> io::Result<()> {
-    let mut b = DirBuilder::new();
-    b.recursive(true).mode(0o700);
-    for sub in ["tmp", "new", "cur"] {
-        b.create(dir.join(sub))?;
+/// `mkdirat` with mode 0700; `false` when something is already there (what it is, the open
+/// that follows finds out).
+fn make_dir(parent: BorrowedFd<'_>, name: &Path) -> Result<bool, Errno> {
+    match nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
+        Ok(()) => Ok(true),
+        Err(Errno::EEXIST) => Ok(false),
+        Err(e) => Err(e),
     }
-    sync_dir(dir)?;
-    if let Some(parent) = dir.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(())
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// Removes the file `name` from `dir`; `false` when that failed (the caller says whether
+/// that matters).
+fn remove(dir: BorrowedFd<'_>, name: &str) -> bool {
+    nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).is_ok()
 }
 
 /// The message directories of a user: `new/` and `cur/` of the INBOX and of every folder.
@@ -170,15 +416,10 @@ fn size_from_name(name: &OsStr) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Writes the message (trace header, then body) to a new file at `path` and fsyncs it: one
-/// `writev` when the body is in memory, pieces when it is in a temporary file.
-fn write_new(path: &Path, message: &Message<'_>) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)?;
+/// Writes the message (trace header, then body) to a new file `name` in `dir` and fsyncs
+/// it: one `writev` when the body is in memory, pieces when it is in a temporary file.
+fn write_new(dir: BorrowedFd<'_>, name: &str, message: &Message<'_>) -> io::Result<()> {
+    let mut file = safe_fs::create_new_at(dir, Path::new(name), OFlag::O_WRONLY, 0o600)?;
     let written = match message.body.as_slice() {
         Some(body) => write_all_vectored(&mut file, &[message.trace, body]),
         None => file
@@ -186,7 +427,7 @@ fn write_new(path: &Path, message: &Message<'_>) -> io::Result<()> {
             .and_then(|()| message.body.chunks(|c| file.write_all(c))),
     };
     if let Err(e) = written.and_then(|()| file.sync_data()) {
-        let _ = fs::remove_file(path);
+        remove(dir, name);
         return Err(e);
     }
     Ok(())
@@ -212,113 +453,105 @@ impl Store for MaildirStore {
     }
 
     fn resolve(&self, r: &Recipient, size: u64) -> Result<Target, Reply> {
-        let user_dir = self.user_dir(&r.user);
-        if !user_dir.join("new").is_dir() {
-            if !self.settings.create {
-                return Err(Reply::new(550, "5.1.1", "User unknown: no mailbox here"));
+        let root = self.root.open()?;
+        let opened = self.open_mailbox(root.as_fd(), &r.user, r.folder.as_deref());
+        let mailbox = match opened {
+            Ok(Some(m)) => Some(m),
+            Ok(None) if self.settings.create => None,
+            Ok(None) => return Err(Reply::new(550, "5.1.1", "User unknown: no mailbox here")),
+            Err(e) => {
+                log::error!("{e}");
+                return Err(e.reply());
             }
-            if let Err(e) = create_maildir(&user_dir) {
-                log::error!("cannot create the mailbox {}: {e}", user_dir.display());
-                return Err(io_failure("cannot create the mailbox", &e));
-            }
-            log::info!("created the mailbox {}", user_dir.display());
-        }
-        let (dir, folder) = match &r.folder {
-            Some(f) if !f.eq_ignore_ascii_case("INBOX") => {
-                let d = user_dir.join(format!(".{f}"));
-                if d.join("new").is_dir() {
-                    (d, f.clone())
-                } else {
-                    (user_dir.clone(), "INBOX".to_string())
-                }
-            }
-            _ => (user_dir.clone(), "INBOX".to_string()),
+        };
+        let (key, folder) = match &mailbox {
+            Some(m) => (m.path.to_string_lossy().into_owned(), m.folder.clone()),
+            // Created when a message is delivered into it; folders never are.
+            None => (
+                self.user_path(&r.user).to_string_lossy().into_owned(),
+                "INBOX".to_string(),
+            ),
         };
         let target = Target {
-            key: dir.to_string_lossy().into_owned(),
+            key,
             user: r.user.clone(),
             folder,
             quota: r.quota.or(self.settings.default_quota),
             ignore_quota: r.ignores_quota(),
         };
-        self.check_quota(&target, size).map(|()| target)
+        match self.check_quota(&target, mailbox.as_ref().map(Mailbox::user_dir), size) {
+            Ok(()) => Ok(target),
+            Err(e @ MailboxError::OverQuota { .. }) => Err(e.reply()),
+            Err(e) => {
+                log::error!("{e}");
+                Err(e.reply())
+            }
+        }
     }
 
     fn deliver(&self, message: &Message<'_>, targets: &[&Target]) -> Vec<Result<(), Reply>> {
+        let root = match self.root.open() {
+            Ok(fd) => fd,
+            Err(reply) => return vec![Err(reply); targets.len()],
+        };
         let size = message.size();
         let name = self.unique_name(size);
-        // The one written copy, once some target has it.
-        let mut written: Option<PathBuf> = None;
+        // One entry per target: its opened mailbox once the message is in its new/.
+        let mut placed: Vec<Option<Mailbox>> = Vec::with_capacity(targets.len());
         let mut results: Vec<Result<(), Reply>> = Vec::with_capacity(targets.len());
+        // Which entry of `placed` holds the one written copy in its tmp/.
+        let mut written: Option<usize> = None;
         for t in targets {
-            let dir = Path::new(&t.key);
-            let result = self
-                .check_quota(t, size)
-                .and_then(|()| self.place(dir, &name, message, &mut written));
-            if let Err(r) = &result {
-                log::error!("message {} to {}: {r}", message.id, dir.display());
-            }
-            results.push(result);
-        }
-        for (t, result) in targets.iter().zip(results.iter_mut()) {
-            if result.is_ok() {
-                let new = Path::new(&t.key).join("new");
-                if let Err(e) = sync_dir(&new) {
-                    log::error!("message {}: fsync of {}/new failed: {e}", message.id, t.key);
-                    // The relay will retry this recipient: the copy must not stay, or the
-                    // user would get the message twice.
-                    if let Err(e) = fs::remove_file(new.join(&name)) {
-                        log::error!("cannot withdraw {}/new/{name}: {e}", t.key);
+            let outcome = self.open_for_delivery(root.as_fd(), t, size).and_then(|m| {
+                let src = written.and_then(|w| placed[w].as_ref());
+                let copied = self.place(&m, &name, message, src)?;
+                Ok((m, copied))
+            });
+            match outcome {
+                Ok((m, copied)) => {
+                    if copied && written.is_some() {
+                        // A copy on another file system: its tmp name is not needed.
+                        remove(m.tmp.as_fd(), &name);
+                    } else if copied {
+                        written = Some(placed.len());
                     }
-                    *result = Err(io_failure("cannot make the delivery durable", &e));
-                } else {
-                    // Also without a quota now: a cache left from an earlier quota stays
-                    // right (recording is nothing when there is no cache).
-                    maildirsize::record(&self.user_dir(&t.user), size);
+                    placed.push(Some(m));
+                    results.push(Ok(()));
+                }
+                Err(e) => {
+                    log::error!("message {}: {e}", message.id);
+                    placed.push(None);
+                    results.push(Err(e.reply()));
                 }
             }
         }
-        if let Some(tmp) = written {
-            if let Err(e) = fs::remove_file(&tmp) {
-                log::warn!("cannot remove {}: {e}", tmp.display());
+        for (m, result) in placed.iter().zip(results.iter_mut()) {
+            let Some(m) = m else { continue };
+            if let Err(e) = nix::unistd::fsync(m.new.as_fd()) {
+                let new = m.path.join("new");
+                log::error!(
+                    "message {}: fsync of {} failed: {e}",
+                    message.id,
+                    shown(&new)
+                );
+                // The relay will retry this recipient: the copy must not stay, or the
+                // user would get the message twice.
+                if !remove(m.new.as_fd(), &name) {
+                    log::error!("cannot withdraw {}/{name}", shown(&new));
+                }
+                *result = Err(io_failure("cannot make the delivery durable", &e.into()));
+            } else {
+                // Also without a quota now: a cache left from an earlier quota stays
+                // right (recording is nothing when there is no cache).
+                maildirsize::record(m.user_dir(), size);
+            }
+        }
+        if let Some(m) = written.and_then(|w| placed[w].as_ref()) {
+            if !remove(m.tmp.as_fd(), &name) {
+                log::warn!("cannot remove {}/tmp/{name}", shown(&m.path));
             }
         }
         results
-    }
-}
-
-impl MaildirStore {
-    /// Puts the message into `dir/new/name`: a hard link to the written copy, or a new copy
-    /// when there is none yet or the link crosses file systems.
-    fn place(
-        &self,
-        dir: &Path,
-        name: &str,
-        message: &Message<'_>,
-        written: &mut Option<PathBuf>,
-    ) -> Result<(), Reply> {
-        let dest = dir.join("new").join(name);
-        if let Some(src) = written.as_ref() {
-            match fs::hard_link(src, &dest) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
-                Err(e) => return Err(io_failure("cannot store the message", &e)),
-            }
-        }
-        let tmp = dir.join("tmp").join(name);
-        write_new(&tmp, message).map_err(|e| io_failure("cannot write the message", &e))?;
-        if let Err(e) = fs::hard_link(&tmp, &dest) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_failure("cannot store the message", &e));
-        }
-        match written {
-            None => *written = Some(tmp),
-            Some(_) => {
-                // A copy on another file system: its tmp name is not needed any more.
-                let _ = fs::remove_file(&tmp);
-            }
-        }
-        Ok(())
     }
 }
 
@@ -350,6 +583,14 @@ mod tests {
             body: Box::leak(Box::new(crate::lmtp::body::Body::from_bytes(body))),
             received: SystemTime::now(),
         }
+    }
+
+    /// A Maildir as an administrator provisions one.
+    fn create_maildir(dir: &Path) -> io::Result<()> {
+        for sub in ["tmp", "new", "cur"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        Ok(())
     }
 
     fn files(dir: &Path) -> Vec<PathBuf> {
@@ -393,12 +634,64 @@ mod tests {
     }
 
     #[test]
-    fn mailboxes_created_on_demand() {
+    fn mailboxes_created_by_a_delivery_not_by_rcpt() {
         let root = tempfile::tempdir().unwrap();
         let s = store(root.path(), true);
-        let t = s.resolve(&rcpt("Carol"), 0).unwrap();
-        assert!(root.path().join("carol/cur").is_dir());
+        let t = s.resolve(&rcpt("Carol+Sent"), 0).unwrap();
+        assert_eq!(t.folder, "INBOX", "folders are never created");
+        assert!(!root.path().join("carol").exists());
         assert!(s.deliver(&msg(b"x\r\n"), &[&t])[0].is_ok());
+        assert!(root.path().join("carol/cur").is_dir());
+        assert_eq!(files(&root.path().join("carol/new")).len(), 1);
+    }
+
+    #[test]
+    fn a_missing_root_is_a_temporary_failure_and_is_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        for create in [false, true] {
+            let s = store(&root, create);
+            let e = s.resolve(&rcpt("alice"), 0).unwrap_err();
+            assert_eq!((e.code, e.status), (451, "4.3.0"), "{e}");
+            assert!(!root.exists());
+        }
+        fs::write(&root, b"").unwrap();
+        let e = store(&root, true).resolve(&rcpt("alice"), 0).unwrap_err();
+        assert_eq!(
+            (e.code, e.status),
+            (451, "4.3.0"),
+            "a file in its place: {e}"
+        );
+    }
+
+    #[test]
+    fn links_below_the_root_are_refused_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        create_maildir(elsewhere.path()).unwrap();
+        let s = store(root.path(), true);
+        // A user directory, a new/ and a folder that are links to a Maildir elsewhere.
+        std::os::unix::fs::symlink(elsewhere.path(), root.path().join("linked")).unwrap();
+        create_maildir(&root.path().join("erin")).unwrap();
+        fs::remove_dir(root.path().join("erin/new")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("new"), root.path().join("erin/new"))
+            .unwrap();
+        create_maildir(&root.path().join("fay")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.path().join("fay/.Sent")).unwrap();
+        for who in ["linked", "erin", "fay+Sent"] {
+            let e = s.resolve(&rcpt(who), 0).unwrap_err();
+            assert_eq!((e.code, e.status), (451, "4.3.0"), "{who}: {e}");
+        }
+        // One swapped after RCPT: the delivery refuses it too.
+        let t = s.resolve(&rcpt("fay"), 0).unwrap();
+        fs::remove_dir(root.path().join("fay/tmp")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("tmp"), root.path().join("fay/tmp"))
+            .unwrap();
+        let e = s.deliver(&msg(b"x\r\n"), &[&t]).remove(0).unwrap_err();
+        assert_eq!((e.code, e.status), (451, "4.3.0"), "{e}");
+        for sub in ["tmp", "new", "cur"] {
+            assert!(files(&elsewhere.path().join(sub)).is_empty(), "{sub}");
+        }
     }
 
     #[test]
@@ -427,9 +720,11 @@ mod tests {
     fn unwritable_mailbox_is_a_temporary_failure_for_it_alone() {
         let root = tempfile::tempdir().unwrap();
         let s = store(root.path(), true);
+        create_maildir(&root.path().join("erin")).unwrap();
+        create_maildir(&root.path().join("frank")).unwrap();
         let a = s.resolve(&rcpt("erin"), 0).unwrap();
         let b = s.resolve(&rcpt("frank"), 0).unwrap();
-        // frank's new/ is replaced by a file: links into it fail.
+        // frank's new/ is replaced by a file after RCPT: it is refused, not recreated.
         fs::remove_dir(root.path().join("frank/new")).unwrap();
         fs::write(root.path().join("frank/new"), b"").unwrap();
         let r = s.deliver(&msg(b"x\r\n"), &[&a, &b]);

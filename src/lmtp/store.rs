@@ -5,15 +5,23 @@
 //! The session owns the protocol; a store owns the disk. A store never sends anything to the
 //! client: it answers with [`Reply`] values, which the session sends in RCPT order.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use super::address::Recipient;
 use super::body::Body;
 use super::reply::Reply;
+
+/// Kept for the callers that open a mailbox file by path; the one implementation is
+/// [`crate::safe_fs::open_regular`].
+pub use crate::safe_fs::open_regular;
 
 /// A mailbox quota: at most `bytes` octets and `messages` messages in all the user's folders.
 /// Zero means "no limit" for that dimension (as `XQUOTA=0,0` does from a relay).
@@ -116,15 +124,105 @@ pub fn io_failure(what: &str, e: &io::Error) -> Reply {
     }
 }
 
-/// Opens `path` as `options` say, but only if it is a regular file: never following a
-/// symbolic link, never blocking on a FIFO or a device. `None` when there is no such file;
-/// an error when something else is in its place.
-pub fn open_regular(path: &Path, mut options: OpenOptions) -> io::Result<Option<File>> {
-    options.custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    match options.open(path) {
-        Ok(f) if f.metadata()?.is_file() => Ok(Some(f)),
-        Ok(_) => Err(io::Error::other("not a regular file")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+/// The reply for a recipient whose mailbox has something in it that must not be written
+/// through (a symbolic link, a file where a directory belongs, a file with other links or
+/// another owner): a temporary failure, so the relay keeps the message while the
+/// administrator looks; the log names the path.
+pub fn unsafe_mailbox() -> Reply {
+    Reply::new(
+        451,
+        "4.3.0",
+        "Temporary failure: the mailbox is not safe to write to",
+    )
+}
+
+/// The reply while the store root (`STORE_ROOT`, `MAIL_SPOOL`) is missing or cannot be
+/// read: a temporary failure for every recipient, never "user unknown", so a store that is
+/// moved or not mounted makes the relays wait instead of bouncing mail.
+pub fn store_unavailable() -> Reply {
+    Reply::new(
+        451,
+        "4.3.0",
+        "Temporary failure: the mail store is not available",
+    )
+}
+
+/// How long one failure of the store root is logged once: every recipient of a burst gets
+/// the same `451`, the log gets one line per this much time.
+const ROOT_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// The directory a store delivers under (`STORE_ROOT`, `MAIL_SPOOL`), which the
+/// administrator creates and a delivery never does: opened for every recipient, so that
+/// "user unknown" is only ever said below a root that is there.
+pub struct StoreRoot {
+    path: PathBuf,
+    /// The option that names it, for the log (`STORE_ROOT`).
+    option: &'static str,
+    /// When the failure now in progress was last logged; `None` while the root is fine.
+    warned: Mutex<Option<Instant>>,
+    /// Whether `warned` is `Some`: read without the lock on every recipient.
+    failing: AtomicBool,
+}
+
+impl StoreRoot {
+    pub fn new(path: PathBuf, option: &'static str) -> StoreRoot {
+        StoreRoot {
+            path,
+            option,
+            warned: Mutex::new(None),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the root (a link to it is followed: the administrator may link a store root).
+    /// Missing, not a directory, unreadable or any other error: [`store_unavailable`], and
+    /// a log line with the path at most once per [`ROOT_WARNING_EVERY`].
+    pub fn open(&self) -> Result<OwnedFd, Reply> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        match nix::fcntl::open(&self.path, flags, Mode::empty()) {
+            Ok(fd) => {
+                if self.failing.load(Ordering::Relaxed) {
+                    self.recovered();
+                }
+                Ok(fd)
+            }
+            Err(e) => {
+                self.failed(io::Error::from(e));
+                Err(store_unavailable())
+            }
+        }
+    }
+
+    fn failed(&self, e: io::Error) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if warned.is_some_and(|at| now.duration_since(at) < ROOT_WARNING_EVERY) {
+            return;
+        }
+        *warned = Some(now);
+        self.failing.store(true, Ordering::Relaxed);
+        let why = match e.raw_os_error() {
+            Some(libc::ENOENT) => "does not exist".to_string(),
+            Some(libc::ENOTDIR) => "is not a directory".to_string(),
+            _ => e.to_string(),
+        };
+        log::error!(
+            "{}={}: {why}; every recipient gets 451 4.3.0 until it is back (it is never created \
+             by a delivery; this is logged at most once a minute)",
+            self.option,
+            self.path.display()
+        );
+    }
+
+    fn recovered(&self) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.take().is_some() {
+            self.failing.store(false, Ordering::Relaxed);
+            log::info!("{}={}: available again", self.option, self.path.display());
+        }
     }
 }

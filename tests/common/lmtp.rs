@@ -153,3 +153,24 @@ pub fn maildir(root: &std::path::Path, user: &str) -> std::path::PathBuf {
     }
     dir
 }
+
+/// The owner the layout gave the store `<root>/store` (uid, gid): the account the workers
+/// run as. Whatever a test puts into the store must belong to it, as provisioning does.
+pub fn store_owner(root: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(root.join("store")).expect("the store directory");
+    (m.uid(), m.gid())
+}
+
+/// Gives `path` and everything below it (links themselves, not their targets) to `owner`.
+pub fn give_to(path: &std::path::Path, owner: (u32, u32)) {
+    let meta =
+        std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::os::unix::fs::lchown(path, Some(owner.0), Some(owner.1))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).expect("list a directory") {
+            give_to(&entry.expect("a directory entry").path(), owner);
+        }
+    }
+}
