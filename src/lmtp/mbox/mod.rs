@@ -3,44 +3,35 @@
 //! driver and Postfix's `local` read and write them.
 //!
 //! A recipient is known when `getpwnam()` finds the account. A delivery appends, in one
-//! `write`, a `From sender asctime-date` line, the message with CRLF turned into LF and
-//! mboxrd quoting (`^>*From ` gets one more `>`), and an empty line; then `fsync`s the file
-//! (and the spool directory when the file is new) before the recipient's `Ok`.
-//!
-//! Locking, so other local mail software and our other worker processes and threads never
-//! see or write a half message: a per-mailbox mutex inside the process (POSIX record locks do
-//! not exclude threads of one process), then a dot-lock `<user>.lock` created atomically with
-//! `link()` and an `fcntl` write lock on the mailbox. Both are taken without blocking and
-//! retried, so no lock order can deadlock against other software; a dot-lock older than five
-//! minutes is stale and removed.
+//! `write`, the message in mbox form ([`format`]), then `fsync`s the file (and the spool
+//! directory when the file is new) before the recipient's `Ok`, all under the mailbox's
+//! locks ([`lock`]).
 //!
 //! Safety: the mailbox is opened with `O_NOFOLLOW`; an existing one must be a regular file
 //! owned by the account with one link; a new one is created `0600` (`O_EXCL`) and given to
 //! the account. A failed append is truncated back to the old length.
 
-use std::collections::HashMap;
+mod format;
+mod lock;
+
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use nix::unistd::{Uid, User};
 
 use super::address::Recipient;
-use super::body::{Body, Sink};
+use super::body::Body;
 use super::reply::Reply;
-use super::store::{io_failure, open_regular, over_quota, Message, Quota, Store, Target};
+use super::store::{io_failure, over_quota, Message, Quota, Store, Target};
 
-/// A dot-lock older than this is left over from a crash and is removed.
-const STALE_DOT_LOCK: Duration = Duration::from_secs(300);
+pub use format::mbox_text;
+use lock::{try_fcntl_lock, DotLocker, MailboxMutexes};
+
 /// First pause between lock tries; it doubles up to the configured `SLEEP_TIME`.
 const FIRST_LOCK_PAUSE: Duration = Duration::from_millis(5);
-/// The mailbox mutex table is swept of unused entries when it grows past this.
-const MUTEX_SWEEP_AT: usize = 1024;
 
 /// How the spool is set up.
 #[derive(Debug, Clone)]
@@ -57,11 +48,8 @@ pub struct MboxSettings {
 /// The mbox spool.
 pub struct MboxStore {
     settings: MboxSettings,
-    /// One mutex per mailbox in use, so threads of this process queue for a mailbox
-    /// instead of polling its dot-lock, and unrelated mailboxes never wait for each other.
-    mailboxes: Mutex<HashMap<PathBuf, Weak<Mutex<()>>>>,
-    counter: AtomicU64,
-    host: String,
+    mutexes: MailboxMutexes,
+    locker: DotLocker,
 }
 
 /// Why one append failed.
@@ -82,9 +70,8 @@ impl MboxStore {
         }
         let store = MboxStore {
             settings,
-            mailboxes: Mutex::new(HashMap::new()),
-            counter: AtomicU64::new(0),
-            host: super::trace::host_name().replace(['/', ' '], "_"),
+            mutexes: MailboxMutexes::default(),
+            locker: DotLocker::new(super::trace::host_name().replace(['/', ' '], "_")),
         };
         store.recover_crashed_deliveries();
         store
@@ -98,40 +85,30 @@ impl MboxStore {
         };
         for entry in entries.flatten() {
             if entry.file_name().as_encoded_bytes().ends_with(b".lock") {
-                recover_stale(&entry.path(), &self.host, true);
+                lock::recover_stale(&entry.path(), &self.locker.host, true);
             }
         }
-    }
-
-    /// The mutex of the mailbox at `path`, shared by every thread delivering to it now.
-    fn mailbox_mutex(&self, path: &Path) -> Arc<Mutex<()>> {
-        let mut table = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = table.get(path).and_then(Weak::upgrade) {
-            return m;
-        }
-        if table.len() >= MUTEX_SWEEP_AT {
-            table.retain(|_, w| w.strong_count() > 0);
-        }
-        let m = Arc::new(Mutex::new(()));
-        table.insert(path.to_path_buf(), Arc::downgrade(&m));
-        m
     }
 
     /// One try at appending `text` to the mailbox of `account` under both locks: `false`
     /// when another holder has a lock (nothing written). The in-process mutex is held only
     /// for the try, never while waiting between tries.
     fn try_append(&self, path: &Path, account: &User, text: &Body) -> Result<bool, AppendError> {
-        let mutex = self.mailbox_mutex(path);
+        let mutex = self.mutexes.of(path);
         // A thread that panicked while holding it left no state behind: the file is
         // consistent or truncated back; carry on.
         let _in_process = mutex.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(dot) = self.try_dot_lock(path)? else {
+        let Some(dot) = self
+            .locker
+            .try_lock(path)
+            .map_err(|lock::LockError(what, e)| AppendError::Io(what, e))?
+        else {
             return Ok(false);
         };
         let attempt = open_mailbox(path, account).and_then(|(file, created)| {
             match try_fcntl_lock(&file) {
                 Ok(true) => write_locked(&file, created, path, text, |len| {
-                    dot.note_length(&self.host, len)
+                    dot.note_length(&self.locker.host, len)
                 })
                 .map(|()| true),
                 Ok(false) => Ok(false),
@@ -142,196 +119,8 @@ impl MboxStore {
         drop(dot);
         attempt
     }
-
-    /// Tries once to create `<path>.lock`; `None` when someone else holds it.
-    fn try_dot_lock(&self, path: &Path) -> Result<Option<DotLock>, AppendError> {
-        let lock = lock_path(path);
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".lk.{}.{}.{n}", std::process::id(), self.host));
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(|e| AppendError::Io("cannot create a lock file", e))?;
-        let linked = fs::hard_link(&tmp, &lock);
-        // A link() that reports an error may still have happened (NFS): then the lock file
-        // is our file, which its link count says.
-        let ours = linked.is_ok() || fs::symlink_metadata(&tmp).is_ok_and(|m| m.nlink() == 2);
-        let _ = fs::remove_file(&tmp);
-        if ours {
-            return Ok(Some(DotLock(lock)));
-        }
-        match linked {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                recover_stale(&lock, &self.host, false);
-                Ok(None)
-            }
-            Err(e) => Err(AppendError::Io("cannot create the dot-lock", e)),
-            Ok(()) => Ok(None),
-        }
-    }
 }
 
-/// `MAIL_SPOOL/alice` → `MAIL_SPOOL/alice.lock`.
-fn lock_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(".lock");
-    PathBuf::from(s)
-}
-
-/// A held dot-lock, removed when dropped (also when a panic unwinds). A crash of the whole
-/// process leaves it: it then names this host, the process and the mailbox's length before
-/// the append, so the next delivery (or the next worker's start) can tell the holder is dead
-/// at once and cut a half-written message back ([`recover_stale`]); a lock without that is
-/// stale after five minutes.
-struct DotLock(PathBuf);
-
-/// What our dot-locks hold: `tcp_lmtpn_server <host> <pid> <mailbox length>`.
-const LOCK_MARK: &str = "tcp_lmtpn_server";
-
-impl DotLock {
-    /// Records, before the append starts, the length to cut the mailbox back to should this
-    /// process die in the middle of it.
-    fn note_length(&self, host: &str, len: u64) {
-        let noted = OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&self.0)
-            .and_then(|mut f| {
-                f.write_all(format!("{LOCK_MARK} {host} {} {len}\n", std::process::id()).as_bytes())
-            });
-        if let Err(e) = noted {
-            log::warn!(
-                "cannot note the mailbox length in {}: {e}",
-                self.0.display()
-            );
-        }
-    }
-}
-
-impl Drop for DotLock {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_file(&self.0) {
-            log::warn!("cannot remove the dot-lock {}: {e}", self.0.display());
-        }
-    }
-}
-
-/// Removes the dot-lock `lock` if it is stale: one of ours whose process is gone (same host,
-/// no such pid), or any lock older than five minutes (`only_ours`: ours only, as at start).
-/// When ours noted the mailbox length, the mailbox is first cut back to it under an `fcntl`
-/// lock: an append the crash interrupted leaves no half message behind (it was never
-/// acknowledged; the relay sends it again).
-fn recover_stale(lock: &Path, host: &str, only_ours: bool) {
-    let old = |m: &fs::Metadata| {
-        m.modified()
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > STALE_DOT_LOCK)
-    };
-    let Ok(first) = fs::symlink_metadata(lock) else {
-        return;
-    };
-    let mark = read_lock_mark(lock);
-    let holder_gone = mark
-        .as_ref()
-        .is_some_and(|m| m.host == host && !process_alive(m.pid));
-    if !holder_gone && (only_ours || !old(&first)) {
-        return;
-    }
-    // Someone else may have judged it stale too, removed it and taken a fresh lock under the
-    // same name: act only on the very file judged stale (same inode). The window left is the
-    // one every dot-locking program has.
-    let same = fs::symlink_metadata(lock)
-        .is_ok_and(|now| now.ino() == first.ino() && now.dev() == first.dev());
-    if !same {
-        return;
-    }
-    if let Some(len) = mark.and_then(|m| m.length) {
-        let name = lock.as_os_str().as_encoded_bytes();
-        let Some(mailbox) = name.strip_suffix(b".lock") else {
-            return;
-        };
-        // SAFETY: the bytes came from an OsStr and only an ASCII suffix was removed.
-        let mailbox = Path::new(unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(mailbox) });
-        if !cut_back(mailbox, len) {
-            return;
-        }
-    }
-    if fs::remove_file(lock).is_ok() {
-        log::warn!("removed the stale dot-lock {}", lock.display());
-    }
-}
-
-/// The contents of one of our dot-locks.
-struct LockMark {
-    host: String,
-    pid: i32,
-    length: Option<u64>,
-}
-
-fn read_lock_mark(lock: &Path) -> Option<LockMark> {
-    let mut f = open_regular(lock, OpenOptions::new().read(true).clone()).ok()??;
-    let mut text = String::new();
-    (&mut f).take(512).read_to_string(&mut text).ok()?;
-    let mut fields = text.split_whitespace();
-    if fields.next()? != LOCK_MARK {
-        return None;
-    }
-    Some(LockMark {
-        host: fields.next()?.to_string(),
-        pid: fields.next()?.parse().ok()?,
-        length: fields.next().and_then(|l| l.parse().ok()),
-    })
-}
-
-fn process_alive(pid: i32) -> bool {
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Err(nix::errno::Errno::ESRCH) => false,
-        _ => pid > 0,
-    }
-}
-
-/// Cuts `mailbox` back to `len` octets if it is longer; `false` when it cannot be done now
-/// (someone holds its `fcntl` lock, or it cannot be opened), so the lock stays.
-fn cut_back(mailbox: &Path, len: u64) -> bool {
-    let opened = open_regular(mailbox, OpenOptions::new().read(true).write(true).clone());
-    let file = match opened {
-        Ok(Some(f)) => f,
-        Ok(None) => return true,
-        Err(e) => {
-            log::warn!(
-                "cannot check {} after a crashed delivery: {e}",
-                mailbox.display()
-            );
-            return false;
-        }
-    };
-    let Ok(meta) = file.metadata() else {
-        return false;
-    };
-    if !matches!(try_fcntl_lock(&file), Ok(true)) {
-        return false;
-    }
-    if meta.len() > len {
-        if let Err(e) = file.set_len(len).and_then(|()| file.sync_data()) {
-            log::error!("cannot cut {} back to {len} octets: {e}", mailbox.display());
-            return false;
-        }
-        log::warn!(
-            "{}: cut back {} octets of a delivery a crash interrupted (never acknowledged)",
-            mailbox.display(),
-            meta.len() - len
-        );
-    }
-    true
-}
-
-/// Opens the mailbox for appending, creating it for the account when missing; `true` when
 /// it was created. Refuses anything but a regular file of the account with one link.
 fn open_mailbox(path: &Path, account: &User) -> Result<(File, bool), AppendError> {
     let flags = libc::O_CLOEXEC | libc::O_NOFOLLOW;
@@ -390,26 +179,6 @@ fn open_mailbox(path: &Path, account: &User) -> Result<(File, bool), AppendError
     Ok((file, created))
 }
 
-/// One try at an `fcntl` write lock on the whole file; `false` when another process has it.
-fn try_fcntl_lock(file: &File) -> io::Result<bool> {
-    // SAFETY: a zeroed flock is a valid value; the fields that matter are set below.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 0;
-    fl.l_len = 0;
-    // SAFETY: the descriptor is open for the duration of the call and `fl` outlives it.
-    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EACCES) | Some(libc::EAGAIN) => Ok(false),
-        _ => Err(e),
-    }
-}
-
 /// Appends `text` to the locked mailbox and makes it durable; on failure the mailbox is cut
 /// back to its old length (or removed, when this delivery created it).
 fn write_locked(
@@ -463,136 +232,14 @@ fn write_locked(
     }
 }
 
-/// What must precede a new message so that it starts after an empty line: an mbox written
-/// by other software may lack the final one.
+/// What must precede a new message in the mailbox of length `len` (see
+/// [`format::separator_after`]).
 fn missing_separator(file: &File, len: u64) -> io::Result<&'static [u8]> {
     use std::os::unix::fs::FileExt;
-    if len == 0 {
-        return Ok(b"");
-    }
     let mut tail = [0u8; 2];
     let n = len.min(2) as usize;
     file.read_exact_at(&mut tail[..n], len - n as u64)?;
-    Ok(match &tail[..n] {
-        [b'\n', b'\n'] => b"",
-        [b'\n'] if len == 1 => b"",
-        [.., b'\n'] => b"\n",
-        _ => b"\n\n",
-    })
-}
-
-/// The message as it is appended: `From ` line, LF line ends, mboxrd quoting, empty line.
-/// Built once per message for all its recipients, in memory or (for a large message) in a
-/// temporary file in `spill_dir`.
-pub fn mbox_text(message: &Message<'_>, spill_dir: &Path) -> io::Result<Body> {
-    let sender = if message.sender.is_empty() {
-        "MAILER-DAEMON"
-    } else {
-        message.sender
-    };
-    let sender: String = sender
-        .chars()
-        .map(|c| {
-            if c.is_whitespace() || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    let mut out = Body::new(spill_dir);
-    out.put(
-        format!(
-            "From {sender} {}\n",
-            super::trace::asctime_date(message.received)
-        )
-        .as_bytes(),
-    )?;
-    let mut lines = MboxLines::default();
-    lines.feed(message.trace, &mut out)?;
-    message.body.chunks(|c| lines.feed(c, &mut out))?;
-    lines.finish(&mut out)?;
-    Ok(out)
-}
-
-/// Turns CRLF line ends into LF and quotes `^>*From ` lines (mboxrd), over input that
-/// arrives in pieces cut anywhere.
-#[derive(Default)]
-struct MboxLines {
-    /// The start of the current line while it may still turn out to be `>*From `.
-    head: Vec<u8>,
-    /// The current line is past the point where quoting is decided.
-    decided: bool,
-    /// A CR was seen and the next octet says whether it ends the line.
-    cr: bool,
-    out: Vec<u8>,
-}
-
-/// A line start of this many `>` is written as it is (no such line is quoted).
-const MAX_QUOTE_HEAD: usize = 4096;
-
-impl MboxLines {
-    fn feed(&mut self, bytes: &[u8], sink: &mut impl Sink) -> io::Result<()> {
-        for &b in bytes {
-            if self.cr {
-                self.cr = false;
-                if b == b'\n' {
-                    self.end_line();
-                    continue;
-                }
-                self.octet(b'\r');
-            }
-            match b {
-                b'\r' => self.cr = true,
-                b'\n' => self.end_line(),
-                _ => self.octet(b),
-            }
-        }
-        sink.put(&self.out)?;
-        self.out.clear();
-        Ok(())
-    }
-
-    fn octet(&mut self, b: u8) {
-        if self.decided {
-            self.out.push(b);
-            return;
-        }
-        self.head.push(b);
-        let quotes = self.head.iter().take_while(|&&c| c == b'>').count();
-        let rest = &self.head[quotes..];
-        let undecided = (rest.is_empty() && quotes < MAX_QUOTE_HEAD)
-            || (rest.len() < 5 && b"From ".starts_with(rest));
-        if undecided {
-            return;
-        }
-        if rest.starts_with(b"From ") {
-            self.out.push(b'>');
-        }
-        self.out.append(&mut self.head);
-        self.decided = true;
-    }
-
-    fn end_line(&mut self) {
-        self.out.append(&mut self.head);
-        self.out.push(b'\n');
-        self.decided = false;
-    }
-
-    /// Ends the text: a last line without its line end gets one, then the empty line.
-    fn finish(&mut self, sink: &mut impl Sink) -> io::Result<()> {
-        if self.cr {
-            self.cr = false;
-            self.octet(b'\r');
-        }
-        if self.decided || !self.head.is_empty() {
-            self.end_line();
-        }
-        self.out.push(b'\n');
-        sink.put(&self.out)?;
-        self.out.clear();
-        Ok(())
-    }
+    Ok(format::separator_after(&tail[..n]))
 }
 
 impl Store for MboxStore {
@@ -746,6 +393,10 @@ fn within_quota(t: &Target, size: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lock::{lock_path, LOCK_MARK};
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::time::SystemTime;
 
     fn me() -> User {
         User::from_uid(Uid::effective())
@@ -778,68 +429,6 @@ mod tests {
     fn target(s: &MboxStore) -> Target {
         s.resolve(&Recipient::parse(&me().name).expect("valid"), 0)
             .expect("own account")
-    }
-
-    /// The mbox text of a message whose body arrives in pieces of `piece` octets (so that
-    /// line starts, `From ` and CRLF are cut at every place), spilled when it passes
-    /// `spill_at`.
-    fn text_of(sender: &str, body: &[u8], piece: usize, spill_at: usize) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        let mut b = Body::with_spill_at(dir.path(), spill_at);
-        for c in body.chunks(piece) {
-            b.put(c).unwrap();
-        }
-        let m = Message {
-            body: &b,
-            ..msg(sender, b"")
-        };
-        let text = mbox_text(&m, dir.path()).unwrap();
-        let mut out = Vec::new();
-        text.chunks(|c| {
-            out.extend_from_slice(c);
-            Ok(())
-        })
-        .unwrap();
-        String::from_utf8(out).expect("utf-8")
-    }
-
-    #[test]
-    fn quoting_is_the_same_whatever_the_pieces() {
-        let body = b"From a\r\n>From b\r\n>>>>From c\r\nFrom\r\nFro\r\n>>\r\n\rx\r\r\nend";
-        let whole = text_of("", body, body.len(), usize::MAX);
-        for piece in 1..body.len() {
-            for spill_at in [1, 7, usize::MAX] {
-                assert_eq!(
-                    text_of("", body, piece, spill_at),
-                    whole,
-                    "{piece} {spill_at}"
-                );
-            }
-        }
-        let (_, rest) = whole.split_once('\n').unwrap();
-        assert_eq!(
-            rest,
-            "Return-Path: <s@x>\n>From a\n>>From b\n>>>>>From c\nFrom\nFro\n>>\n\rx\r\nend\n\n"
-        );
-    }
-
-    #[test]
-    fn from_line_lf_and_mboxrd_quoting() {
-        let text = text_of(
-            "",
-            b"Subject: x\r\n\r\nFrom me\r\n>From you\r\n>>From them\r\nFromage\r\n>x\r\nlast",
-            1 << 20,
-            usize::MAX,
-        );
-        let (first, rest) = text.split_once('\n').expect("From_ line");
-        assert!(first.starts_with("From MAILER-DAEMON "), "{first}");
-        assert_eq!(first.len(), "From MAILER-DAEMON ".len() + 24, "{first}");
-        assert_eq!(
-            rest,
-            "Return-Path: <s@x>\nSubject: x\n\n>From me\n>>From you\n>>>From them\nFromage\n>x\nlast\n\n"
-        );
-        let spaced = text_of("a b@c", b"x\r\n", 1, usize::MAX);
-        assert!(spaced.starts_with("From a_b@c "), "{spaced}");
     }
 
     #[test]
@@ -982,7 +571,12 @@ mod tests {
             .unwrap();
         fs::write(
             lock_path(&path),
-            format!("{LOCK_MARK} {} {} {}\n", s.host, dead_pid(), whole.len()),
+            format!(
+                "{LOCK_MARK} {} {} {}\n",
+                s.locker.host,
+                dead_pid(),
+                whole.len()
+            ),
         )
         .unwrap();
         (path, whole)
@@ -1028,7 +622,7 @@ mod tests {
         // Held by this very process (alive), on this host: not stale, whatever it says.
         fs::write(
             lock_path(&path),
-            format!("{LOCK_MARK} {} {} 0\n", s.host, std::process::id()),
+            format!("{LOCK_MARK} {} {} 0\n", s.locker.host, std::process::id()),
         )
         .unwrap();
         let e = s
