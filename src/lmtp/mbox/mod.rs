@@ -2,36 +2,47 @@
 //! directory (`MAIL_SPOOL`, `/var/mail/` by default), as `mail`, `mutt`, Dovecot's `mbox`
 //! driver and Postfix's `local` read and write them.
 //!
-//! A recipient is known when `getpwnam()` finds the account. A delivery appends, in one
-//! `write`, the message in mbox form ([`format`]), then `fsync`s the file (and the spool
-//! directory when the file is new) before the recipient's `Ok`, all under the mailbox's
-//! locks ([`lock`]).
+//! A recipient is known when `getpwnam()` finds the account (never one with uid 0). A
+//! delivery appends, in one `write`, the message in
+//! mbox form ([`format`]), then `fsync`s the file (and the spool directory when the file is
+//! new) before the recipient's `Ok`, all under the mailbox's locks ([`lock`]).
 //!
-//! Safety: the mailbox is opened with `O_NOFOLLOW`; an existing one must be a regular file
-//! owned by the account with one link; a new one is created `0600` (`O_EXCL`) and given to
-//! the account. A failed append is truncated back to the old length.
+//! Who does what: the worker creates and removes its dot-locks with its own identity (the
+//! mail account, or root), which is what makes a lock provably ours; everything done to a
+//! mailbox (open, create, append, `fsync`, cut back) is done with the recipient's
+//! file-system identity ([`identity`]), so it never has more rights than its owner. A new
+//! mailbox is created `0600` with `O_EXCL | O_NOFOLLOW` as the recipient, hence owned by
+//! them; an existing one must be a regular file of the recipient with one link, opened
+//! without following a link ([`crate::safe_fs`]). A failed append is cut back to the old
+//! length. Crash recovery cuts a mailbox back only behind a lock that is provably ours and
+//! only when the mailbox passes those same checks.
 
 mod format;
+mod identity;
 mod lock;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::unistd::{Uid, User};
+use nix::unistd::User;
 
 use super::address::Recipient;
 use super::body::Body;
 use super::reply::Reply;
 use super::store::{io_failure, over_quota, Message, Quota, Store, Target};
+use crate::log_text::{untrusted, Throttle};
+use crate::safe_fs::{self, OpenError};
 
 pub use format::mbox_text;
-use lock::{try_fcntl_lock, DotLocker, MailboxMutexes};
+use lock::{try_fcntl_lock, Attempt, CrashedLock, DotLocker, Existing, MailboxMutexes, StaleLock};
 
 /// First pause between lock tries; it doubles up to the configured `SLEEP_TIME`.
 const FIRST_LOCK_PAUSE: Duration = Duration::from_millis(5);
+/// A fault that every recipient meets (the spool gone, a planted file) is logged once per
+/// this long for each path.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// How the spool is set up.
 #[derive(Debug, Clone)]
@@ -50,6 +61,8 @@ pub struct MboxStore {
     settings: MboxSettings,
     mutexes: MailboxMutexes,
     locker: DotLocker,
+    /// Keeps repeated warnings to one per burst (keys: paths).
+    warnings: Throttle,
 }
 
 /// Why one append failed.
@@ -59,38 +72,73 @@ enum AppendError {
     Io(&'static str, io::Error),
 }
 
+impl From<OpenError> for AppendError {
+    fn from(e: OpenError) -> AppendError {
+        match e {
+            OpenError::Unsafe(why) => AppendError::Unsafe(why.to_string()),
+            OpenError::Io(e) => AppendError::Io("cannot open the mailbox", e),
+        }
+    }
+}
+
+/// A path for a log line: it holds an account name, and the spool's name is configuration.
+fn shown(path: &Path) -> crate::log_text::Untrusted<'_> {
+    untrusted(path.as_os_str().as_encoded_bytes())
+}
+
 impl MboxStore {
     pub fn new(settings: MboxSettings) -> MboxStore {
-        if !Uid::effective().is_root() {
+        if !identity::can_take_other_identities() {
             log::warn!(
-                "tcp_lmtpn_server is not running as root: it can deliver only to mailboxes \
-                 owned by uid {} (see docs/lmtp.md)",
-                Uid::effective()
+                "tcp_lmtpn_server has neither root nor CAP_SETUID: it can deliver only to \
+                 mailboxes owned by uid {} (see docs/lmtp.md)",
+                safe_fs::effective_uid()
             );
         }
         let store = MboxStore {
             settings,
             mutexes: MailboxMutexes::default(),
             locker: DotLocker::new(super::trace::host_name().replace(['/', ' '], "_")),
+            warnings: Throttle::new(WARN_EVERY),
         };
         store.recover_crashed_deliveries();
         store
     }
 
-    /// At start: our dot-locks left by a worker that died (this host, its pid gone) are
-    /// removed, and a half-written message behind one is cut back, before any delivery.
+    /// At start, before any delivery: our dot-locks left by a worker that died (this host,
+    /// its pid gone) are dealt with, a half-written message behind one cut back. Every other
+    /// lock is left for the delivery that meets it.
     fn recover_crashed_deliveries(&self) {
         let Ok(entries) = fs::read_dir(&self.settings.spool) else {
             return;
         };
         for entry in entries.flatten() {
-            if entry.file_name().as_encoded_bytes().ends_with(b".lock") {
-                lock::recover_stale(&entry.path(), &self.locker.host, true);
+            let name = entry.file_name();
+            let Some(user) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
+                continue;
+            };
+            if let Existing::Crashed(crashed) = self.locker.examine(&entry.path()) {
+                match User::from_name(user) {
+                    Ok(Some(account)) => {
+                        self.recover(&crashed, &account);
+                    }
+                    _ => self.warn_once(
+                        &crashed.path,
+                        "a lock of a crashed delivery, for no local account: left alone",
+                    ),
+                }
             }
         }
     }
 
-    /// One try at appending `text` to the mailbox of `account` under both locks: `false`
+    /// Logs `what` about `path`, unless it was logged in the last [`WARN_EVERY`].
+    fn warn_once(&self, path: &Path, what: &str) {
+        if self.warnings.allows(&path.to_string_lossy()) {
+            log::warn!("{}: {what}", shown(path));
+        }
+    }
+
+    /// One try at appending `text` to the mailbox of `account` under all its locks: `false`
     /// when another holder has a lock (nothing written). The in-process mutex is held only
     /// for the try, never while waiting between tries.
     fn try_append(&self, path: &Path, account: &User, text: &Body) -> Result<bool, AppendError> {
@@ -98,85 +146,193 @@ impl MboxStore {
         // A thread that panicked while holding it left no state behind: the file is
         // consistent or truncated back; carry on.
         let _in_process = mutex.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(dot) = self
+        let attempt = self
             .locker
             .try_lock(path)
-            .map_err(|lock::LockError(what, e)| AppendError::Io(what, e))?
-        else {
-            return Ok(false);
-        };
-        let attempt = open_mailbox(path, account).and_then(|(file, created)| {
-            match try_fcntl_lock(&file) {
-                Ok(true) => write_locked(&file, created, path, text, |len| {
-                    dot.note_length(&self.locker.host, len)
-                })
-                .map(|()| true),
-                Ok(false) => Ok(false),
-                Err(e) => Err(AppendError::Io("cannot lock the mailbox", e)),
+            .map_err(|lock::LockError(what, e)| AppendError::Io(what, e))?;
+        let mut dot = match attempt {
+            Attempt::Locked(dot) => dot,
+            Attempt::Busy(existing) => {
+                self.deal_with(existing, path, account);
+                return Ok(false);
             }
-            // The file closes here, which releases the fcntl lock.
-        });
-        drop(dot);
-        attempt
+        };
+        // The recipient's identity for the mailbox only; the dot-lock is removed (when `dot`
+        // drops, after this) with ours.
+        let as_recipient = identity::become_user(account.uid.as_raw()).map_err(|e| {
+            AppendError::Io("cannot take the recipient's identity", io::Error::other(e))
+        })?;
+        let (file, created) = open_mailbox(path, account)?;
+        let appended = match try_fcntl_lock(&file) {
+            Ok(true) => {
+                write_locked(&file, created, path, text, |len| dot.note_length(len)).map(|()| true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(AppendError::Io("cannot lock the mailbox", e)),
+        };
+        // The file closes here, which releases the fcntl lock.
+        drop(file);
+        drop(as_recipient);
+        appended
+    }
+
+    /// A dot-lock someone has: a crash of ours is recovered from, a stale lock removed, and
+    /// anything odd logged; the caller tries again later.
+    fn deal_with(&self, existing: Existing, path: &Path, account: &User) {
+        match existing {
+            Existing::Gone => {}
+            Existing::Held { odd: None } => {}
+            Existing::Held { odd: Some(why) } => {
+                self.warn_once(
+                    &lock::lock_path(path),
+                    &format!(
+                        "{why}: not a dot-lock, never written through; removed once it is \
+                         stale"
+                    ),
+                );
+            }
+            Existing::Stale(stale) => self.remove_stale(&stale, account),
+            Existing::Crashed(crashed) => {
+                self.recover(&crashed, account);
+            }
+        }
+    }
+
+    /// Removes a stale lock of unknown origin without reading it, with an identity that may
+    /// remove it from a sticky spool: its owner's (unless that is root), else ours.
+    fn remove_stale(&self, stale: &StaleLock, account: &User) {
+        let own = safe_fs::effective_uid();
+        let removed = if stale.owner != own && stale.owner != 0 {
+            identity::become_user(stale.owner)
+                .map_err(io::Error::other)
+                .and_then(|_as_owner| stale.remove())
+        } else {
+            stale.remove()
+        };
+        match removed {
+            Ok(true) => log::warn!(
+                "removed the stale dot-lock {} (uid {}, {} s old) to deliver to {}",
+                shown(&stale.path),
+                stale.owner,
+                stale.age.as_secs(),
+                account.name
+            ),
+            Ok(false) => {}
+            Err(e) => self.warn_once(
+                &stale.path,
+                &format!("cannot remove this stale dot-lock: {e}"),
+            ),
+        }
+    }
+
+    /// After a crash of ours: cuts the mailbox back to the length our lock noted, then
+    /// removes the lock; `false` when that cannot be done now (the lock stays). The mailbox
+    /// is cut only when it passes every check a delivery makes, as the recipient, under its
+    /// `fcntl` lock, and after the lock has been found again to be the very one judged.
+    fn recover(&self, crashed: &CrashedLock, account: &User) -> bool {
+        // The mailbox stays fcntl-locked until the lock is gone, so that no other program
+        // appends to it in between.
+        let _held = match crashed.mark.length {
+            Some(len) => match self.cut_back(crashed, account, len) {
+                Ok(held) => held,
+                Err(Later) => return false,
+            },
+            // The holder died before its append began: nothing to cut.
+            None => None,
+        };
+        if !self.locker.still_crashed(crashed) {
+            return false;
+        }
+        match crashed.remove() {
+            Ok(removed) => {
+                if removed {
+                    log::warn!("removed the stale dot-lock {}", shown(&crashed.path));
+                }
+                removed
+            }
+            Err(e) => {
+                self.warn_once(&crashed.path, &format!("cannot remove this dot-lock: {e}"));
+                false
+            }
+        }
+    }
+
+    /// The cut-back of [`MboxStore::recover`], as the recipient: the mailbox, cut and still
+    /// `fcntl`-locked (`None` when there is no mailbox), or [`Later`].
+    fn cut_back(
+        &self,
+        crashed: &CrashedLock,
+        account: &User,
+        len: u64,
+    ) -> Result<Option<File>, Later> {
+        let mailbox = &crashed.mailbox;
+        let refuse = |why: String| {
+            self.warn_once(
+                mailbox,
+                &format!(
+                    "not cut back after a crashed delivery: {why}; its lock stays (deliveries \
+                     to it are deferred) until the mailbox is put right"
+                ),
+            );
+            Later
+        };
+        if account.uid.is_root() {
+            // Never written with the superuser's identity, as no delivery is.
+            return Err(refuse("it is the mailbox of an account with uid 0".into()));
+        }
+        let as_recipient =
+            identity::become_user(account.uid.as_raw()).map_err(|e| refuse(e.to_string()))?;
+        let options = OpenOptions::new().read(true).write(true).clone();
+        let file = match safe_fs::open_existing(mailbox, &options, Some(account.uid.as_raw())) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(refuse(e.to_string())),
+        };
+        match try_fcntl_lock(&file) {
+            Ok(true) => {}
+            Ok(false) => return Err(Later), // someone reads or writes it now
+            Err(e) => return Err(refuse(format!("cannot lock it: {e}"))),
+        }
+        // Our lock is read with our identity (it is 0600), the mailbox cut with theirs.
+        drop(as_recipient);
+        if !self.locker.still_crashed(crashed) {
+            return Err(Later);
+        }
+        let _as_recipient =
+            identity::become_user(account.uid.as_raw()).map_err(|e| refuse(e.to_string()))?;
+        let now = file
+            .metadata()
+            .map_err(|e| refuse(format!("cannot examine it: {e}")))?
+            .len();
+        if now > len {
+            if let Err(e) = file.set_len(len).and_then(|()| file.sync_data()) {
+                log::error!("{}: cannot cut back to {len} octets: {e}", shown(mailbox));
+                return Err(Later);
+            }
+            log::warn!(
+                "{}: cut back {} octets of a delivery a crash interrupted (never acknowledged)",
+                shown(mailbox),
+                now - len
+            );
+        }
+        Ok(Some(file))
     }
 }
 
-/// it was created. Refuses anything but a regular file of the account with one link.
+/// A recovery that cannot be done now: the lock stays, to be looked at again.
+struct Later;
+
+/// Opens the mailbox for appending, creating it when missing (`true`), with the identity
+/// of the thread, which is the recipient's: refuses anything but a regular file of the
+/// account with one link, and never follows a link.
 fn open_mailbox(path: &Path, account: &User) -> Result<(File, bool), AppendError> {
-    let flags = libc::O_CLOEXEC | libc::O_NOFOLLOW;
-    let existing = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .custom_flags(flags | libc::O_NONBLOCK)
-        .open(path);
-    let (file, created) = match existing {
-        Ok(f) => (f, false),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let f = OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(flags)
-                .open(path)
-                .map_err(|e| AppendError::Io("cannot create the mailbox", e))?;
-            if let Err(e) = nix::unistd::fchown(&f, Some(account.uid), Some(account.gid)) {
-                let _ = fs::remove_file(path);
-                return Err(AppendError::Io(
-                    "cannot give the new mailbox to its owner",
-                    io::Error::from(e),
-                ));
-            }
-            (f, true)
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(AppendError::Unsafe("the mailbox is a symbolic link".into()))
-        }
-        Err(e) => return Err(AppendError::Io("cannot open the mailbox", e)),
-    };
-    let meta = file
-        .metadata()
-        .map_err(|e| AppendError::Io("cannot examine the mailbox", e))?;
-    if !meta.file_type().is_file() {
-        return Err(AppendError::Unsafe(
-            "the mailbox is not a regular file".into(),
-        ));
-    }
-    if meta.nlink() != 1 {
-        return Err(AppendError::Unsafe(format!(
-            "the mailbox has {} hard links",
-            meta.nlink()
-        )));
-    }
-    if meta.uid() != account.uid.as_raw() {
-        return Err(AppendError::Unsafe(format!(
-            "the mailbox belongs to uid {}, not to {} (uid {})",
-            meta.uid(),
-            account.name,
-            account.uid
-        )));
-    }
-    Ok((file, created))
+    let options = OpenOptions::new().read(true).append(true).clone();
+    Ok(safe_fs::open_or_create(
+        path,
+        &options,
+        0o600,
+        Some(account.uid.as_raw()),
+    )?)
 }
 
 /// Appends `text` to the locked mailbox and makes it durable; on failure the mailbox is cut
@@ -328,7 +484,11 @@ impl Store for MboxStore {
             .map(|(r, t)| {
                 let r = r.unwrap_or_else(|| Err(Reply::new(451, "4.3.0", "not delivered")));
                 if let Err(reply) = &r {
-                    log::error!("message {} to {}: {reply}", message.id, t.key);
+                    log::error!(
+                        "message {} to {}: {reply}",
+                        message.id,
+                        untrusted(t.key.as_bytes())
+                    );
                 }
                 r
             })
@@ -357,7 +517,10 @@ impl MboxStore {
 fn failure_reply(t: &Target, e: AppendError) -> Reply {
     match e {
         AppendError::Unsafe(why) => {
-            log::error!("refusing to deliver to {}: {why}", t.key);
+            log::error!(
+                "refusing to deliver to {}: {why}",
+                untrusted(t.key.as_bytes())
+            );
             Reply::new(
                 451,
                 "4.3.0",
@@ -368,10 +531,17 @@ fn failure_reply(t: &Target, e: AppendError) -> Reply {
     }
 }
 
-/// The account `name` from the password database; `unknown()` is the reply when there is
-/// none, and a failing look-up is a temporary failure.
+/// The account `name` from the password database, if mail may be delivered to it:
+/// `unknown()` is the reply when there is none, a failing look-up is a temporary failure,
+/// and an account with uid 0 is refused (`550 5.7.1`): its mailbox would be written with
+/// the superuser's identity, which this image never uses.
 fn local_account(name: &str, unknown: impl FnOnce() -> Reply) -> Result<User, Reply> {
     match User::from_name(name) {
+        Ok(Some(u)) if u.uid.is_root() => Err(Reply::new(
+            550,
+            "5.7.1",
+            "Not delivered to an account with uid 0: alias it to a person",
+        )),
         Ok(Some(u)) => Ok(u),
         Ok(None) => Err(unknown()),
         Err(e) => Err(io_failure("cannot look up the account", &e.into())),
@@ -396,13 +566,31 @@ mod tests {
     use lock::{lock_path, LOCK_MARK};
     use std::io::Write;
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
     use std::time::SystemTime;
 
+    /// Whom the tests deliver to: `alice` when they run as root (an account with uid 0 is
+    /// never delivered to; scripts/install-test-deps.sh creates her), else the test's own
+    /// account, the only one an unprivileged image can deliver to.
     fn me() -> User {
-        User::from_uid(Uid::effective())
-            .ok()
-            .flatten()
-            .expect("the test's own account")
+        let uid = nix::unistd::Uid::effective();
+        let user = if uid.is_root() {
+            User::from_name("alice").ok().flatten()
+        } else {
+            User::from_uid(uid).ok().flatten()
+        };
+        user.expect("the recipient account (run scripts/install-test-deps.sh as root)")
+    }
+
+    /// A spool that recipients can create their mailboxes in, as a `1777` `/var/mail`.
+    fn spool() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
+        dir
     }
 
     fn store(spool: &Path, attempts: u32, sleep_ms: u64) -> MboxStore {
@@ -433,7 +621,7 @@ mod tests {
 
     #[test]
     fn appends_create_a_private_file_and_keep_messages_apart() {
-        let spool = tempfile::tempdir().unwrap();
+        let spool = spool();
         let s = store(spool.path(), 3, 10);
         let e = s
             .resolve(&Recipient::parse("no-such-account-here").unwrap(), 0)
@@ -463,7 +651,7 @@ mod tests {
 
     #[test]
     fn a_symlink_or_a_shared_file_is_refused() {
-        let spool = tempfile::tempdir().unwrap();
+        let spool = spool();
         let s = store(spool.path(), 1, 10);
         let t = target(&s);
         let path = spool.path().join(me().name);
@@ -489,7 +677,7 @@ mod tests {
 
     #[test]
     fn a_held_dot_lock_defers_and_a_stale_one_is_removed() {
-        let spool = tempfile::tempdir().unwrap();
+        let spool = spool();
         let s = store(spool.path(), 3, 20);
         let t = target(&s);
         let lock = lock_path(&spool.path().join(me().name));
@@ -515,7 +703,7 @@ mod tests {
 
     #[test]
     fn a_locked_mailbox_does_not_hold_up_the_others() {
-        let spool = tempfile::tempdir().unwrap();
+        let spool = spool();
         // 4 tries 100 ms apart: 400 ms for the whole message, not per mailbox.
         let s = store(spool.path(), 4, 100);
         let first = target(&s);
@@ -579,12 +767,18 @@ mod tests {
             ),
         )
         .unwrap();
+        // As private as the image makes its own: read back with the worker's identity only.
+        fs::set_permissions(
+            lock_path(&path),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         (path, whole)
     }
 
     #[test]
     fn a_delivery_cut_by_a_crash_is_cut_back_at_the_next_delivery() {
-        let spool = tempfile::tempdir().unwrap();
+        let spool = spool();
         let s = store(spool.path(), 3, 10);
         let (path, whole) = crashed_append(&s, spool.path());
         let t = target(&s);
@@ -602,7 +796,7 @@ mod tests {
 
     #[test]
     fn a_delivery_cut_by_a_crash_is_cut_back_when_the_next_worker_starts() {
-        let spool = tempfile::tempdir().unwrap();
+        let spool = spool();
         let s = store(spool.path(), 3, 10);
         let (path, whole) = crashed_append(&s, spool.path());
         // Someone else's fresh lock on another mailbox is left alone.
@@ -615,7 +809,7 @@ mod tests {
 
     #[test]
     fn a_lock_of_a_live_process_is_respected() {
-        let spool = tempfile::tempdir().unwrap();
+        let spool = spool();
         let s = store(spool.path(), 2, 10);
         let t = target(&s);
         let path = spool.path().join(me().name);
@@ -635,7 +829,7 @@ mod tests {
 
     #[test]
     fn an_fcntl_lock_of_another_process_defers() {
-        let spool = tempfile::tempdir().unwrap();
+        let spool = spool();
         let s = store(spool.path(), 2, 50);
         let t = target(&s);
         assert!(s.deliver(&msg("a@b", b"first\r\n"), &[&t])[0].is_ok());
@@ -672,7 +866,7 @@ mod tests {
 
     #[test]
     fn byte_quota_against_the_file_length() {
-        let spool = tempfile::tempdir().unwrap();
+        let spool = spool();
         let s = store(spool.path(), 1, 10);
         let mut r = Recipient::parse(&me().name).unwrap();
         r.quota = Some(Quota {
