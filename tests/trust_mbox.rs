@@ -2,8 +2,8 @@
 //! `/var/mail`, where any local account may plant files beside the mailboxes (issue 10).
 //! Each test carries out one attack or fault with the real dispatcher and image and checks
 //! the guarantee: a forged dot-lock is never believed, a hard-linked or symbolic-linked
-//! mailbox or lock is never written through, and a mailbox is written with its owner's
-//! rights, not root's.
+//! mailbox or lock is never written through, a missing spool is a temporary failure, and a
+//! mailbox is written with its owner's rights, not root's.
 //!
 //! The spool is made `1777` explicitly (what the image needs: recipients create their own
 //! mailboxes), and ownership is asserted about the recipient, never about the worker's uid,
@@ -283,6 +283,35 @@ fn a_planted_symbolic_link_is_never_written_through() {
         )),
         "the log names the planted mailbox:\n{log}"
     );
+}
+
+#[test]
+fn a_missing_spool_is_a_temporary_failure_and_is_never_created() {
+    account("alice");
+    account("bob");
+    let (d, spool) = start("");
+    let away = d.root.join("mail.away");
+    fs::rename(&spool, &away).expect("move the spool away");
+    let mut c = Lmtp::connect(RELAY, d.addr(1));
+    c.lhlo();
+    assert_eq!(c.cmd("MAIL FROM:<sender@relay.example>").code, 250);
+    for to in ["alice", "bob", "no-such-account-here", "alice"] {
+        let r = c.cmd(&format!("RCPT TO:<{to}@example.com>"));
+        assert_eq!(r.code, 451, "{to}: the relay must retry: {r:?}");
+        assert!(r.text().starts_with("4.3.0"), "{r:?}");
+    }
+    c.quit();
+    assert!(!spool.exists(), "a delivery created the spool");
+    let log = d.wait_for_service_log(LOG, "MAIL_SPOOL");
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("MAIL_SPOOL") && l.contains(&spool.display().to_string()))
+        .count();
+    assert_eq!(lines, 1, "logged once for the burst, with the path:\n{log}");
+
+    fs::rename(&away, &spool).expect("put the spool back");
+    assert_eq!(deliver(&d, "alice", "after").code, 250);
+    assert!(spool.join("alice").exists());
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! directory (`MAIL_SPOOL`, `/var/mail/` by default), as `mail`, `mutt`, Dovecot's `mbox`
 //! driver and Postfix's `local` read and write them.
 //!
-//! A recipient is known when `getpwnam()` finds the account (never one with uid 0). A
-//! delivery appends, in one `write`, the message in
+//! A recipient is known when `getpwnam()` finds the account (never one with uid 0) and the
+//! spool is there: a spool that is missing or cannot be examined defers every recipient
+//! (`451 4.3.0`), and is never created. A delivery appends, in one `write`, the message in
 //! mbox form ([`format`]), then `fsync`s the file (and the spool directory when the file is
 //! new) before the recipient's `Ok`, all under the mailbox's locks ([`lock`]).
 //!
@@ -33,7 +34,7 @@ use super::body::Body;
 use super::reply::Reply;
 use super::store::{io_failure, over_quota, Message, Quota, Store, Target};
 use crate::log_text::{untrusted, Throttle};
-use crate::safe_fs::{self, OpenError};
+use crate::safe_fs::{self, DirState, OpenError};
 
 pub use format::mbox_text;
 use lock::{try_fcntl_lock, Attempt, CrashedLock, DotLocker, Existing, MailboxMutexes, StaleLock};
@@ -109,8 +110,12 @@ impl MboxStore {
     /// its pid gone) are dealt with, a half-written message behind one cut back. Every other
     /// lock is left for the delivery that meets it.
     fn recover_crashed_deliveries(&self) {
-        let Ok(entries) = fs::read_dir(&self.settings.spool) else {
-            return;
+        let entries = match fs::read_dir(&self.settings.spool) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.spool_unavailable(&e.to_string());
+                return;
+            }
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -136,6 +141,33 @@ impl MboxStore {
         if self.warnings.allows(&path.to_string_lossy()) {
             log::warn!("{}: {what}", shown(path));
         }
+    }
+
+    /// Logs (once per burst) that the spool cannot be used, and why.
+    fn spool_unavailable(&self, why: &str) {
+        let spool = &self.settings.spool;
+        if self.warnings.allows(&spool.to_string_lossy()) {
+            log::error!(
+                "MAIL_SPOOL {}: {why}: every recipient is deferred (451 4.3.0) until it is \
+                 back; it is never created by a delivery",
+                shown(spool)
+            );
+        }
+    }
+
+    /// The spool is there (a directory); else the reply that defers the recipient.
+    fn spool_present(&self) -> Result<(), Reply> {
+        let why = match safe_fs::dir_state(&self.settings.spool) {
+            Ok(DirState::Present) => return Ok(()),
+            Ok(DirState::Absent) => "it does not exist".to_string(),
+            Err(e) => format!("cannot be examined: {e}"),
+        };
+        self.spool_unavailable(&why);
+        Err(Reply::new(
+            451,
+            "4.3.0",
+            "Temporary failure: the mail spool is not available",
+        ))
     }
 
     /// One try at appending `text` to the mailbox of `account` under all its locks: `false`
@@ -404,6 +436,8 @@ impl Store for MboxStore {
     }
 
     fn resolve(&self, r: &Recipient, size: u64) -> Result<Target, Reply> {
+        // A spool that is not there says nothing about the account: defer, never bounce.
+        self.spool_present()?;
         let account = local_account(&r.user, || {
             Reply::new(550, "5.1.1", "User unknown: no such local account")
         })?;
@@ -415,7 +449,7 @@ impl Store for MboxStore {
             quota: r.quota.or(self.settings.default_quota),
             ignore_quota: r.ignores_quota(),
         };
-        if within_quota(&target, size) {
+        if within_quota(&target, size)? {
             Ok(target)
         } else {
             Err(over_quota(self.settings.over_quota_permanent))
@@ -497,8 +531,10 @@ impl Store for MboxStore {
 }
 
 impl MboxStore {
-    /// Before the first try: the account still exists and the quota admits the message.
+    /// Before the first try: the spool and the account are still there and the quota
+    /// admits the message.
     fn prepare(&self, t: &Target, size: u64) -> Result<User, Reply> {
+        self.spool_present()?;
         let account = local_account(&t.user, || {
             Reply::new(
                 451,
@@ -506,7 +542,7 @@ impl MboxStore {
                 "The account disappeared during the transaction",
             )
         })?;
-        if !within_quota(t, size) {
+        if !within_quota(t, size)? {
             return Err(over_quota(self.settings.over_quota_permanent));
         }
         Ok(account)
@@ -549,14 +585,19 @@ fn local_account(name: &str, unknown: impl FnOnce() -> Reply) -> Result<User, Re
 }
 
 /// The byte quota against the mailbox file's length (the message count is not kept for
-/// mbox files; see docs/lmtp.md).
-fn within_quota(t: &Target, size: u64) -> bool {
+/// mbox files; see docs/lmtp.md). A mailbox not there yet uses nothing; one that cannot be
+/// measured is a temporary failure.
+fn within_quota(t: &Target, size: u64) -> Result<bool, Reply> {
     match t.quota {
         Some(q) if !t.ignore_quota && q.bytes > 0 => {
-            let used = fs::symlink_metadata(&t.key).map(|m| m.len()).unwrap_or(0);
-            q.admits(used, 0, size)
+            let used = match fs::symlink_metadata(&t.key) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(io_failure("cannot measure the mailbox", &e)),
+            };
+            Ok(q.admits(used, 0, size))
         }
-        _ => true,
+        _ => Ok(true),
     }
 }
 
