@@ -67,15 +67,16 @@ fn lock_host() -> String {
 }
 
 /// A dot-lock in our own format that names this host and a pid no process has, owned by
-/// `owner`: what a worker that crashed in the middle of an append would leave, had it been
-/// written by `owner`.
-fn plant_lock(path: &Path, owner: &User, length: u64) {
+/// the uid `owner`: what a worker that crashed in the middle of an append would leave, had
+/// it been written by `owner`.
+fn plant_lock(path: &Path, owner: u32, length: u64) {
     fs::write(
         path,
         format!("tcp_lmtpn_server {} 999999 {length}\n", lock_host()),
     )
     .expect("plant a dot-lock");
-    nix::unistd::chown(path, Some(owner.uid), Some(owner.gid)).expect("chown the lock");
+    nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(owner)), None)
+        .expect("chown the lock");
 }
 
 /// Makes `path` (not what it may point to) look older than the five-minute stale age.
@@ -171,7 +172,7 @@ fn a_dot_lock_forged_by_another_account_never_cuts_the_mailbox() {
     // Anyone who can write the spool plants a lock that claims a dead worker of ours began
     // an append at length 0.
     let lock = spool.join("alice.lock");
-    plant_lock(&lock, &nobody, 0);
+    plant_lock(&lock, nobody.uid.as_raw(), 0);
     let r = deliver(&d, "alice", "second");
     assert_unchanged(
         &mailbox,
@@ -215,16 +216,12 @@ fn crash_recovery_never_truncates_a_file_hard_linked_into_the_spool() {
     let (root_file, root_content) = victim(&d.root, "root-file", &root);
     let (bob_file, bob_content) = victim(&d.root, "bob-file", &bob);
     fs::hard_link(&root_file, spool.join("alice")).expect("link alice's mailbox");
-    plant_lock(&spool.join("alice.lock"), &nobody, 0);
+    plant_lock(&spool.join("alice.lock"), nobody.uid.as_raw(), 0);
     fs::hard_link(&bob_file, spool.join("bob")).expect("link bob's mailbox");
     let worker_uid = fs::metadata(format!("/proc/{}", d.only_worker("tcp_lmtpn_server")))
         .expect("the worker")
         .uid();
-    let worker = User::from_uid(nix::unistd::Uid::from_raw(worker_uid))
-        .ok()
-        .flatten()
-        .expect("the worker's account");
-    plant_lock(&spool.join("bob.lock"), &worker, 0);
+    plant_lock(&spool.join("bob.lock"), worker_uid, 0);
 
     // A fresh worker recovers "crashed" deliveries when it starts.
     restart_worker(&d);
