@@ -429,6 +429,17 @@ pub fn try_fcntl_lock(file: &File) -> io::Result<bool> {
     }
 }
 
+/// For tests: makes the file at `path` older than the stale age.
+#[cfg(test)]
+pub fn make_stale(path: &Path) {
+    let old = SystemTime::now() - STALE_DOT_LOCK * 2;
+    let file = File::options()
+        .write(true)
+        .open(path)
+        .expect("open the lock");
+    file.set_modified(old).expect("backdate the lock");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,13 +538,7 @@ mod tests {
         fs::write(&lock, format!("{LOCK_MARK} testhost {} 0\n", dead_pid())).unwrap();
         nix::unistd::chown(&lock, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
         assert!(matches!(l.examine(&lock), Existing::Held { odd: None }));
-        let old = SystemTime::now() - Duration::from_secs(600);
-        File::options()
-            .write(true)
-            .open(&lock)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        make_stale(&lock);
         match l.examine(&lock) {
             Existing::Stale(s) => {
                 assert_eq!(s.owner, 4242);

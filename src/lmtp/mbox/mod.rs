@@ -731,13 +731,7 @@ mod tests {
         assert_eq!((e.code, e.status), (450, "4.2.0"), "{e}");
         assert!(started.elapsed() >= Duration::from_millis(60));
         assert!(lock.exists(), "someone else's lock is left alone");
-        let old = SystemTime::now() - Duration::from_secs(600);
-        File::options()
-            .write(true)
-            .open(&lock)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        lock::make_stale(&lock);
         assert!(s.deliver(&msg("a@b", b"x\r\n"), &[&t])[0].is_ok());
         assert!(!lock.exists());
     }
