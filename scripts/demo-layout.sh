@@ -22,6 +22,7 @@ if [ -z "$account" ]; then
     if [ "$(id -u)" -eq 0 ]; then account=nobody; else account=$(id -un); fi
 fi
 mkdir -p "$root/lib" "$root/config" "$root/log" "$root/queue" "$root/store" "$root/mail"
+chmod 1777 "$root/mail" # recipients create their own mailboxes (docs/lmtp.md, "The spool's mode")
 root=$(cd "$root" && pwd)
 for prog in dispatcher tcp_lmtp_server tcp_lmtpn_server; do
     install -m 0755 "$bindir/$prog" "$root/lib/$prog"

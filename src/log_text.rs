@@ -15,6 +15,8 @@
 //!
 //! Everything else, non-ASCII letters included, is shown as it is, so `jörg@example.com` stays
 //! readable. The escaping is reversible: no two inputs show the same.
+//!
+//! [`Throttle`] keeps a warning that every recipient would meet to one line per burst.
 
 use std::fmt;
 
@@ -82,6 +84,42 @@ impl fmt::Debug for Untrusted<'_> {
     }
 }
 
+/// Lets a recurring warning through once per `every` for each key (a path, say), so that a
+/// fault every recipient meets (a spool gone, a lock planted) is logged once per burst, not
+/// once per recipient, and yet again while it lasts.
+pub struct Throttle {
+    every: std::time::Duration,
+    last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Throttle {
+    /// Keys remembered at most; the table is forgotten past this (a warning may repeat).
+    const KEYS: usize = 1024;
+
+    pub fn new(every: std::time::Duration) -> Throttle {
+        Throttle {
+            every,
+            last: Default::default(),
+        }
+    }
+
+    /// Whether the warning for `key` should be logged now.
+    pub fn allows(&self, key: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = last.get(key) {
+            if now.duration_since(*at) < self.every {
+                return false;
+            }
+        }
+        if last.len() >= Self::KEYS {
+            last.clear();
+        }
+        last.insert(key.to_string(), now);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +160,16 @@ mod tests {
         assert_ne!(escape("\\n"), escape("\n"));
         assert_eq!(escape("\\n"), "\\\\n");
         assert_ne!(escape(b"\\x41"), escape(b"A"));
+    }
+
+    #[test]
+    fn a_throttle_lets_one_warning_through_per_key_and_period() {
+        let t = Throttle::new(std::time::Duration::from_secs(3600));
+        assert!(t.allows("/var/mail"));
+        assert!(!t.allows("/var/mail"));
+        assert!(t.allows("/var/mail/alice.lock"));
+        let t = Throttle::new(std::time::Duration::ZERO);
+        assert!(t.allows("k") && t.allows("k"));
     }
 
     #[test]

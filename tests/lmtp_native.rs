@@ -1,6 +1,7 @@
 //! The native image (`tcp_lmtpn_server`) end to end through the dispatcher: mbox files in a
 //! spool directory of a temporary installation, for the local accounts `alice` and `bob`
-//! (created by `scripts/install-test-deps.sh`).
+//! (created by `scripts/install-test-deps.sh`). The spool is `1777`: the image creates each
+//! mailbox with its recipient's identity (tests/trust_mbox.rs checks that and the attacks).
 
 mod common;
 
@@ -16,6 +17,17 @@ use common::lmtp::Lmtp;
 
 const RELAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const LIMITS: &str = "MIN_PROCS=1\nMAX_PROCS=2\nMIN_CONNS=1\nMAX_CONNS=20";
+
+/// An installation with the native service, its spool made `1777` as `/var/mail` may be.
+fn start(limits: &str) -> Dispatcher {
+    let d = Dispatcher::start_lmtp(limits, "");
+    std::fs::set_permissions(
+        d.root.join("mail"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .expect("chmod the spool");
+    d
+}
 
 fn account(name: &str) -> nix::unistd::User {
     nix::unistd::User::from_name(name)
@@ -77,7 +89,7 @@ const MESSAGE: &str = "Subject: native\r\n\r\nFrom the start of a line.\r\n>From
 #[test]
 fn per_recipient_replies_into_mbox_files() {
     let (alice, bob) = (account("alice"), account("bob"));
-    let d = Dispatcher::start_lmtp(LIMITS, "");
+    let d = start(LIMITS);
     let spool = d.root.join("mail");
     let mut c = Lmtp::connect(RELAY, d.addr(1));
     c.lhlo();
@@ -95,10 +107,8 @@ fn per_recipient_replies_into_mbox_files() {
         let path = spool.join(user);
         let meta = std::fs::metadata(&path).expect("the mailbox exists");
         assert_eq!(meta.mode() & 0o777, 0o600, "{user}");
-        assert_eq!(
-            (meta.uid(), meta.gid()),
-            (account.uid.as_raw(), account.gid.as_raw())
-        );
+        // The recipient's; the group is the worker's (or the spool's, when it is setgid).
+        assert_eq!(meta.uid(), account.uid.as_raw(), "{user}");
         let text = std::fs::read_to_string(&path).expect("read the mailbox");
         let msgs = messages(&text);
         assert_eq!(msgs.len(), 1, "{user} got the message once: {text}");
@@ -127,7 +137,7 @@ fn per_recipient_replies_into_mbox_files() {
 #[test]
 fn concurrent_deliveries_to_one_mailbox_do_not_interleave() {
     account("alice");
-    let d = Dispatcher::start_lmtp(LIMITS, "");
+    let d = start(LIMITS);
     let addr = d.addr(1);
     const CLIENTS: usize = 4;
     const EACH: usize = 25;
@@ -180,7 +190,7 @@ fn concurrent_deliveries_to_one_mailbox_do_not_interleave() {
 #[test]
 fn a_large_message_reaches_the_mbox_whole() {
     account("alice");
-    let d = Dispatcher::start_lmtp(LIMITS, "");
+    let d = start(LIMITS);
     // 12 MiB of lines, some of them "From " lines that mbox must quote.
     let mut message = String::from("Subject: large native\r\n\r\n");
     let mut n = 0usize;
@@ -227,7 +237,7 @@ fn a_large_message_reaches_the_mbox_whole() {
 #[test]
 fn sigkill_in_the_middle_of_an_append_leaves_no_half_message() {
     account("alice");
-    let d = Dispatcher::start_lmtp("MIN_PROCS=1\nMAX_PROCS=1\nMIN_CONNS=1\nMAX_CONNS=20", "");
+    let d = start("MIN_PROCS=1\nMAX_PROCS=1\nMIN_CONNS=1\nMAX_CONNS=20");
     let mailbox = d.root.join("mail/alice");
     // One whole message first.
     let mut c = Lmtp::connect(RELAY, d.addr(1));
