@@ -13,9 +13,15 @@
 //! A command line that is not whole within `COMMAND_RECEIVE_TIME`, or message data that does
 //! not arrive within `DATA_RECEIVE_TIME` and its allowance (the deadlines are the
 //! [`Wire`]'s), gets `421 4.4.2` and the connection is closed.
+//!
+//! Everything a client wrote that reaches a log line (addresses, arguments, whole command
+//! lines in a trace, replies that quote them) goes through [`untrusted`], so a client cannot
+//! forge log lines or hide text in them.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::SystemTime;
+
+use crate::log_text::untrusted;
 
 use super::address::{printable, Recipient};
 use super::body::Body;
@@ -131,7 +137,11 @@ pub fn run(stream: &TcpStream, ctx: &Context<'_>) -> End {
 impl Session<'_> {
     fn reply(&mut self, r: Reply) {
         if self.ctx.settings.trace {
-            log::info!("trace conn={} <<< {r}", self.ctx.conn);
+            log::info!(
+                "trace conn={} <<< {}",
+                self.ctx.conn,
+                untrusted(&r.to_string())
+            );
         }
         r.write_to(self.wire.out());
     }
@@ -161,6 +171,10 @@ impl Session<'_> {
                 }
                 Line::Text(t) => t,
             };
+            if self.ctx.settings.trace {
+                // The octets as they came, before any decoding: the trace shows what was sent.
+                log::info!("trace conn={} >>> {}", self.ctx.conn, untrusted(&text));
+            }
             if text.contains(&0) {
                 self.reply(Reply::new(
                     500,
@@ -170,9 +184,6 @@ impl Session<'_> {
                 continue;
             }
             let text = String::from_utf8_lossy(&text).into_owned();
-            if self.ctx.settings.trace {
-                log::info!("trace conn={} >>> {}", self.ctx.conn, printable(&text));
-            }
             let cmd = match command::parse(&text) {
                 Ok(c) => c,
                 Err(r) => {
@@ -244,8 +255,9 @@ impl Session<'_> {
             Command::Lhlo(name) => {
                 self.tx = None;
                 let text = format!(
-                    "{} Hello {name} [{}]\nPIPELINING\nENHANCEDSTATUSCODES\n8BITMIME\nSIZE {}",
+                    "{} Hello {} [{}]\nPIPELINING\nENHANCEDSTATUSCODES\n8BITMIME\nSIZE {}",
                     settings.host,
+                    printable(&name),
                     self.ctx.client.ip(),
                     settings.max_message
                 );
@@ -347,10 +359,11 @@ impl Session<'_> {
             Ok(r) => r,
             Err(reply) => {
                 log::warn!(
-                    "refused conn={} client={} to=<{}> result={reply}",
+                    "refused conn={} client={} to=<{}> result={}",
                     self.ctx.conn,
                     self.ctx.client.ip(),
-                    printable(path)
+                    untrusted(path),
+                    untrusted(&reply.to_string())
                 );
                 return reply;
             }
@@ -386,11 +399,12 @@ impl Session<'_> {
                 let reply = addressed(reply, path);
                 if settings.logging {
                     log::info!(
-                        "refused conn={} client={} from=<{}> to=<{}> result={reply}",
+                        "refused conn={} client={} from=<{}> to=<{}> result={}",
                         self.ctx.conn,
                         self.ctx.client.ip(),
-                        printable(&tx.sender),
-                        printable(path)
+                        untrusted(&tx.sender),
+                        untrusted(path),
+                        untrusted(&reply.to_string())
                     );
                 }
                 reply
@@ -489,14 +503,15 @@ impl Session<'_> {
             };
             if settings.logging {
                 log::info!(
-                    "delivery conn={} client={} id={id} from=<{}> to=<{}> mailbox={}/{} size={} result={reply}",
+                    "delivery conn={} client={} id={id} from=<{}> to=<{}> mailbox={}/{} size={} result={}",
                     self.ctx.conn,
                     self.ctx.client.ip(),
-                    printable(&tx.sender),
-                    printable(&r.written),
-                    target.user,
-                    target.folder,
+                    untrusted(&tx.sender),
+                    untrusted(&r.written),
+                    untrusted(&target.user),
+                    untrusted(&target.folder),
                     outcome.size,
+                    untrusted(&reply.to_string()),
                 );
             }
             self.reply(reply);
