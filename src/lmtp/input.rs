@@ -128,13 +128,12 @@ impl ReadTimeout for &TcpStream {
 /// What one line or one message may take; the start of its clock is the first wait.
 #[derive(Debug, Clone, Copy)]
 struct Budget {
-    /// The time the whole may take, before any allowance is earned.
-    total: Duration,
-    /// The longest single wait.
-    per_read: Duration,
-    /// Octets that may still earn time (the size limit, counted down), and how many earn a
-    /// second (never 0 while `earn` is not 0).
+    /// The time the whole may take before any allowance is earned; also the longest single
+    /// wait.
+    limit: Duration,
+    /// Octets that may still earn time: the size limit, counted down as data arrives.
     earn: u64,
+    /// Octets that earn one second; never 0 while `earn` is not 0.
     rate: u64,
 }
 
@@ -279,7 +278,7 @@ impl<S: Read + Write> Wire<S> {
         let now = Instant::now();
         if let Deadline::Armed(budget) = self.deadline {
             self.deadline = Deadline::Running {
-                at: now + budget.total,
+                at: now + budget.limit,
                 budget,
             };
         }
@@ -290,7 +289,7 @@ impl<S: Read + Write> Wire<S> {
         if left.is_zero() {
             return Err(WireError::Timeout);
         }
-        (timing.set_read_timeout)(&self.stream, left.min(budget.per_read)).map_err(WireError::Io)
+        (timing.set_read_timeout)(&self.stream, left.min(budget.limit)).map_err(WireError::Io)
     }
 
     /// Moves the deadline on for `n` octets of message data, while they are within the size
@@ -311,14 +310,12 @@ impl<S: Read + Write> Wire<S> {
         self.deadline = match (&self.timing, data_size_limit) {
             (None, _) => Deadline::Off,
             (Some(t), None) => Deadline::Armed(Budget {
-                total: t.limits.command,
-                per_read: t.limits.command,
+                limit: t.limits.command,
                 earn: 0,
                 rate: 0,
             }),
             (Some(t), Some(size)) => Deadline::Armed(Budget {
-                total: t.limits.data,
-                per_read: t.limits.data,
+                limit: t.limits.data,
                 earn: if t.limits.data_rate == 0 { 0 } else { size },
                 rate: t.limits.data_rate,
             }),
@@ -611,13 +608,18 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// Both limits `ms` milliseconds, and `data_rate`.
+    fn limits_of(ms: u32, data_rate: u64) -> TimeLimits {
+        TimeLimits {
+            command: ms * MS,
+            data: ms * MS,
+            data_rate,
+        }
+    }
+
     #[test]
     fn a_line_trickled_beyond_its_deadline_is_a_timeout() {
-        let limits = TimeLimits {
-            command: 60 * MS,
-            data: 60 * MS,
-            data_rate: 0,
-        };
+        let limits = limits_of(60, 0);
         // 17 octets, 10 ms apart: the line would take 170 ms.
         let mut w = slow(b"MAIL FROM:<a@b>\r\n", 10, limits);
         assert!(matches!(w.read_line(512), Err(WireError::Timeout)));
@@ -635,11 +637,7 @@ mod tests {
 
     #[test]
     fn each_command_line_gets_a_clock_of_its_own() {
-        let limits = TimeLimits {
-            command: 2000 * MS,
-            data: 2000 * MS,
-            data_rate: 0,
-        };
+        let limits = limits_of(2000, 0);
         let mut w = slow(b"NOOP\r\nRSET\r\n", 1, limits);
         assert_eq!(w.read_line(512).unwrap(), Line::Text(b"NOOP".to_vec()));
         let first = w.stream().limits_set.borrow().len();
@@ -653,11 +651,7 @@ mod tests {
     #[test]
     fn message_data_earns_time_for_the_octets_it_brings() {
         // 60 ms for the data, but every octet earns a second: 20 octets 10 ms apart arrive.
-        let limits = TimeLimits {
-            command: 60 * MS,
-            data: 60 * MS,
-            data_rate: 1,
-        };
+        let limits = limits_of(60, 1);
         let mut w = slow(b"0123456789abcdef\r\n.\r\n", 10, limits);
         let mut body = Vec::new();
         let o = w.read_data(&mut body, 1 << 20).unwrap();
@@ -682,11 +676,7 @@ mod tests {
     fn data_beyond_the_size_limit_earns_no_time() {
         // Each octet earns 100 ms, but only the first one counts under a size limit of 1: the
         // deadline is 160 ms, and 21 octets 10 ms apart take 210 ms.
-        let limits = TimeLimits {
-            command: 60 * MS,
-            data: 60 * MS,
-            data_rate: 10,
-        };
+        let limits = limits_of(60, 10);
         let input = b"0123456789abcdef\r\n.\r\n";
         let mut w = slow(input, 10, limits);
         assert!(matches!(
