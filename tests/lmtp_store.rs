@@ -433,6 +433,8 @@ fn sigkill_of_the_image_loses_nothing_acknowledged_and_leaves_no_partial_message
 fn a_channel_without_the_lmtp_keyword_is_refused_and_delivery_goes_on() {
     let d = Dispatcher::start_lmtp(LIMITS, "");
     maildir(&d.root, "alice");
+    // The first worker must have read imta.cnf before it is rewritten (not atomically).
+    d.wait_for_service_log("tcp_lmtpss_server.log", "worker ready");
     // The administrator breaks the store's channel and asks for a reload.
     d.edit_config("imta.cnf", |t| {
         t.replacen("tcp_lmtpss lmtp", "tcp_lmtpss smtp", 1)
