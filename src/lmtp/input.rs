@@ -10,11 +10,27 @@
 //! kept as data); `lmtp_lf` also ends lines with a bare LF, `lmtp_cr` and `lmtp_crorlf` with
 //! a bare LF or a bare CR (all stored as CRLF). A bare CR is taken as a line end the moment it
 //! arrives, and an LF that follows it in the next read is dropped, so a client that ends a
-//! command with CR alone is answered without the server waiting for a byte that never comes. Message data is read line by line: the `.` line ends it, a leading `.` is
-//! removed from other lines (RFC 5321 §4.5.2); data beyond the size limit is read and thrown
-//! away so that the replies can still be sent in order.
+//! command with CR alone is answered without the server waiting for a byte that never comes.
+//! Message data is read line by line: the `.` line ends it, a leading `.` is removed from
+//! other lines (RFC 5321 §4.5.2); data beyond the size limit is read and thrown away so that
+//! the replies can still be sent in order.
+//!
+//! Time limits ([`TimeLimits`], for a wire made with [`Wire::timed`]) are deadlines for a
+//! whole command line and for the whole message data, not for each `read()`: a client that
+//! trickles a line one byte at a time would otherwise hold its connection, and a worker's
+//! connection slot, for ever (the attack Postfix's `smtpd_per_record_deadline` answers). The
+//! clock of a command line starts when the server begins waiting for it, after the replies to
+//! what came before were sent; the clock of the message data starts when the `354` reply has
+//! been sent, and every octet of data (up to the size limit) earns a little more time, at
+//! [`TimeLimits::data_rate`] octets a second, as Postfix's `smtpd_min_data_rate` does, so that
+//! a large message on a slow link is not cut off while a trickle is. No single wait is longer
+//! than the limit itself, so a silent client is timed out as before. Before each read the
+//! stream's read timeout is set to the time left; a deadline already passed is a timeout
+//! without another read.
 
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use super::body::Sink;
 
@@ -84,9 +100,65 @@ impl WireError {
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long a client may take (see the module comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeLimits {
+    /// A whole command line, and the longest wait for one (`COMMAND_RECEIVE_TIME`).
+    pub command: Duration,
+    /// The whole message data before the allowance below, and the longest wait for a piece
+    /// of it (`DATA_RECEIVE_TIME`).
+    pub data: Duration,
+    /// Each this many octets of message data, up to the size limit, give the data one more
+    /// second; 0 gives none.
+    pub data_rate: u64,
+}
+
+/// A stream whose reads can be bounded in time: the connection's socket.
+pub trait ReadTimeout {
+    /// Makes a read that waits longer than `limit` fail with a timeout.
+    fn set_read_timeout(&self, limit: Duration) -> io::Result<()>;
+}
+
+impl ReadTimeout for &TcpStream {
+    fn set_read_timeout(&self, limit: Duration) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, Some(limit))
+    }
+}
+
+/// What one line or one message may take; the start of its clock is the first wait.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// The time the whole may take before any allowance is earned; also the longest single
+    /// wait.
+    limit: Duration,
+    /// Octets that may still earn time: the size limit, counted down as data arrives.
+    earn: u64,
+    /// Octets that earn one second; never 0 while `earn` is not 0.
+    rate: u64,
+}
+
+/// The time limit of the line or message being read now.
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    /// Nothing is being read, or the wire has no time limits.
+    Off,
+    /// Reading has begun, but nothing has been waited for yet.
+    Armed(Budget),
+    /// The clock runs: the whole must be in by `at`.
+    Running { at: Instant, budget: Budget },
+}
+
+/// Time limits and how to apply them to the stream's reads.
+struct Timing<S> {
+    limits: TimeLimits,
+    set_read_timeout: fn(&S, Duration) -> io::Result<()>,
+}
+
 /// Buffered reading and reply batching over a stream.
 pub struct Wire<S> {
     stream: S,
+    /// Input; `buf[start..end]` is what has been read and not yet taken
+    /// (`start <= end <= buf.len()`).
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -95,9 +167,26 @@ pub struct Wire<S> {
     /// A bare CR ended the last read and was taken as a line end: an LF that comes next is
     /// its second half and is dropped.
     skip_lf: bool,
+    /// `None`: reads wait as long as the stream lets them (tests, fuzzing).
+    timing: Option<Timing<S>>,
+    /// Always [`Deadline::Off`] outside `read_line` and `read_data`.
+    deadline: Deadline,
+}
+
+impl<S: Read + Write + ReadTimeout> Wire<S> {
+    /// A wire whose command lines and message data must arrive within `limits`.
+    pub fn timed(stream: S, mode: Terminators, limits: TimeLimits) -> Wire<S> {
+        let mut wire = Wire::new(stream, mode);
+        wire.timing = Some(Timing {
+            limits,
+            set_read_timeout: <S as ReadTimeout>::set_read_timeout,
+        });
+        wire
+    }
 }
 
 impl<S: Read + Write> Wire<S> {
+    /// A wire without time limits of its own.
     pub fn new(stream: S, mode: Terminators) -> Wire<S> {
         Wire {
             stream,
@@ -107,6 +196,8 @@ impl<S: Read + Write> Wire<S> {
             out: Vec::with_capacity(1024),
             mode,
             skip_lf: false,
+            timing: None,
+            deadline: Deadline::Off,
         }
     }
 
@@ -158,9 +249,11 @@ impl<S: Read + Write> Wire<S> {
             self.buf.resize(self.buf.len() * 2, 0);
         }
         loop {
+            self.limit_the_wait()?;
             match self.stream.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Err(WireError::Closed),
                 Ok(n) => {
+                    self.earn(n);
                     let n = if self.mode == Terminators::Any {
                         self.bare_cr_to_lf(n)
                     } else {
@@ -177,6 +270,56 @@ impl<S: Read + Write> Wire<S> {
                 Err(e) => return Err(WireError::from_io(e)),
             }
         }
+    }
+
+    /// Starts the clock at the first wait, and bounds the next read by the time left: a
+    /// deadline already passed is a timeout.
+    fn limit_the_wait(&mut self) -> Result<(), WireError> {
+        let now = Instant::now();
+        if let Deadline::Armed(budget) = self.deadline {
+            self.deadline = Deadline::Running {
+                at: now + budget.limit,
+                budget,
+            };
+        }
+        let (Deadline::Running { at, budget }, Some(timing)) = (self.deadline, &self.timing) else {
+            return Ok(());
+        };
+        let left = at.saturating_duration_since(now);
+        if left.is_zero() {
+            return Err(WireError::Timeout);
+        }
+        (timing.set_read_timeout)(&self.stream, left.min(budget.limit)).map_err(WireError::Io)
+    }
+
+    /// Moves the deadline on for `n` octets of message data, while they are within the size
+    /// limit.
+    fn earn(&mut self, n: usize) {
+        if let Deadline::Running { at, budget } = &mut self.deadline {
+            let credit = budget.earn.min(n as u64);
+            if credit > 0 {
+                budget.earn -= credit;
+                *at += Duration::from_secs_f64(credit as f64 / budget.rate as f64);
+            }
+        }
+    }
+
+    /// Sets the time limit of what is read next: a command line, or (`data_size_limit` given)
+    /// message data of at most that many octets.
+    fn arm(&mut self, data_size_limit: Option<u64>) {
+        self.deadline = match (&self.timing, data_size_limit) {
+            (None, _) => Deadline::Off,
+            (Some(t), None) => Deadline::Armed(Budget {
+                limit: t.limits.command,
+                earn: 0,
+                rate: 0,
+            }),
+            (Some(t), Some(size)) => Deadline::Armed(Budget {
+                limit: t.limits.data,
+                earn: if t.limits.data_rate == 0 { 0 } else { size },
+                rate: t.limits.data_rate,
+            }),
+        };
     }
 
     /// In the `n` octets just read (at `end`), turns each bare CR into an LF (a line end),
@@ -204,8 +347,16 @@ impl<S: Read + Write> Wire<S> {
         w - from
     }
 
-    /// The next line, without its terminator, at most `max` octets.
+    /// The next line, without its terminator, at most `max` octets; within the command time
+    /// limit.
     pub fn read_line(&mut self, max: usize) -> Result<Line, WireError> {
+        self.arm(None);
+        let line = self.next_line(max);
+        self.deadline = Deadline::Off;
+        line
+    }
+
+    fn next_line(&mut self, max: usize) -> Result<Line, WireError> {
         let mut scanned = 0;
         let mut too_long = false;
         loop {
@@ -239,12 +390,19 @@ impl<S: Read + Write> Wire<S> {
     }
 
     /// Reads message data up to and including the `.` line into `body` (CRLF line ends,
-    /// unstuffed), keeping at most `limit` octets.
+    /// unstuffed), keeping at most `limit` octets; within the data time limit.
     pub fn read_data(
         &mut self,
         body: &mut impl Sink,
         limit: u64,
     ) -> Result<DataOutcome, WireError> {
+        self.arm(Some(limit));
+        let outcome = self.data_lines(body, limit);
+        self.deadline = Deadline::Off;
+        outcome
+    }
+
+    fn data_lines(&mut self, body: &mut impl Sink, limit: u64) -> Result<DataOutcome, WireError> {
         let mut outcome = DataOutcome::default();
         // Offset of the current line's start, relative to self.start, while it is incomplete.
         let mut scanned = 0;
@@ -404,6 +562,129 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A stream that yields one octet per read, `pause` after the last, and records the read
+    /// timeouts the wire sets (it does not wait for them: the wire must check its deadline
+    /// itself before reading again).
+    struct Slow {
+        input: Cursor<Vec<u8>>,
+        pause: Duration,
+        limits_set: std::cell::RefCell<Vec<Duration>>,
+    }
+
+    impl Read for Slow {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            std::thread::sleep(self.pause);
+            let n = buf.len().min(1);
+            self.input.read(&mut buf[..n])
+        }
+    }
+
+    impl Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl ReadTimeout for Slow {
+        fn set_read_timeout(&self, limit: Duration) -> io::Result<()> {
+            self.limits_set.borrow_mut().push(limit);
+            Ok(())
+        }
+    }
+
+    fn slow(input: &[u8], pause_ms: u64, limits: TimeLimits) -> Wire<Slow> {
+        let stream = Slow {
+            input: Cursor::new(input.to_vec()),
+            pause: Duration::from_millis(pause_ms),
+            limits_set: Default::default(),
+        };
+        Wire::timed(stream, Terminators::Crlf, limits)
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Both limits `ms` milliseconds, and `data_rate`.
+    fn limits_of(ms: u32, data_rate: u64) -> TimeLimits {
+        TimeLimits {
+            command: ms * MS,
+            data: ms * MS,
+            data_rate,
+        }
+    }
+
+    #[test]
+    fn a_line_trickled_beyond_its_deadline_is_a_timeout() {
+        let limits = limits_of(60, 0);
+        // 17 octets, 10 ms apart: the line would take 170 ms.
+        let mut w = slow(b"MAIL FROM:<a@b>\r\n", 10, limits);
+        assert!(matches!(w.read_line(512), Err(WireError::Timeout)));
+        let set = w.stream().limits_set.borrow();
+        assert!(set.len() < 17, "read on after the deadline: {set:?}");
+        assert!(
+            set.iter().all(|&d| d > Duration::ZERO && d <= 60 * MS),
+            "{set:?}"
+        );
+        assert!(
+            set.windows(2).all(|p| p[1] <= p[0]),
+            "the time left grew: {set:?}"
+        );
+    }
+
+    #[test]
+    fn each_command_line_gets_a_clock_of_its_own() {
+        let limits = limits_of(2000, 0);
+        let mut w = slow(b"NOOP\r\nRSET\r\n", 1, limits);
+        assert_eq!(w.read_line(512).unwrap(), Line::Text(b"NOOP".to_vec()));
+        let first = w.stream().limits_set.borrow().len();
+        assert_eq!(w.read_line(512).unwrap(), Line::Text(b"RSET".to_vec()));
+        let set = w.stream().limits_set.borrow();
+        // The first wait of the second line may again take the whole limit.
+        assert!(set[first] > set[first - 1], "{set:?}");
+        assert!(set.iter().all(|&d| d <= 2000 * MS), "{set:?}");
+    }
+
+    #[test]
+    fn message_data_earns_time_for_the_octets_it_brings() {
+        // 60 ms for the data, but every octet earns a second: 20 octets 10 ms apart arrive.
+        let limits = limits_of(60, 1);
+        let mut w = slow(b"0123456789abcdef\r\n.\r\n", 10, limits);
+        let mut body = Vec::new();
+        let o = w.read_data(&mut body, 1 << 20).unwrap();
+        assert_eq!(body, b"0123456789abcdef\r\n".to_vec());
+        assert!(!o.too_big);
+        // No single wait was allowed longer than the limit itself.
+        let set = w.stream().limits_set.borrow();
+        assert!(set.iter().all(|&d| d <= 60 * MS), "{set:?}");
+        // Without the allowance, the same data is too slow.
+        let limits = TimeLimits {
+            data_rate: 0,
+            ..limits
+        };
+        let mut w = slow(b"0123456789abcdef\r\n.\r\n", 10, limits);
+        assert!(matches!(
+            w.read_data(&mut Vec::new(), 1 << 20),
+            Err(WireError::Timeout)
+        ));
+    }
+
+    #[test]
+    fn data_beyond_the_size_limit_earns_no_time() {
+        // Each octet earns 100 ms, but only the first one counts under a size limit of 1: the
+        // deadline is 160 ms, and 21 octets 10 ms apart take 210 ms.
+        let limits = limits_of(60, 10);
+        let input = b"0123456789abcdef\r\n.\r\n";
+        let mut w = slow(input, 10, limits);
+        assert!(matches!(
+            w.read_data(&mut Vec::new(), 1),
+            Err(WireError::Timeout)
+        ));
+        let mut w = slow(input, 10, limits);
+        assert!(w.read_data(&mut Vec::new(), 1 << 20).is_ok());
     }
 
     fn wire(input: &[u8], step: usize, mode: Terminators) -> Wire<Fake> {

@@ -9,16 +9,26 @@
 //! recipient and the connection is then closed, as the original server does; a message over
 //! the channel's limit, over its `linelimit`, or with NUL characters is refused for every
 //! recipient and the session goes on. Nothing is stored unless the whole message arrived.
+//!
+//! A command line that is not whole within `COMMAND_RECEIVE_TIME`, or message data that does
+//! not arrive within `DATA_RECEIVE_TIME` and its allowance (the deadlines are the
+//! [`Wire`]'s), gets `421 4.4.2` and the connection is closed.
+//!
+//! Everything a client wrote that reaches a log line (addresses, arguments, whole command
+//! lines in a trace, replies that quote them) goes through [`untrusted`], so a client cannot
+//! forge log lines or hide text in them.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::SystemTime;
+
+use crate::log_text::untrusted;
 
 use super::address::{printable, Recipient};
 use super::body::Body;
 use super::command::{self, Command, Param};
 use super::input::{Line, Wire, WireError};
 use super::reply::Reply;
-use super::settings::{parse_quota, Settings, MAX_COMMAND_LINE};
+use super::settings::{parse_quota, Settings, MAX_COMMAND_LINE, MIN_DATA_RATE};
 use super::store::{Message, Store, Target};
 use super::trace::{self, TraceInfo};
 
@@ -35,6 +45,36 @@ struct Transaction {
     sender: String,
     declared: Option<u64>,
     recipients: Vec<(Recipient, Target)>,
+}
+
+/// What the session was waiting for when its input stopped.
+#[derive(Debug, Clone, Copy)]
+enum Waiting {
+    Command,
+    Data,
+}
+
+impl Waiting {
+    fn doing(self) -> &'static str {
+        match self {
+            Waiting::Command => "waiting for a command",
+            Waiting::Data => "receiving message data",
+        }
+    }
+
+    /// The limit that ran out, for the log: an operator sees which option to look at.
+    fn rule(self, settings: &Settings) -> String {
+        match self {
+            Waiting::Command => format!(
+                "a command line must arrive whole within COMMAND_RECEIVE_TIME ({:.1} s)",
+                settings.command_timeout.as_secs_f64()
+            ),
+            Waiting::Data => format!(
+                "message data must arrive within DATA_RECEIVE_TIME ({:.1} s) plus 1 s per {MIN_DATA_RATE} octets received",
+                settings.data_timeout.as_secs_f64()
+            ),
+        }
+    }
 }
 
 /// How a session ended, for the log.
@@ -61,17 +101,15 @@ struct Session<'a> {
 /// Serves one connection until `QUIT`, end of input, a timeout or an error.
 pub fn run(stream: &TcpStream, ctx: &Context<'_>) -> End {
     let settings = ctx.settings;
-    // A client that stops reading our replies is timed out like one that stops writing.
-    let timeouts = stream
-        .set_read_timeout(Some(settings.command_timeout))
-        .and_then(|()| stream.set_write_timeout(Some(settings.command_timeout)));
-    if let Err(e) = timeouts {
+    // A client that stops reading our replies is timed out like one that stops writing. (The
+    // read timeouts are the wire's: it sets one before each read, from its deadlines.)
+    if let Err(e) = stream.set_write_timeout(Some(settings.command_timeout)) {
         return End::Error(e.to_string());
     }
     let _ = stream.set_nodelay(true);
     let mut s = Session {
         ctx,
-        wire: Wire::new(stream, settings.terminators),
+        wire: Wire::timed(stream, settings.terminators, settings.time_limits()),
         lhlo: None,
         tx: None,
         transactions: 0,
@@ -99,7 +137,11 @@ pub fn run(stream: &TcpStream, ctx: &Context<'_>) -> End {
 impl Session<'_> {
     fn reply(&mut self, r: Reply) {
         if self.ctx.settings.trace {
-            log::info!("trace conn={} <<< {r}", self.ctx.conn);
+            log::info!(
+                "trace conn={} <<< {}",
+                self.ctx.conn,
+                untrusted(&r.to_string())
+            );
         }
         r.write_to(self.wire.out());
     }
@@ -108,7 +150,7 @@ impl Session<'_> {
         loop {
             let line = match self.wire.read_line(MAX_COMMAND_LINE) {
                 Ok(l) => l,
-                Err(e) => return self.stopped(e, "waiting for a command"),
+                Err(e) => return self.stopped(e, Waiting::Command),
             };
             let text = match line {
                 Line::TooLong => {
@@ -129,6 +171,10 @@ impl Session<'_> {
                 }
                 Line::Text(t) => t,
             };
+            if self.ctx.settings.trace {
+                // The octets as they came, before any decoding: the trace shows what was sent.
+                log::info!("trace conn={} >>> {}", self.ctx.conn, untrusted(&text));
+            }
             if text.contains(&0) {
                 self.reply(Reply::new(
                     500,
@@ -138,9 +184,6 @@ impl Session<'_> {
                 continue;
             }
             let text = String::from_utf8_lossy(&text).into_owned();
-            if self.ctx.settings.trace {
-                log::info!("trace conn={} >>> {}", self.ctx.conn, printable(&text));
-            }
             let cmd = match command::parse(&text) {
                 Ok(c) => c,
                 Err(r) => {
@@ -172,7 +215,7 @@ impl Session<'_> {
     }
 
     /// Ends the session on a read failure, telling the client when it is still there.
-    fn stopped(&mut self, e: WireError, doing: &str) -> End {
+    fn stopped(&mut self, e: WireError, waiting: Waiting) -> End {
         match e {
             WireError::Closed => End::Closed,
             WireError::Timeout if !self.wire.out().is_empty() => {
@@ -187,15 +230,17 @@ impl Session<'_> {
             }
             WireError::Timeout => {
                 let host = self.ctx.settings.host.clone();
+                let doing = waiting.doing();
                 self.reply(Reply::new(
                     421,
                     "4.4.2",
                     format!("{host} Timeout {doing}; closing connection"),
                 ));
                 log::info!(
-                    "connection {} from {}: timed out {doing}",
+                    "connection {} from {}: timed out {doing} ({}); closing the connection",
                     self.ctx.conn,
-                    self.ctx.client
+                    self.ctx.client,
+                    waiting.rule(self.ctx.settings)
                 );
                 End::Timeout
             }
@@ -210,8 +255,9 @@ impl Session<'_> {
             Command::Lhlo(name) => {
                 self.tx = None;
                 let text = format!(
-                    "{} Hello {name} [{}]\nPIPELINING\nENHANCEDSTATUSCODES\n8BITMIME\nSIZE {}",
+                    "{} Hello {} [{}]\nPIPELINING\nENHANCEDSTATUSCODES\n8BITMIME\nSIZE {}",
                     settings.host,
+                    printable(&name),
                     self.ctx.client.ip(),
                     settings.max_message
                 );
@@ -313,10 +359,11 @@ impl Session<'_> {
             Ok(r) => r,
             Err(reply) => {
                 log::warn!(
-                    "refused conn={} client={} to=<{}> result={reply}",
+                    "refused conn={} client={} to=<{}> result={}",
                     self.ctx.conn,
                     self.ctx.client.ip(),
-                    printable(path)
+                    untrusted(path),
+                    untrusted(&reply.to_string())
                 );
                 return reply;
             }
@@ -352,11 +399,12 @@ impl Session<'_> {
                 let reply = addressed(reply, path);
                 if settings.logging {
                     log::info!(
-                        "refused conn={} client={} from=<{}> to=<{}> result={reply}",
+                        "refused conn={} client={} from=<{}> to=<{}> result={}",
                         self.ctx.conn,
                         self.ctx.client.ip(),
-                        printable(&tx.sender),
-                        printable(path)
+                        untrusted(&tx.sender),
+                        untrusted(path),
+                        untrusted(&reply.to_string())
                     );
                 }
                 reply
@@ -382,14 +430,11 @@ impl Session<'_> {
             "",
             "Start mail input; end with <CRLF>.<CRLF>",
         ));
-        let stream = *self.wire.stream();
-        let _ = stream.set_read_timeout(Some(settings.data_timeout));
         self.body.clear();
         if let Some((_, first)) = self.tx.as_ref().and_then(|tx| tx.recipients.first()) {
             self.body.set_spill_dir(self.ctx.store.spill_dir(first));
         }
         let outcome = self.wire.read_data(&mut self.body, settings.max_message);
-        let _ = stream.set_read_timeout(Some(settings.command_timeout));
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -400,7 +445,7 @@ impl Session<'_> {
                     self.ctx.client,
                     tx.map_or(0, |t| t.recipients.len())
                 );
-                return Some(self.stopped(e, "receiving message data"));
+                return Some(self.stopped(e, Waiting::Data));
             }
         };
         let tx = self.tx.take()?;
@@ -458,14 +503,15 @@ impl Session<'_> {
             };
             if settings.logging {
                 log::info!(
-                    "delivery conn={} client={} id={id} from=<{}> to=<{}> mailbox={}/{} size={} result={reply}",
+                    "delivery conn={} client={} id={id} from=<{}> to=<{}> mailbox={}/{} size={} result={}",
                     self.ctx.conn,
                     self.ctx.client.ip(),
-                    printable(&tx.sender),
-                    printable(&r.written),
-                    target.user,
-                    target.folder,
+                    untrusted(&tx.sender),
+                    untrusted(&r.written),
+                    untrusted(&target.user),
+                    untrusted(&target.folder),
                     outcome.size,
+                    untrusted(&reply.to_string()),
                 );
             }
             self.reply(reply);

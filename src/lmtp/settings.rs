@@ -21,7 +21,7 @@ use crate::config::service::channel_of;
 use crate::config::source::ResolvePath;
 use crate::config::tailor::{self, Tailor};
 
-use super::input::Terminators;
+use super::input::{Terminators, TimeLimits};
 use super::store::Quota;
 
 /// Which image is running: it decides the option defaults and the store.
@@ -47,6 +47,10 @@ impl ImageKind {
 pub const DEFAULT_MAX_MESSAGE: u64 = 100 << 20;
 /// Longest command line accepted (RFC 5321 asks for at least 512).
 pub const MAX_COMMAND_LINE: usize = 4096;
+/// Octets of message data that earn the data one second beyond `DATA_RECEIVE_TIME`
+/// (Postfix's `smtpd_min_data_rate` default): a message arriving at least this fast is never
+/// cut off by its deadline, one trickled slower is.
+pub const MIN_DATA_RATE: u64 = 500;
 
 /// An image's settings.
 #[derive(Debug, Clone)]
@@ -64,7 +68,9 @@ pub struct Settings {
     pub logging: bool,
     /// Protocol trace in the log (`slave_debug`, or the service's DEBUG).
     pub trace: bool,
+    /// `COMMAND_RECEIVE_TIME`: for a whole command line, and for a write of our replies.
     pub command_timeout: Duration,
+    /// `DATA_RECEIVE_TIME`: for the whole message data, with [`MIN_DATA_RATE`]'s allowance.
     pub data_timeout: Duration,
     pub max_recipients: usize,
     /// 0: unlimited.
@@ -82,6 +88,17 @@ pub struct Settings {
     pub lock_sleep: Duration,
     /// Things worth one log line at start (ignored keywords, unknown options).
     pub notes: Vec<String>,
+}
+
+impl Settings {
+    /// The deadlines of a connection's input (docs/lmtp.md, "Time limits").
+    pub fn time_limits(&self) -> TimeLimits {
+        TimeLimits {
+            command: self.command_timeout,
+            data: self.data_timeout,
+            data_rate: MIN_DATA_RATE,
+        }
+    }
 }
 
 /// Why an image cannot start.

@@ -174,3 +174,24 @@ pub fn give_to(path: &std::path::Path, owner: (u32, u32)) {
         }
     }
 }
+
+/// Every version of a service's LOGFILE (`name`, such as `tcp_lmtpss_server.log`) in the
+/// installation at `root`, concatenated as octets: what a client may have smuggled into a log
+/// must be seen as it is, not as text decoding would show it.
+pub fn service_log_octets(root: &std::path::Path, name: &str) -> Vec<u8> {
+    let prefix = format!("{name}-");
+    let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("log"))
+        .expect("log directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .iter()
+        .flat_map(|p| std::fs::read(p).unwrap_or_default())
+        .collect()
+}
