@@ -12,14 +12,21 @@
 # /var/mail (the native image creates each recipient's mailbox as the recipient).
 #
 # usage: scripts/demo-layout.sh [ROOT [BINDIR [ACCOUNT]]]
-#   (defaults: run/, target/release/, and `nobody` as root, else the user running this)
+#   (defaults: run/, target/release/, and as root `mailsrv` (the seed's IMTA_USER) when that
+#   account exists, else `nobody`; not as root, the user running this)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 root=${1:-$here/run}
 bindir=${2:-$here/target/release}
 account=${3:-}
 if [ -z "$account" ]; then
-    if [ "$(id -u)" -eq 0 ]; then account=nobody; else account=$(id -un); fi
+    if [ "$(id -u)" -ne 0 ]; then
+        account=$(id -un)
+    elif getent passwd mailsrv >/dev/null; then
+        account=mailsrv
+    else
+        account=nobody # shared with other daemons: name a dedicated account in production
+    fi
 fi
 mkdir -p "$root/lib" "$root/config" "$root/log" "$root/queue" "$root/store" "$root/mail"
 chmod 1777 "$root/mail" # recipients create their own mailboxes (docs/lmtp.md, "The spool's mode")

@@ -4,7 +4,8 @@
 # against). No system mail service is started, now or later: a policy-rc.d refuses every
 # service start while the packages install, and the services are then disabled and stopped.
 # Also creates the local accounts `alice` and `bob` (no home, no login) that the native
-# (/var/mail) delivery tests deliver to. Safe to run again: it does nothing that is done.
+# (/var/mail) delivery tests deliver to, and `mailsrv` (the seed's IMTA_USER), the dedicated
+# account the test installations' workers run as. Safe to run again: it does nothing that is done.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -46,7 +47,7 @@ if [ "${#need[@]}" -gt 0 ]; then
     done
 fi
 
-for user in alice bob; do
+for user in alice bob mailsrv; do
     if ! getent passwd "$user" >/dev/null; then
         if [ "$(id -u)" -ne 0 ]; then
             echo "install-test-deps: account $user is missing; run this script as root" >&2
@@ -56,4 +57,4 @@ for user in alice bob; do
             --shell /usr/sbin/nologin "$user"
     fi
 done
-echo "install-test-deps: postfix, swaks, dovecot and the accounts alice, bob are present"
+echo "install-test-deps: postfix, swaks, dovecot and the accounts alice, bob, mailsrv are present"

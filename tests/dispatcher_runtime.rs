@@ -331,7 +331,7 @@ fn sighup_adds_a_port_and_a_limit_and_open_sessions_survive() {
 
 #[test]
 fn workers_run_as_the_configured_user_when_the_dispatcher_is_root() {
-    // The layout's IMTA_USER is nobody: USER wins over it.
+    // The layout's IMTA_USER is mailsrv: USER wins over it.
     let d = Dispatcher::start("MIN_PROCS=0\nUSER=alice");
     let mut c = Client::connect(RELAY, d.addr(0));
     let uid: u32 = field(&c.line(), "uid").parse().expect("uid");

@@ -28,11 +28,13 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| held[i].local_addr().map(|a| a.port()).expect("port"))
 }
 
-/// The account the test installation's workers run as (its tailor's `IMTA_USER`): `nobody`
-/// when the tests run as root, as CI runs them, else the user running them.
+/// The account the test installation's workers run as (its tailor's `IMTA_USER`): as root,
+/// `mailsrv`, a dedicated account as the seed's tailor names one (scripts/install-test-deps.sh
+/// creates it), so that `nobody` and the recipients stay *other* accounts an attack test can
+/// plant files as; not as root, the user running the tests.
 pub fn mail_account() -> String {
     if nix::unistd::geteuid().is_root() {
-        "nobody".to_string()
+        "mailsrv".to_string()
     } else {
         nix::unistd::User::from_uid(nix::unistd::geteuid())
             .ok()
@@ -46,7 +48,7 @@ pub fn mail_ids() -> (nix::unistd::Uid, nix::unistd::Gid) {
     let name = mail_account();
     let user = nix::unistd::User::from_name(&name)
         .expect("look up the mail account")
-        .unwrap_or_else(|| panic!("account {name} exists"));
+        .unwrap_or_else(|| panic!("no account {name}: run scripts/install-test-deps.sh"));
     (user.uid, user.gid)
 }
 
