@@ -20,7 +20,8 @@
 //! * [`lmtp_command`], [`lmtp_address`]: one command line / one `RCPT TO:` path.
 //! * [`lmtp_input`]: three control bytes (line-end mode and command-line limit; read size;
 //!   message size limit), then the client's bytes, read as a session reads them: line by
-//!   line, message data after each `DATA` line. Everything read is checked against a plain
+//!   line, message data after each `DATA` line; a byte 0xFE stands for 70,000 bytes of text
+//!   (a line longer than the read buffer). Everything read is checked against a plain
 //!   reference reading of the same bytes.
 //! * [`worker_message`]: one control-socket packet, decoded as the dispatcher decodes what a
 //!   worker sends (and as a worker decodes what the dispatcher sends).
@@ -478,6 +479,27 @@ impl Reference {
     }
 }
 
+/// The byte that stands for a long run of text in [`lmtp_input`].
+const STRETCH: u8 = 0xfe;
+/// How long that run is: past the 64 KiB read buffer, where long lines take another path.
+const STRETCH_LEN: usize = 70_000;
+
+/// `input` with each of its first few [`STRETCH`] bytes replaced by [`STRETCH_LEN`] bytes of
+/// text, so that small fuzz inputs reach the reader's handling of lines longer than its buffer.
+fn stretch(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut left = 4;
+    for &b in input {
+        if b == STRETCH && left > 0 {
+            left -= 1;
+            out.extend(std::iter::repeat_n(b'x', STRETCH_LEN));
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
 /// Client bytes read as a session reads them, checked against [`Reference`].
 pub fn lmtp_input(data: &[u8]) {
     let [mode_max, step, limit, input @ ..] = data else {
@@ -496,12 +518,13 @@ pub fn lmtp_input(data: &[u8]) {
     } else {
         u64::from(*limit) * 4
     };
+    let input = stretch(input);
     let client = Client {
-        input: io::Cursor::new(input.to_vec()),
+        input: io::Cursor::new(input.clone()),
         step,
     };
     let mut wire = Wire::new(client, mode);
-    let mut reference = Reference::new(input, mode);
+    let mut reference = Reference::new(&input, mode);
     loop {
         let got = match wire.read_line(max) {
             Ok(line) => line,
