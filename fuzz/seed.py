@@ -109,6 +109,9 @@ for control in [b"\x09\x00\xff", b"\x0a\x03\xff", b"\x0b\x06\x05", b"\x09\xfa\xf
 add("lmtp_input", b"\x0b\x02\xff" + b"NOOP\rDATA\ra\rb\r\n.\rQUIT\r")
 add("lmtp_input", b"\x0a\x04\x10" + b"DATA\nx\x00y\n.end\n.\nNOOP\n")
 add("lmtp_input", b"\x03\x07\xff" + b"AAAAAAAAAAAA\r\nNOOP\r\n")
+# 0xFE stands for 70,000 bytes of text: lines longer than the reader's buffer.
+for control in [b"\x09\x00\xff", b"\x0a\xfa\xff", b"\x0b\x0f\x10", b"\x09\x05\x20"]:
+    add("lmtp_input", control + b"NOOP\r\nDATA\r\n\xfe\r\n.\xfe\xfe\r\n\xfe\r\r\n.\r\n\xfe\nQUIT\r\n")
 
 for m in ["READY", "DRAINING", "ENDED 5", "ENDED x", "READY now", "DRAIN",
           "HANDOFF 17 127.0.0.2:40000 [::1]:2225", "HANDOFF x 1.2.3.4:5 1.2.3.4:6",
