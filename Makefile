@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make run` and `make test` (see README.md).
 CARGO ?= cargo
 
-.PHONY: all build deps test run bench clean
+.PHONY: all build deps test run bench fuzz clean
 
 all: build
 
@@ -33,6 +33,29 @@ bench: build deps
 	$(CARGO) bench --locked --bench mapping
 	$(CARGO) bench --locked --bench handoff
 	$(CARGO) bench --locked --bench lmtp
+
+# Coverage-guided fuzzing of every reader and parser of untrusted input (docs/fuzzing.md), on
+# the nightly toolchain: each target of fuzz/ runs FUZZ_SECONDS from its committed corpus, which
+# is then minimized. A crash stops no other target; the reproducers land in fuzz/artifacts/
+# (and are kept in the corpus too) and the run fails at the end. Not part of `make test`, which
+# replays the committed corpora and reproducers.
+FUZZ_SECONDS ?= 20
+FUZZ_RSS_MB ?= 2048
+FUZZ_TIMEOUT ?= 10
+FUZZ = $(CARGO) +nightly fuzz
+fuzz:
+	$(FUZZ) --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(FUZZ) build -s none
+	cd fuzz && failed=; for t in $$($(FUZZ) list); do \
+	    echo "== fuzz $$t: $(FUZZ_SECONDS) s"; \
+	    $(FUZZ) run -s none $$t -- -max_total_time=$(FUZZ_SECONDS) \
+	        -rss_limit_mb=$(FUZZ_RSS_MB) -timeout=$(FUZZ_TIMEOUT) -print_final_stats=1 \
+	        || failed="$$failed $$t"; \
+	    $(FUZZ) cmin -s none $$t -- -rss_limit_mb=$(FUZZ_RSS_MB) -timeout=$(FUZZ_TIMEOUT) \
+	        >/dev/null 2>&1 || failed="$$failed $$t(cmin)"; \
+	    cp artifacts/$$t/* corpus/$$t/ 2>/dev/null || true; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashes in:$$failed (see fuzz/artifacts/)"; exit 1; fi
 
 clean:
 	$(CARGO) clean

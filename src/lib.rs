@@ -12,6 +12,7 @@
 //! * [`worker`]: the runtime every worker image links.
 //! * [`safe_fs`]: opening files for writing without following planted links or files.
 //! * [`log_text`]: untrusted text in log lines, escaped.
+//! * [`fuzzing`]: the fuzz targets' entry points, which `make fuzz` runs and `make test` replays.
 //! * [`check`]: `dispatcher --check`, the effective configuration as an administrator reads it.
 //! * [`test_mapping`]: `dispatcher --test-mapping`, probes through a table.
 //!
@@ -21,6 +22,7 @@
 pub mod check;
 pub mod config;
 pub mod dispatcher;
+pub mod fuzzing;
 pub mod handoff;
 pub mod lmtp;
 pub mod log_text;

@@ -46,8 +46,17 @@ pub fn load(path: &Path, diags: &mut Diagnostics) -> Result<ChannelOptions, Conf
         });
     }
     let text = read_text(path)?;
+    from_text(path, &text, diags)
+}
+
+/// Parses option-file text as if read from `path` (the file exists).
+pub fn from_text(
+    path: &Path,
+    text: &str,
+    diags: &mut Diagnostics,
+) -> Result<ChannelOptions, ConfigError> {
     let file: Arc<Path> = Arc::from(path);
-    let settings = option_file::parse(&file, &text)?;
+    let settings = option_file::parse(&file, text)?;
     for (i, s) in settings.iter().enumerate() {
         if let Some(first) = settings[..i]
             .iter()

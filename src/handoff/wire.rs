@@ -256,8 +256,15 @@ fn recv_packet(ctrl: BorrowedFd<'_>) -> Result<Option<Packet>, WireError> {
     if bytes == 0 && fds.is_empty() {
         return Ok(None);
     }
-    let text = String::from_utf8_lossy(&buf[..bytes]).into_owned();
+    let text = packet_text(&buf[..bytes]);
     Ok(Some(Packet { text, fds }))
+}
+
+/// A packet's bytes as the text the decoders read. The protocol is ASCII: a byte that is not
+/// UTF-8 becomes U+FFFD, which no message contains, so such a packet decodes to an error.
+/// Pure, so that what a worker can send is fuzzed without a socket (`src/fuzzing.rs`).
+pub fn packet_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Receives one message from the dispatcher, with the socket of a `HandOff`; `None` when the

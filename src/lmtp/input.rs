@@ -369,12 +369,14 @@ impl<S: Read + Write> Wire<S> {
                     return Ok(Line::TooLong);
                 }
                 let cr = lf > line_start && self.buf[lf - 1] == b'\r';
-                if !cr && !self.mode.lf_ends_lines() {
-                    return Ok(Line::BareLf);
-                }
                 let text_end = if cr { lf - 1 } else { lf };
+                // Length first, as when the line was dropped while scanning: which error a
+                // line gets must not depend on how its bytes were split into reads.
                 if text_end - line_start > max {
                     return Ok(Line::TooLong);
+                }
+                if !cr && !self.mode.lf_ends_lines() {
+                    return Ok(Line::BareLf);
                 }
                 return Ok(Line::Text(self.buf[line_start..text_end].to_vec()));
             }
