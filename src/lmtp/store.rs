@@ -9,8 +9,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -18,6 +17,7 @@ use nix::sys::stat::Mode;
 use super::address::Recipient;
 use super::body::Body;
 use super::reply::Reply;
+use crate::log_text::Throttle;
 
 /// Kept for the callers that open a mailbox file by path; the one implementation is
 /// [`crate::safe_fs::open_regular`].
@@ -158,9 +158,10 @@ pub struct StoreRoot {
     path: PathBuf,
     /// The option that names it, for the log (`STORE_ROOT`).
     option: &'static str,
-    /// When the failure now in progress was last logged; `None` while the root is fine.
-    warned: Mutex<Option<Instant>>,
-    /// Whether `warned` is `Some`: read without the lock on every recipient.
+    /// Lets the failure's log line through once per [`ROOT_WARNING_EVERY`].
+    warnings: Throttle,
+    /// Whether the root failed since it was last opened: read on every recipient, so that
+    /// its coming back is logged once.
     failing: AtomicBool,
 }
 
@@ -169,7 +170,7 @@ impl StoreRoot {
         StoreRoot {
             path,
             option,
-            warned: Mutex::new(None),
+            warnings: Throttle::new(ROOT_WARNING_EVERY),
             failing: AtomicBool::new(false),
         }
     }
@@ -198,13 +199,10 @@ impl StoreRoot {
     }
 
     fn failed(&self, e: io::Error) {
-        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if warned.is_some_and(|at| now.duration_since(at) < ROOT_WARNING_EVERY) {
+        self.failing.store(true, Ordering::Relaxed);
+        if !self.warnings.allows(self.option) {
             return;
         }
-        *warned = Some(now);
-        self.failing.store(true, Ordering::Relaxed);
         let why = match e.raw_os_error() {
             Some(libc::ENOENT) => "does not exist".to_string(),
             Some(libc::ENOTDIR) => "is not a directory".to_string(),
@@ -219,9 +217,7 @@ impl StoreRoot {
     }
 
     fn recovered(&self) {
-        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
-        if warned.take().is_some() {
-            self.failing.store(false, Ordering::Relaxed);
+        if self.failing.swap(false, Ordering::Relaxed) {
             log::info!("{}={}: available again", self.option, self.path.display());
         }
     }
