@@ -68,11 +68,17 @@ fn lock_host() -> String {
 
 /// A dot-lock in our own format that names this host and a pid no process has, owned by
 /// the uid `owner`: what a worker that crashed in the middle of an append would leave, had
-/// it been written by `owner`.
+/// it been written by `owner`. It notes `length` and, as ours do, the mailbox file it was
+/// taken for: the one now at the lock's name without `.lock` (a forger can read that off).
 fn plant_lock(path: &Path, owner: u32, length: u64) {
+    let mailbox = path.with_extension("");
+    let (dev, ino) = fs::symlink_metadata(&mailbox).map_or((0, 0), |m| (m.dev(), m.ino()));
     fs::write(
         path,
-        format!("tcp_lmtpn_server {} 999999 {length}\n", lock_host()),
+        format!(
+            "tcp_lmtpn_server {} 999999 {length} {dev}:{ino}\n",
+            lock_host()
+        ),
     )
     .expect("plant a dot-lock");
     nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(owner)), None)
@@ -242,6 +248,64 @@ fn crash_recovery_never_truncates_a_file_hard_linked_into_the_spool() {
     }
     assert_unchanged(&root_file, &root_content, "root's file after a delivery");
     assert_unchanged(&bob_file, &bob_content, "bob's file after a delivery");
+}
+
+#[test]
+fn a_live_lock_of_ours_hard_linked_under_another_mailbox_never_cuts_that_mailbox() {
+    // Where fs.protected_hardlinks is 0 (the kernel's default), anyone who can write the
+    // spool can hard-link a lock of ours while it is held (the test is root, which may
+    // always). Once our worker removes its own name, the link is a lock of ours, one link,
+    // our mark, under bob's name: a "crash" for bob, with alice's length in it.
+    account("alice");
+    account("bob");
+    let (d, spool) = start(SHORT_LOCK_WAIT);
+    assert_eq!(deliver(&d, "bob", "bob's own mail").code, 250);
+    let bob_mailbox = spool.join("bob");
+    let bob_content = fs::read(&bob_mailbox).expect("bob's mailbox");
+
+    let big: String = (0..400_000)
+        .map(|i| format!("line {i} of a message long enough to be caught appending .....\r\n"))
+        .collect();
+    let mut c = Lmtp::connect(RELAY, d.addr(1));
+    c.lhlo();
+    assert_eq!(c.cmd("MAIL FROM:<mallory@relay.example>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice>").code, 250);
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send(&common::lmtp::dot_stuff(big.as_bytes()));
+    let (alice_lock, bob_lock) = (spool.join("alice.lock"), spool.join("bob.lock"));
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut linked = false;
+    while Instant::now() < end && !linked {
+        // The append has started once the lock notes the mailbox's length (a fourth field).
+        let noted = fs::read_to_string(&alice_lock).is_ok_and(|t| t.split_whitespace().count() > 3);
+        if noted {
+            linked = fs::hard_link(&alice_lock, &bob_lock).is_ok();
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(linked, "never caught alice's lock during the append");
+    assert_eq!(c.reply().code, 250, "alice's message is delivered");
+    c.quit();
+    let meta = fs::symlink_metadata(&bob_lock).expect("the linked lock stays");
+    assert_eq!(
+        meta.nlink(),
+        1,
+        "our worker removed its own name, alice.lock"
+    );
+
+    // A fresh worker (the one that wrote the lock is gone) recovers "crashed" deliveries.
+    restart_worker(&d);
+    assert_unchanged(&bob_mailbox, &bob_content, "bob's mailbox");
+    // The lock guards nothing of bob's: it goes, and bob's mail is not held up.
+    let end = Instant::now() + WAIT;
+    while bob_lock.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!bob_lock.exists(), "the linked lock is removed");
+    assert_eq!(deliver(&d, "bob", "after").code, 250);
+    let text = String::from_utf8(fs::read(&bob_mailbox).expect("mailbox")).expect("utf-8");
+    assert!(text.starts_with(std::str::from_utf8(&bob_content).expect("utf-8")));
+    assert!(text.contains("Subject: after\n"), "{text}");
 }
 
 #[test]

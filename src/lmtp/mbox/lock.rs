@@ -5,7 +5,10 @@
 //! blocking (the store retries), so no lock order can deadlock against other software.
 //!
 //! Our dot-lock carries a mark, `tcp_lmtpn_server <host> <pid>` and, once the append is
-//! about to start, the mailbox's length before it. A lock is *ours* only when every one of
+//! about to start, the mailbox's length before it and the mailbox file it was written for
+//! (`<length> <device>:<inode>`): a lock of ours hard-linked under another mailbox's lock
+//! name (possible where `fs.protected_hardlinks` is 0) then still names the file it was
+//! taken for, and recovery never cuts any other. A lock is *ours* only when every one of
 //! these holds, since anyone who can write the spool (a `1777` `/var/mail`) can plant a file
 //! with any text: a regular file with one link, owned by the uid this process creates its
 //! dot-locks with (its own: only it or root can make a file owned by it), holding exactly
@@ -123,15 +126,28 @@ pub struct CrashedLock {
 pub struct LockMark {
     pub host: String,
     pub pid: u32,
-    /// The mailbox's length before the append; none before the append started.
-    pub length: Option<u64>,
+    /// What the append was about to do; none before the append started.
+    pub length: Option<Noted>,
+}
+
+/// What a lock of ours notes just before its append starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Noted {
+    /// The mailbox's length before the append: where a half message would start.
+    pub len: u64,
+    /// The mailbox file appended to (`st_dev`, `st_ino`): the only file a recovery from
+    /// this lock may cut back.
+    pub dev: u64,
+    pub ino: u64,
 }
 
 impl LockMark {
     /// The exact text of the mark: the only text a lock of ours can hold.
     fn text(&self) -> String {
         match self.length {
-            Some(len) => format!("{LOCK_MARK} {} {} {len}\n", self.host, self.pid),
+            Some(Noted { len, dev, ino }) => {
+                format!("{LOCK_MARK} {} {} {len} {dev}:{ino}\n", self.host, self.pid)
+            }
             None => format!("{LOCK_MARK} {} {}\n", self.host, self.pid),
         }
     }
@@ -145,7 +161,18 @@ impl LockMark {
         }
         let host = fields.next()?.to_string();
         let pid = fields.next()?.parse().ok()?;
-        let length = fields.next().map(str::parse).transpose().ok()?;
+        let length = match (fields.next(), fields.next()) {
+            (None, _) => None,
+            (Some(len), Some(file)) => {
+                let (dev, ino) = file.split_once(':')?;
+                Some(Noted {
+                    len: len.parse().ok()?,
+                    dev: dev.parse().ok()?,
+                    ino: ino.parse().ok()?,
+                })
+            }
+            (Some(_), None) => return None,
+        };
         let mark = LockMark { host, pid, length };
         // No sign, leading zero, empty field, extra field or other byte: the one spelling.
         (fields.next().is_none() && mark.text() == text).then_some(mark)
@@ -218,11 +245,7 @@ impl DotLocker {
             Ok(m) => m,
             Err(_) => return Existing::Gone,
         };
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .unwrap_or(Duration::ZERO);
+        let age = lock_age(&meta);
         let odd = match self.proof(lock, &meta) {
             Proof::Ours(mark) if !process_alive(mark.pid) => {
                 return Existing::Crashed(CrashedLock {
@@ -303,6 +326,22 @@ impl DotLocker {
     }
 }
 
+/// How old a lock is, by its modification time. A time in the future (beyond a minute of
+/// clock skew between hosts sharing a spool) counts as older than any stale age: whoever can
+/// write the spool could otherwise `touch -d 2099-01-01` a lock and hold a mailbox for ever.
+fn lock_age(meta: &fs::Metadata) -> Duration {
+    const SKEW: Duration = Duration::from_secs(60);
+    let Ok(modified) = meta.modified() else {
+        return Duration::ZERO;
+    };
+    let now = SystemTime::now();
+    match now.duration_since(modified) {
+        Ok(age) => age,
+        Err(ahead) if ahead.duration() <= SKEW => Duration::ZERO,
+        Err(_) => Duration::MAX,
+    }
+}
+
 /// What [`DotLocker::proof`] found.
 enum Proof {
     Ours(LockMark),
@@ -369,17 +408,13 @@ pub struct DotLock {
 }
 
 impl DotLock {
-    /// Records, before the append starts, the length to cut the mailbox back to should this
-    /// process die in the middle of it. The new mark is longer than the old one, so it
-    /// covers it whole.
-    pub fn note_length(&mut self, len: u64) {
-        self.mark.length = Some(len);
-        if let Err(e) = self.file.write_all_at(self.mark.text().as_bytes(), 0) {
-            log::warn!(
-                "cannot note the mailbox length in {}: {e}",
-                untrusted(self.path.as_os_str().as_encoded_bytes())
-            );
-        }
+    /// Records, before the append starts, the mailbox file and the length to cut it back
+    /// to should this process die in the middle of it. The new mark is longer than the old
+    /// one, so it covers it whole. An error means the append must not start: a crash in it
+    /// could not be cut back, and the relay's retry would store the half message again.
+    pub fn note_length(&mut self, noted: Noted) -> io::Result<()> {
+        self.mark.length = Some(noted);
+        self.file.write_all_at(self.mark.text().as_bytes(), 0)
     }
 }
 
@@ -458,20 +493,28 @@ mod tests {
 
     #[test]
     fn a_mark_is_read_only_in_its_one_spelling() {
-        let m = LockMark::parse("tcp_lmtpn_server h 12 34\n").unwrap();
-        assert_eq!((m.host.as_str(), m.pid, m.length), ("h", 12, Some(34)));
+        let m = LockMark::parse("tcp_lmtpn_server h 12 34 5:6\n").unwrap();
+        let noted = Noted {
+            len: 34,
+            dev: 5,
+            ino: 6,
+        };
+        assert_eq!((m.host.as_str(), m.pid, m.length), ("h", 12, Some(noted)));
         assert_eq!(
             LockMark::parse("tcp_lmtpn_server h 12\n").unwrap().length,
             None
         );
         for forged in [
-            "tcp_lmtpn_server h 12 34",
-            "tcp_lmtpn_server h 12 34\n\n",
-            "tcp_lmtpn_server h 012 34\n",
-            "tcp_lmtpn_server h +12 34\n",
+            "tcp_lmtpn_server h 12 34 5:6",
+            "tcp_lmtpn_server h 12 34 5:6\n\n",
+            "tcp_lmtpn_server h 012 34 5:6\n",
+            "tcp_lmtpn_server h +12 34 5:6\n",
+            "tcp_lmtpn_server h 12 34\n",
             "tcp_lmtpn_server h 12 34 5\n",
-            "tcp_lmtpn_server  h 12 34\n",
-            "tcp_lmtpn_server h 12 -1\n",
+            "tcp_lmtpn_server h 12 34 5:6 7\n",
+            "tcp_lmtpn_server h 12 34 05:6\n",
+            "tcp_lmtpn_server  h 12 34 5:6\n",
+            "tcp_lmtpn_server h 12 -1 5:6\n",
             "tcp_lmtpn_server h\n",
             "other h 12 34\n",
             "",
@@ -485,12 +528,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = locker();
         let lock = dir.path().join("alice.lock");
-        let mark = format!("{LOCK_MARK} testhost {} 0\n", dead_pid());
+        let mark = format!("{LOCK_MARK} testhost {} 0 1:2\n", dead_pid());
         fs::write(&lock, &mark).unwrap();
         match l.examine(&lock) {
             Existing::Crashed(c) => {
                 assert_eq!(c.mailbox, dir.path().join("alice"));
-                assert_eq!(c.mark.length, Some(0));
+                let noted = Noted {
+                    len: 0,
+                    dev: 1,
+                    ino: 2,
+                };
+                assert_eq!(c.mark.length, Some(noted));
                 assert!(l.still_crashed(&c));
                 // Replaced by another file with the same text: no longer the one judged.
                 fs::remove_file(&lock).unwrap();
@@ -503,9 +551,10 @@ mod tests {
         }
         // Another host's, a live holder's, or a mark in another spelling: held.
         for text in [
-            format!("{LOCK_MARK} otherhost {} 0\n", dead_pid()),
-            format!("{LOCK_MARK} testhost {} 0\n", std::process::id()),
-            format!("{LOCK_MARK} testhost {} 0 \n", dead_pid()),
+            format!("{LOCK_MARK} otherhost {} 0 1:2\n", dead_pid()),
+            format!("{LOCK_MARK} testhost {} 0 1:2\n", std::process::id()),
+            format!("{LOCK_MARK} testhost {} 0 1:2 \n", dead_pid()),
+            format!("{LOCK_MARK} testhost {} 0\n", dead_pid()),
         ] {
             fs::remove_file(&lock).unwrap();
             fs::write(&lock, &text).unwrap();
@@ -528,6 +577,22 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_dated_in_the_future_is_stale_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = locker();
+        let lock = dir.path().join("alice.lock");
+        fs::write(&lock, "a mail reader's lock\n").unwrap();
+        let year = Duration::from_secs(365 * 24 * 3600);
+        fs::File::options()
+            .write(true)
+            .open(&lock)
+            .unwrap()
+            .set_modified(SystemTime::now() + year)
+            .unwrap();
+        assert!(matches!(l.examine(&lock), Existing::Stale(_)));
+    }
+
+    #[test]
     fn a_lock_of_another_owner_is_never_read_and_goes_when_stale() {
         if !nix::unistd::Uid::effective().is_root() {
             return; // only root can give a file to another owner
@@ -535,7 +600,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = locker();
         let lock = dir.path().join("alice.lock");
-        fs::write(&lock, format!("{LOCK_MARK} testhost {} 0\n", dead_pid())).unwrap();
+        fs::write(
+            &lock,
+            format!("{LOCK_MARK} testhost {} 0 1:2\n", dead_pid()),
+        )
+        .unwrap();
         nix::unistd::chown(&lock, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
         assert!(matches!(l.examine(&lock), Existing::Held { odd: None }));
         make_stale(&lock);
@@ -563,10 +632,15 @@ mod tests {
             fs::read_to_string(&lock).unwrap(),
             format!("{LOCK_MARK} testhost {pid}\n")
         );
-        held.note_length(1234);
+        held.note_length(Noted {
+            len: 1234,
+            dev: 7,
+            ino: 8,
+        })
+        .unwrap();
         assert_eq!(
             fs::read_to_string(&lock).unwrap(),
-            format!("{LOCK_MARK} testhost {pid} 1234\n")
+            format!("{LOCK_MARK} testhost {pid} 1234 7:8\n")
         );
         assert!(matches!(
             l.try_lock(&mailbox),

@@ -24,6 +24,7 @@ mod lock;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -32,12 +33,14 @@ use nix::unistd::User;
 use super::address::Recipient;
 use super::body::Body;
 use super::reply::Reply;
-use super::store::{io_failure, over_quota, Message, Quota, Store, Target};
+use super::store::{io_failure, over_quota, unsafe_mailbox, Message, Quota, Store, Target};
 use crate::log_text::{untrusted, Throttle};
 use crate::safe_fs::{self, DirState, OpenError};
 
 pub use format::mbox_text;
-use lock::{try_fcntl_lock, Attempt, CrashedLock, DotLocker, Existing, MailboxMutexes, StaleLock};
+use lock::{
+    try_fcntl_lock, Attempt, CrashedLock, DotLocker, Existing, MailboxMutexes, Noted, StaleLock,
+};
 
 /// First pause between lock tries; it doubles up to the configured `SLEEP_TIME`.
 const FIRST_LOCK_PAUSE: Duration = Duration::from_millis(5);
@@ -196,9 +199,8 @@ impl MboxStore {
         })?;
         let (file, created) = open_mailbox(path, account)?;
         let appended = match try_fcntl_lock(&file) {
-            Ok(true) => {
-                write_locked(&file, created, path, text, |len| dot.note_length(len)).map(|()| true)
-            }
+            Ok(true) => write_locked(&file, created, path, text, |noted| dot.note_length(noted))
+                .map(|()| true),
             Ok(false) => Ok(false),
             Err(e) => Err(AppendError::Io("cannot lock the mailbox", e)),
         };
@@ -265,7 +267,7 @@ impl MboxStore {
         // The mailbox stays fcntl-locked until the lock is gone, so that no other program
         // appends to it in between.
         let _held = match crashed.mark.length {
-            Some(len) => match self.cut_back(crashed, account, len) {
+            Some(noted) => match self.cut_back(crashed, account, noted) {
                 Ok(held) => held,
                 Err(Later) => return false,
             },
@@ -295,8 +297,9 @@ impl MboxStore {
         &self,
         crashed: &CrashedLock,
         account: &User,
-        len: u64,
+        noted: Noted,
     ) -> Result<Option<File>, Later> {
+        let len = noted.len;
         let mailbox = &crashed.mailbox;
         let refuse = |why: String| {
             self.warn_once(
@@ -320,6 +323,24 @@ impl MboxStore {
             Ok(None) => return Ok(None),
             Err(e) => return Err(refuse(e.to_string())),
         };
+        // Only the very file the crashed append wrote is cut: a lock of ours linked under
+        // this mailbox's lock name (where fs.protected_hardlinks is 0), or a mailbox
+        // replaced since, leaves this file alone, and the lock, which guards nothing here,
+        // is removed.
+        match file.metadata() {
+            Ok(m) if (m.dev(), m.ino()) == (noted.dev, noted.ino) => {}
+            Ok(_) => {
+                log::warn!(
+                    "{}: not cut back: the crashed lock in front of it was written for another \
+                     file (device {} inode {}), linked here or replaced since",
+                    shown(mailbox),
+                    noted.dev,
+                    noted.ino
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(refuse(format!("cannot examine it: {e}"))),
+        }
         match try_fcntl_lock(&file) {
             Ok(true) => {}
             Ok(false) => return Err(Later), // someone reads or writes it now
@@ -374,13 +395,18 @@ fn write_locked(
     created: bool,
     path: &Path,
     text: &Body,
-    note_length: impl FnOnce(u64),
+    note_length: impl FnOnce(Noted) -> io::Result<()>,
 ) -> Result<(), AppendError> {
-    let old_len = file
+    let meta = file
         .metadata()
-        .map_err(|e| AppendError::Io("cannot examine the mailbox", e))?
-        .len();
-    note_length(old_len);
+        .map_err(|e| AppendError::Io("cannot examine the mailbox", e))?;
+    let old_len = meta.len();
+    note_length(Noted {
+        len: old_len,
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+    .map_err(|e| AppendError::Io("cannot note the mailbox length in its dot-lock", e))?;
     let separator = missing_separator(file, old_len)
         .map_err(|e| AppendError::Io("cannot read the mailbox end", e))?;
     let mut out = file;
@@ -557,11 +583,8 @@ fn failure_reply(t: &Target, e: AppendError) -> Reply {
                 "refusing to deliver to {}: {why}",
                 untrusted(t.key.as_bytes())
             );
-            Reply::new(
-                451,
-                "4.3.0",
-                format!("Mailbox is unsafe to deliver to: {why}"),
-            )
+            // The details (owners, link counts) are for the log, not for the client.
+            unsafe_mailbox()
         }
         AppendError::Io(what, e) => io_failure(what, &e),
     }
@@ -795,10 +818,12 @@ mod tests {
         fs::write(
             lock_path(&path),
             format!(
-                "{LOCK_MARK} {} {} {}\n",
+                "{LOCK_MARK} {} {} {} {}:{}\n",
                 s.locker.host,
                 dead_pid(),
-                whole.len()
+                whole.len(),
+                f.metadata().unwrap().dev(),
+                f.metadata().unwrap().ino()
             ),
         )
         .unwrap();
@@ -851,7 +876,11 @@ mod tests {
         // Held by this very process (alive), on this host: not stale, whatever it says.
         fs::write(
             lock_path(&path),
-            format!("{LOCK_MARK} {} {} 0\n", s.locker.host, std::process::id()),
+            format!(
+                "{LOCK_MARK} {} {} 0 0:0\n",
+                s.locker.host,
+                std::process::id()
+            ),
         )
         .unwrap();
         let e = s
