@@ -245,3 +245,76 @@ fn a_slow_client_that_keeps_within_the_deadlines_is_served() {
     c.quit();
     assert_eq!(stored(&alice).len(), 1);
 }
+
+#[test]
+fn a_client_that_takes_its_replies_a_little_at_a_time_is_cut_off() {
+    // Pipelined commands whose replies (80 octets for each 8-octet VRFY) fill every buffer
+    // between the server and a client with a small receive buffer, which then takes a few
+    // KiB every second: each of the server's writes makes progress within the 3 s limit, so only
+    // a deadline for taking all the replies ends the session.
+    let d = Dispatcher::start_lmtp(ONE_SLOT, THREE_SECONDS);
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket
+        .bind(&std::net::SocketAddr::from((RELAY, 0)).into())
+        .expect("bind the relay's address");
+    socket.connect(&d.addr(0).into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    let writer = stream.try_clone().expect("clone the stream");
+    writer
+        .set_write_timeout(Some(Duration::from_secs(60)))
+        .expect("write timeout");
+    const COMMANDS: usize = 100_000;
+    let pipeline = std::thread::spawn(move || {
+        let mut w = &writer;
+        let batch = b"VRFY x\r\n".repeat(1000);
+        let mut sent = 0;
+        for _ in 0..COMMANDS / 1000 {
+            if w.write_all(&batch).is_err() {
+                break; // the server closed: what it did not read is not ours to count
+            }
+            sent += 1000;
+        }
+        sent
+    });
+    let started = Instant::now();
+    let mut got = 0usize;
+    let mut closed = false;
+    let mut buf = [0u8; 4096];
+    // At most 40 s of reading a few KiB every second; the replies in full are about 8 MB.
+    while started.elapsed() < Duration::from_secs(40) {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("read timeout");
+        match (&stream).read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let elapsed = started.elapsed();
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let sent = pipeline.join().expect("the pipelining thread");
+    // Cut off within the replies' deadline (3 s) and a 421's (3 s more) of the buffers
+    // filling, with a margin for a loaded machine; a per-write limit lets it go on for ever.
+    assert!(
+        closed && elapsed < Duration::from_secs(15),
+        "still served after {elapsed:?} (closed: {closed}): {got} octets of replies taken, \
+         {sent} commands sent"
+    );
+    assert!(
+        got < sent * 80,
+        "cut off before all replies were taken: {got} octets"
+    );
+    d.wait_for_service_log(LOG, "timed out: the client does not read its replies");
+    the_slot_is_free(&d);
+}

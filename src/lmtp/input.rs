@@ -113,15 +113,20 @@ pub struct TimeLimits {
     pub data_rate: u64,
 }
 
-/// A stream whose reads can be bounded in time: the connection's socket.
-pub trait ReadTimeout {
+/// A stream whose reads and writes can be bounded in time: the connection's socket.
+pub trait Timeouts {
     /// Makes a read that waits longer than `limit` fail with a timeout.
     fn set_read_timeout(&self, limit: Duration) -> io::Result<()>;
+    /// Makes a write that waits longer than `limit` fail with a timeout.
+    fn set_write_timeout(&self, limit: Duration) -> io::Result<()>;
 }
 
-impl ReadTimeout for &TcpStream {
+impl Timeouts for &TcpStream {
     fn set_read_timeout(&self, limit: Duration) -> io::Result<()> {
         TcpStream::set_read_timeout(self, Some(limit))
+    }
+    fn set_write_timeout(&self, limit: Duration) -> io::Result<()> {
+        TcpStream::set_write_timeout(self, Some(limit))
     }
 }
 
@@ -148,10 +153,11 @@ enum Deadline {
     Running { at: Instant, budget: Budget },
 }
 
-/// Time limits and how to apply them to the stream's reads.
+/// Time limits and how to apply them to the stream's reads and writes.
 struct Timing<S> {
     limits: TimeLimits,
     set_read_timeout: fn(&S, Duration) -> io::Result<()>,
+    set_write_timeout: fn(&S, Duration) -> io::Result<()>,
 }
 
 /// Buffered reading and reply batching over a stream.
@@ -173,13 +179,15 @@ pub struct Wire<S> {
     deadline: Deadline,
 }
 
-impl<S: Read + Write + ReadTimeout> Wire<S> {
-    /// A wire whose command lines and message data must arrive within `limits`.
+impl<S: Read + Write + Timeouts> Wire<S> {
+    /// A wire whose command lines and message data must arrive within `limits`, and whose
+    /// replies must be taken by the client within the command limit.
     pub fn timed(stream: S, mode: Terminators, limits: TimeLimits) -> Wire<S> {
         let mut wire = Wire::new(stream, mode);
         wire.timing = Some(Timing {
             limits,
-            set_read_timeout: <S as ReadTimeout>::set_read_timeout,
+            set_read_timeout: <S as Timeouts>::set_read_timeout,
+            set_write_timeout: <S as Timeouts>::set_write_timeout,
         });
         wire
     }
@@ -211,12 +219,38 @@ impl<S: Read + Write> Wire<S> {
         &mut self.out
     }
 
-    /// Sends the collected replies.
+    /// Sends the collected replies. With time limits, all of them must be taken within
+    /// `COMMAND_RECEIVE_TIME`, not each write: a client that reads its replies a few octets
+    /// at a time (after pipelining many commands) would otherwise hold its slot for ever.
     pub fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let Some(timing) = &self.timing else {
             self.stream.write_all(&self.out)?;
             self.out.clear();
+            return Ok(());
+        };
+        let limit = timing.limits.command;
+        let at = Instant::now() + limit;
+        let mut sent = 0;
+        while sent < self.out.len() {
+            let left = at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client did not take its replies within COMMAND_RECEIVE_TIME",
+                ));
+            }
+            (timing.set_write_timeout)(&self.stream, left.min(limit))?;
+            match self.stream.write(&self.out[sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
+        self.out.clear();
         Ok(())
     }
 
@@ -592,11 +626,66 @@ mod tests {
         }
     }
 
-    impl ReadTimeout for Slow {
+    impl Timeouts for Slow {
         fn set_read_timeout(&self, limit: Duration) -> io::Result<()> {
             self.limits_set.borrow_mut().push(limit);
             Ok(())
         }
+        fn set_write_timeout(&self, _limit: Duration) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A client that takes one octet of the replies per write, `pause` apart.
+    struct SlowReader {
+        pause: Duration,
+        taken: usize,
+    }
+
+    impl Read for SlowReader {
+        fn read(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+            Ok(0)
+        }
+    }
+
+    impl Write for SlowReader {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            std::thread::sleep(self.pause);
+            self.taken += 1;
+            Ok(buf.len().min(1))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Timeouts for SlowReader {
+        fn set_read_timeout(&self, _limit: Duration) -> io::Result<()> {
+            Ok(())
+        }
+        fn set_write_timeout(&self, _limit: Duration) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn replies_taken_an_octet_at_a_time_run_into_the_command_deadline() {
+        let limits = TimeLimits {
+            command: Duration::from_millis(100),
+            data: Duration::from_millis(100),
+            data_rate: 0,
+        };
+        let client = SlowReader {
+            pause: Duration::from_millis(10),
+            taken: 0,
+        };
+        let mut wire = Wire::timed(client, Terminators::Crlf, limits);
+        wire.out().extend_from_slice(&[b'x'; 1000]);
+        let started = Instant::now();
+        let e = wire.flush().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(wire.stream().taken < 1000, "every octet was written");
     }
 
     fn slow(input: &[u8], pause_ms: u64, limits: TimeLimits) -> Wire<Slow> {
