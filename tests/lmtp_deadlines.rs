@@ -248,11 +248,13 @@ fn a_slow_client_that_keeps_within_the_deadlines_is_served() {
 
 #[test]
 fn a_client_that_takes_its_replies_a_little_at_a_time_is_cut_off() {
-    // Pipelined commands whose replies (80 octets for each 8-octet VRFY) fill every buffer
-    // between the server and a client with a small receive buffer, which then takes a few
-    // KiB every second: each of the server's writes makes progress within the 3 s limit, so only
-    // a deadline for taking all the replies ends the session.
+    // Pipelined commands whose replies (80 octets for each 8-octet VRFY; 98 of them between
+    // two messages, within the junk command limit) fill every buffer between the server and
+    // a client with a small receive buffer, which then takes a few KiB every second: each of
+    // the server's writes makes progress within the 3 s limit, so only a deadline for taking
+    // all the replies ends the session.
     let d = Dispatcher::start_lmtp(ONE_SLOT, THREE_SECONDS);
+    maildir(&d.root, "alice");
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
@@ -265,16 +267,22 @@ fn a_client_that_takes_its_replies_a_little_at_a_time_is_cut_off() {
     writer
         .set_write_timeout(Some(Duration::from_secs(60)))
         .expect("write timeout");
-    const COMMANDS: usize = 100_000;
+    const ROUNDS: usize = 1000;
     let pipeline = std::thread::spawn(move || {
         let mut w = &writer;
-        let batch = b"VRFY x\r\n".repeat(1000);
+        let mut round = b"VRFY x\r\n".repeat(98);
+        round.extend_from_slice(
+            b"MAIL FROM:<a@b>\r\nRCPT TO:<alice>\r\nDATA\r\nSubject: r\r\n\r\nr\r\n.\r\n",
+        );
         let mut sent = 0;
-        for _ in 0..COMMANDS / 1000 {
-            if w.write_all(&batch).is_err() {
+        if w.write_all(b"LHLO relay.example\r\n").is_err() {
+            return sent;
+        }
+        for _ in 0..ROUNDS {
+            if w.write_all(&round).is_err() {
                 break; // the server closed: what it did not read is not ours to count
             }
-            sent += 1000;
+            sent += 98;
         }
         sent
     });
@@ -317,4 +325,45 @@ fn a_client_that_takes_its_replies_a_little_at_a_time_is_cut_off() {
     );
     d.wait_for_service_log(LOG, "timed out: the client does not read its replies");
     the_slot_is_free(&d);
+}
+
+#[test]
+fn a_hundred_commands_that_deliver_nothing_end_the_session() {
+    // Each NOOP may come just inside COMMAND_RECEIVE_TIME; without a bound on them a client
+    // holds its slot for ever (Postfix's smtpd_junk_command_limit, 100).
+    let d = Dispatcher::start_lmtp(ONE_SLOT, THREE_SECONDS);
+    let mut c = Lmtp::connect(RELAY, d.addr(0));
+    c.lhlo(); // counts: 99 NOOPs are left
+    c.send(&b"NOOP\r\n".repeat(120));
+    for i in 0..99 {
+        let r = c.reply();
+        assert_eq!(r.code, 250, "NOOP {i}: {r:?}");
+    }
+    let r = c.reply();
+    assert_eq!(
+        (r.code, r.text().starts_with("4.7.0")),
+        (421, true),
+        "{r:?}"
+    );
+    assert_eq!(c.try_reply(), None, "closed after the 421");
+    d.wait_for_service_log(LOG, "100 commands without a message");
+    the_slot_is_free(&d);
+}
+
+#[test]
+fn commands_that_deliver_nothing_are_counted_afresh_after_each_message() {
+    let d = Dispatcher::start_lmtp(ONE_SLOT, THREE_SECONDS);
+    maildir(&d.root, "alice");
+    let mut c = Lmtp::connect(RELAY, d.addr(0));
+    c.lhlo();
+    for round in 0..3 {
+        for i in 0..80 {
+            assert_eq!(c.cmd("NOOP").code, 250, "round {round}, NOOP {i}");
+        }
+        let r = c.send_message("a@b", "alice", b"Subject: between\r\n\r\nx\r\n");
+        assert_eq!(r.code, 250, "round {round}: {r:?}");
+        assert_eq!(c.cmd("RSET").code, 250);
+    }
+    c.quit();
+    assert_eq!(stored(&d.root.join("store/alice")).len(), 3);
 }

@@ -482,15 +482,23 @@ fn a_replacement_worker_refuses_a_channel_broken_since_the_last_reload() {
 fn a_client_that_does_not_read_its_replies_is_timed_out() {
     use std::io::{Read, Write};
     let d = Dispatcher::start_lmtp(LIMITS, "COMMAND_RECEIVE_TIME=0.02");
+    maildir(&d.root, "alice");
     let mut c = common::dispatcher::connect_from(RELAY, d.addr(0));
-    // Pipelined NOOPs, never reading a reply, until both sides' buffers are full.
+    // Pipelined commands, never reading a reply, until both sides' buffers are full: rounds
+    // of 98 NOOPs and a message, which keep within the limit on commands that deliver nothing.
     c.set_write_timeout(Some(Duration::from_millis(500)))
         .expect("write timeout");
-    let noops = b"NOOP\r\n".repeat(10_000);
+    let mut rounds = b"LHLO relay.example\r\n".to_vec();
+    for _ in 0..100 {
+        rounds.extend_from_slice(&b"NOOP\r\n".repeat(98));
+        rounds.extend_from_slice(
+            b"MAIL FROM:<a@b>\r\nRCPT TO:<alice>\r\nDATA\r\nSubject: r\r\n\r\nr\r\n.\r\n",
+        );
+    }
     let mut sent = 0usize;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
-        match c.write(&noops) {
+        match c.write(&rounds[sent % rounds.len()..]) {
             Ok(n) => sent += n,
             Err(_) => break,
         }

@@ -93,7 +93,7 @@ impl Handler for LmtpServer {
             End::Quit | End::Closed => {
                 log::debug!("connection {} from {}: {end:?}", c.id, c.client)
             }
-            End::Timeout | End::Oversize => {}
+            End::Timeout | End::Oversize | End::Junk => {}
             End::Error(e) => log::warn!("connection {} from {}: {e}", c.id, c.client),
         }
     }

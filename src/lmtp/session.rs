@@ -85,8 +85,17 @@ pub enum End {
     Timeout,
     /// Closed by us after a message exceeded its declared size.
     Oversize,
+    /// Closed by us after [`JUNK_COMMAND_LIMIT`] commands that delivered nothing.
+    Junk,
     Error(String),
 }
+
+/// Commands that deliver nothing (`NOOP`, `RSET`, `VRFY`, `HELP`, `LHLO`, refused and
+/// malformed ones) answered between two messages before the connection is closed: each may come just inside
+/// `COMMAND_RECEIVE_TIME`, so without a bound a client could hold its slot for ever with them.
+/// Postfix's `smtpd_junk_command_limit` has the same default. The count starts again after
+/// every message's data.
+pub const JUNK_COMMAND_LIMIT: u32 = 100;
 
 struct Session<'a> {
     ctx: &'a Context<'a>,
@@ -94,6 +103,9 @@ struct Session<'a> {
     lhlo: Option<String>,
     tx: Option<Transaction>,
     transactions: u64,
+    /// Commands since the last message data that delivered nothing; at most
+    /// [`JUNK_COMMAND_LIMIT`].
+    junk: u32,
     /// Reused for every message's data (a large one goes to a temporary file).
     body: Body,
 }
@@ -113,6 +125,7 @@ pub fn run(stream: &TcpStream, ctx: &Context<'_>) -> End {
         lhlo: None,
         tx: None,
         transactions: 0,
+        junk: 0,
         body: Body::new(&std::env::temp_dir()),
     };
     s.reply(Reply::new(
@@ -148,6 +161,11 @@ impl Session<'_> {
 
     fn serve(&mut self) -> End {
         loop {
+            if self.junk >= JUNK_COMMAND_LIMIT {
+                return self.too_much_junk();
+            }
+            // Every command counts but an accepted MAIL or RCPT, and DATA that reads a message.
+            self.junk += 1;
             let line = match self.wire.read_line(MAX_COMMAND_LINE) {
                 Ok(l) => l,
                 Err(e) => return self.stopped(e, Waiting::Command),
@@ -202,16 +220,43 @@ impl Session<'_> {
                     return End::Quit;
                 }
                 Command::Data => {
-                    if let Some(end) = self.data() {
+                    let messages = self.transactions;
+                    let end = self.data();
+                    if self.transactions > messages {
+                        // Message data was read: the count starts again. A refused DATA counts.
+                        self.junk = 0;
+                    }
+                    if let Some(end) = end {
                         return end;
                     }
                 }
                 other => {
+                    let moves_on = matches!(other, Command::Mail { .. } | Command::Rcpt { .. });
                     let r = self.command(other);
+                    if moves_on && r.code < 400 {
+                        self.junk -= 1;
+                    }
                     self.reply(r);
                 }
             }
         }
+    }
+
+    /// Ends a session that sent [`JUNK_COMMAND_LIMIT`] commands that delivered nothing.
+    fn too_much_junk(&mut self) -> End {
+        let host = self.ctx.settings.host.clone();
+        self.reply(Reply::new(
+            421,
+            "4.7.0",
+            format!("{host} Too many commands without a message; closing connection"),
+        ));
+        log::info!(
+            "connection {} from {}: {JUNK_COMMAND_LIMIT} commands without a message (NOOP, \
+             RSET, VRFY, HELP, LHLO, refused or malformed); closing the connection",
+            self.ctx.conn,
+            self.ctx.client
+        );
+        End::Junk
     }
 
     /// Ends the session on a read failure, telling the client when it is still there.
