@@ -10,7 +10,7 @@
 //! * `\` as `\\`; newline, carriage return and tab as `\n`, `\r`, `\t`;
 //! * every other control character (C0, DEL, C1) and the invisible format characters that
 //!   change how a line reads (line and paragraph separators, bidirectional overrides and
-//!   isolates, the byte-order mark) as `\u{…}`;
+//!   isolates, zero-width characters, the byte-order mark) as `\u{…}`;
 //! * each byte that is not part of valid UTF-8 as `\xNN`.
 //!
 //! Everything else, non-ASCII letters included, is shown as it is, so `jörg@example.com` stays
@@ -38,8 +38,12 @@ pub fn escape<T: AsRef<[u8]> + ?Sized>(text: &T) -> String {
 fn is_invisible_format(c: char) -> bool {
     matches!(c,
         '\u{2028}' | '\u{2029}'          // line and paragraph separators
+        | '\u{061c}'                     // Arabic letter mark (a bidirectional control)
+        | '\u{180e}'                     // Mongolian vowel separator (zero width)
+        | '\u{200b}'..='\u{200d}'        // zero-width space, non-joiner, joiner
         | '\u{200e}' | '\u{200f}'        // left-to-right and right-to-left marks
         | '\u{202a}'..='\u{202e}'        // embeddings and overrides
+        | '\u{2060}'..='\u{2064}'        // word joiner and invisible operators
         | '\u{2066}'..='\u{2069}'        // isolates
         | '\u{feff}') // byte-order mark
 }
@@ -148,6 +152,7 @@ mod tests {
         assert_eq!(escape("\0\x7f"), "\\u{0}\\u{7f}");
         assert_eq!(escape("\u{85}"), "\\u{85}");
         assert_eq!(escape("a\u{202e}b\u{2028}c"), "a\\u{202e}b\\u{2028}c");
+        assert_eq!(escape("a\u{200b}b\u{61c}c"), "a\\u{200b}b\\u{61c}c");
     }
 
     #[test]

@@ -150,9 +150,11 @@ fn a_store_worker_runs_as_the_account_with_no_capability() {
     let pid = wait_for_workers(&d, "tcp_lmtp_server", 1)[0];
     assert_ne!(uid.as_raw(), 0);
     assert_eq!(uids(pid), [uid.as_raw(); 4], "real, effective, saved, fs");
-    for set in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+    // The bounding set too: nothing the image runs can get a capability back.
+    for set in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
         assert_eq!(capabilities(pid, set), 0, "{set} of the store worker");
     }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
 }
 
 #[test]
@@ -165,7 +167,9 @@ fn the_native_worker_runs_as_the_account_with_cap_setuid_alone() {
     let pid = wait_for_workers(&d, "tcp_lmtpn_server", 1)[0];
     assert_eq!(uids(pid), [uid.as_raw(); 4], "real, effective, saved, fs");
     const CAP_SETUID: u64 = 1 << 7;
-    for set in ["CapEff", "CapPrm", "CapAmb"] {
+    // Bounding set included: should the image switch to uid 0 and run a program, that
+    // program gets no other capability (and uid 0 gains none at an exec: securebits).
+    for set in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
         assert_eq!(
             capabilities(pid, set),
             CAP_SETUID,
@@ -173,6 +177,7 @@ fn the_native_worker_runs_as_the_account_with_cap_setuid_alone() {
             capabilities(pid, set)
         );
     }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
 }
 
 /// A file whose descriptor the dispatcher is given; its path is what a leaked descriptor

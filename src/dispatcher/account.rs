@@ -87,6 +87,16 @@ pub enum AccountError {
         name: String,
         named_by: NamedBy,
     },
+    #[error(
+        "[SERVICE={service}]: its workers are to run as {name} ({named_by}), whose group is \
+         gid 0, a privileged group (it owns system files): give the account another primary \
+         group, or name another account in USER or IMTA_USER"
+    )]
+    RootGroup {
+        service: String,
+        name: String,
+        named_by: NamedBy,
+    },
     #[error("[SERVICE={service}]: its workers are to run as {name} ({named_by}): {source}")]
     Lookup {
         service: String,
@@ -133,6 +143,14 @@ pub fn decide(
     })?;
     if account.uid == 0 {
         return Err(AccountError::Root {
+            service: service.name.clone(),
+            name: name.to_string(),
+            named_by,
+        });
+    }
+    if account.gid == 0 {
+        // Postfix refuses such an account too ("user has privileged group ID").
+        return Err(AccountError::RootGroup {
             service: service.name.clone(),
             name: name.to_string(),
             named_by,
@@ -222,6 +240,7 @@ mod tests {
         match name {
             "mailsrv" => Ok(Account { uid: 70, gid: 12 }),
             "root" | "0" => Ok(Account { uid: 0, gid: 0 }),
+            "operator" => Ok(Account { uid: 11, gid: 0 }),
             other => Err(LookupError::NoSuchUser(other.to_string())),
         }
     }
@@ -251,6 +270,14 @@ mod tests {
                 && text.contains("IMTA_USER"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_account_whose_group_is_gid_0_is_refused() {
+        let s = service("USER=operator", "/opt/lib/tcp_lmtp_server");
+        let e = decide(&s, Some("mailsrv"), true, db).unwrap_err();
+        assert!(matches!(e, AccountError::RootGroup { .. }), "{e:?}");
+        assert!(e.to_string().contains("gid 0"), "{e}");
     }
 
     #[test]

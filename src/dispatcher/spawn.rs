@@ -100,10 +100,10 @@ pub fn spawn_worker(
                 return Err(std::io::Error::last_os_error());
             }
             close_above_control_at_exec(highest_fd);
-            if let Some(run_as) = run_as {
-                become_account(run_as)?;
+            match run_as {
+                Some(run_as) => become_account(run_as),
+                None => drop_capabilities(),
             }
-            Ok(())
         });
     }
     cmd.spawn()
@@ -172,9 +172,21 @@ struct CapData {
     inheritable: u32,
 }
 
+/// `SECBIT_NOROOT` and `SECBIT_NOROOT_LOCKED` from `<linux/securebits.h>`: uid 0 gains no
+/// capability at an exec, for good (inherited by every descendant).
+const SECBITS_NOROOT_LOCKED: libc::c_ulong = 0x1 | 0x2;
+/// Capabilities are numbered below this (`CAP_LAST_CAP` is 40 on Linux 6.x); asking to drop
+/// a number the kernel does not know is `EINVAL`, which ends the loop.
+const CAPABILITY_NUMBERS: u32 = 64;
+
 /// Switches this (child) process to `run_as` for good: groups, then the group, then the
-/// user. For the native image, `CAP_SETUID` is kept across the switch and made ambient, so
-/// it survives the exec of an ordinary program; every other capability is gone.
+/// user. Every capability goes, from every set including the bounding set, so that nothing
+/// the image later runs can get one back; uid 0 is made to gain nothing at an exec
+/// (securebits, locked) and no exec may add privileges (`PR_SET_NO_NEW_PRIVS`). For the
+/// native image, `CAP_SETUID` alone is kept across the switch and made ambient, so it
+/// survives the exec of an ordinary program: should the image be taken over and switch to
+/// uid 0, it owns root's files but holds no other capability, and neither does anything it
+/// runs.
 ///
 /// Async-signal-safe (runs between fork and exec): system calls only.
 fn become_account(run_as: RunAs) -> std::io::Result<()> {
@@ -182,6 +194,21 @@ fn become_account(run_as: RunAs) -> std::io::Result<()> {
     // SAFETY: each call is a system call on this process's own credentials, with arguments
     // that live on this stack frame for the duration of the call.
     unsafe {
+        // While still root (CAP_SETPCAP): empty the bounding set but for what stays.
+        for cap in 0..CAPABILITY_NUMBERS {
+            if run_as.keep_setuid && cap == CAP_SETUID {
+                continue;
+            }
+            if libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) == -1 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+                    break; // past the kernel's last capability
+                }
+                return fail();
+            }
+        }
+        if libc::prctl(libc::PR_SET_SECUREBITS, SECBITS_NOROOT_LOCKED, 0, 0, 0) == -1 {
+            return fail();
+        }
         // Keep the permitted set through setuid (it is otherwise cleared) only when one
         // capability is to stay; the capset below then cuts it down to that one.
         let keep = libc::c_ulong::from(run_as.keep_setuid);
@@ -196,39 +223,88 @@ fn become_account(run_as: RunAs) -> std::io::Result<()> {
         {
             return fail();
         }
-        if !run_as.keep_setuid {
-            return Ok(());
-        }
-        let header = CapHeader {
-            version: CAPABILITY_VERSION_3,
-            pid: 0,
+        let bit = if run_as.keep_setuid {
+            1u32 << CAP_SETUID
+        } else {
+            0
         };
-        let bit = 1u32 << CAP_SETUID;
-        let data = [
-            CapData {
-                effective: bit,
-                permitted: bit,
-                inheritable: bit,
-            },
-            CapData {
-                effective: 0,
-                permitted: 0,
-                inheritable: 0,
-            },
-        ];
-        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) == -1 {
+        // Also the inheritable set, which setuid leaves as it was.
+        if set_capabilities(bit) == -1 || clear_ambient() == -1 {
             return fail();
         }
-        // Ambient: kept by the exec of a program without file capabilities.
-        let (ambient, raise) = (
-            libc::PR_CAP_AMBIENT as libc::c_int,
-            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-        );
-        if libc::prctl(ambient, raise, libc::c_ulong::from(CAP_SETUID), 0, 0) == -1
-            || libc::prctl(libc::PR_SET_KEEPCAPS, 0 as libc::c_ulong, 0, 0, 0) == -1
+        if run_as.keep_setuid {
+            // Ambient: kept by the exec of a program without file capabilities.
+            let (ambient, raise) = (
+                libc::PR_CAP_AMBIENT as libc::c_int,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+            );
+            if libc::prctl(ambient, raise, libc::c_ulong::from(CAP_SETUID), 0, 0) == -1 {
+                return fail();
+            }
+        }
+        if libc::prctl(libc::PR_SET_KEEPCAPS, 0 as libc::c_ulong, 0, 0, 0) == -1
+            || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) == -1
         {
             return fail();
         }
     }
     Ok(())
+}
+
+/// A dispatcher that is not root runs its workers as itself; whatever capabilities it was
+/// given (a service manager's ambient `CAP_NET_BIND_SERVICE`, say) are not passed on, and no
+/// exec may add privileges. Dropping needs no privilege.
+///
+/// Async-signal-safe (runs between fork and exec): system calls only.
+fn drop_capabilities() -> std::io::Result<()> {
+    // SAFETY: system calls on this process's own credentials, with arguments that live on
+    // this stack frame for the duration of the call.
+    unsafe {
+        if set_capabilities(0) == -1
+            || clear_ambient() == -1
+            || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) == -1
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sets the effective, permitted and inheritable sets to `bits` (capabilities 0 to 31; the
+/// upper word is emptied). `-1` on failure, as the system call says.
+///
+/// # Safety
+/// A system call only; async-signal-safe.
+unsafe fn set_capabilities(bits: u32) -> libc::c_long {
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: bits,
+            permitted: bits,
+            inheritable: bits,
+        },
+        CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: header and data are valid for the call and outlive it.
+    unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) }
+}
+
+/// Empties the ambient set. `-1` on failure.
+///
+/// # Safety
+/// A system call only; async-signal-safe.
+unsafe fn clear_ambient() -> libc::c_int {
+    let (ambient, clear) = (
+        libc::PR_CAP_AMBIENT as libc::c_int,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+    );
+    // SAFETY: a prctl on this process's own credentials.
+    unsafe { libc::prctl(ambient, clear, 0, 0, 0) }
 }
