@@ -157,3 +157,36 @@ fn the_pid_file_and_every_log_file_are_created_0640_whatever_the_umask() {
         "pid file, dispatcher log, two worker logs: {checked:?}"
     );
 }
+
+#[test]
+fn names_planted_among_the_log_versions_never_remove_the_log_or_stop_the_start() {
+    // Someone who can write IMTA_LOG plants version names that sort after every real one
+    // (owned by nobody) and a directory that sorts first: pruning the old versions must
+    // neither delete the log just created nor fail the start.
+    let d = Dispatcher::start_with("", ["echo_image", "echo_image"], |root| {
+        let log = root.join("log");
+        let nobody = nix::unistd::User::from_name("nobody")
+            .expect("look up nobody")
+            .expect("the account nobody exists");
+        for i in 0..10 {
+            let planted = log.join(format!("dispatcher.log-zzzzzzzz{i}.zzzzz"));
+            std::fs::write(&planted, "planted\n").expect("plant a version name");
+            nix::unistd::chown(&planted, Some(nobody.uid), Some(nobody.gid)).expect("chown");
+        }
+        std::fs::create_dir(log.join("dispatcher.log-000000000.00000")).expect("plant a dir");
+    });
+    let current = current_version(&d);
+    assert!(
+        current.is_file(),
+        "dispatcher.log links a version that exists"
+    );
+    wait_for_text(&current, "listening on");
+    for i in 0..10 {
+        let planted = d.root.join(format!("log/dispatcher.log-zzzzzzzz{i}.zzzzz"));
+        assert_eq!(
+            std::fs::read_to_string(&planted).expect("still there"),
+            "planted\n",
+            "someone else's file is neither counted nor removed"
+        );
+    }
+}

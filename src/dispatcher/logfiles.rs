@@ -70,7 +70,7 @@ pub fn open_version(base: &Path, keep: u64) -> std::io::Result<(PathBuf, File)> 
         }
     };
     link_newest(base, &path)?;
-    prune(base, keep)?;
+    prune(base, &path, keep);
     Ok((path, file))
 }
 
@@ -134,23 +134,73 @@ pub fn versions(base: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Removes all but the newest `keep` + 1 versions (the current one and `keep` older ones).
-fn prune(base: &Path, keep: u64) -> std::io::Result<()> {
-    let all = versions(base)?;
-    let keep = usize::try_from(keep)
-        .unwrap_or(usize::MAX)
-        .saturating_add(1);
-    if all.len() > keep {
-        for old in &all[..all.len() - keep] {
-            std::fs::remove_file(old)?;
+/// Keeps `keep` versions older than `current` (the one just created) and removes the rest
+/// of the older ones. Only our own regular files are counted or removed: a name planted in
+/// `IMTA_LOG` that sorts after ours can never make the current log go, and a directory,
+/// link or someone else's file there is left alone. Nothing here stops a start: a failure
+/// is logged with its path.
+fn prune(base: &Path, current: &Path, keep: u64) {
+    let all = match versions(base) {
+        Ok(all) => all,
+        Err(e) => {
+            log::warn!("cannot list the old versions of {}: {e}", base.display());
+            return;
+        }
+    };
+    let own = safe_fs::effective_uid();
+    let older: Vec<&PathBuf> = all
+        .iter()
+        .filter(|p| p.as_path() < current)
+        .filter(|p| {
+            std::fs::symlink_metadata(p)
+                .is_ok_and(|m| safe_fs::check_metadata(&m, Some(own)).is_ok())
+        })
+        .collect();
+    let keep = usize::try_from(keep).unwrap_or(usize::MAX);
+    if older.len() > keep {
+        for old in &older[..older.len() - keep] {
+            if let Err(e) = std::fs::remove_file(old) {
+                log::warn!("cannot remove the old log version {}: {e}", old.display());
+            }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_planted_after_ours_never_remove_the_current_log() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let base = d.path().join("dispatcher.log");
+        for i in 0..5 {
+            std::fs::write(
+                version_path(&base, &format!("zzzzzzzz{i}.zzzzz")),
+                "planted",
+            )
+            .expect("plant");
+        }
+        std::fs::create_dir(version_path(&base, "000000000.00000")).expect("plant a dir");
+        let (path, _) = open_version(&base, 1).expect("version");
+        assert!(path.exists(), "the current version stays");
+        let (second, _) = open_version(&base, 1).expect("another version");
+        assert!(
+            path.exists() && second.exists(),
+            "one older version is kept"
+        );
+        let (third, _) = open_version(&base, 1).expect("a third version");
+        assert!(!path.exists() && second.exists() && third.exists());
+        assert!(
+            version_path(&base, "000000000.00000").is_dir(),
+            "a directory is left"
+        );
+        assert_eq!(
+            std::fs::read_to_string(version_path(&base, "zzzzzzzz0.zzzzz")).expect("read"),
+            "planted",
+            "names after ours are not counted or removed"
+        );
+    }
 
     #[test]
     fn unique_ids_have_a_fixed_width_and_sort_by_time() {
