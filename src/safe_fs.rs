@@ -310,13 +310,14 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
     }
 
+    /// The process's umask, read without changing it (other tests create files meanwhile).
     fn umask() -> u32 {
-        // SAFETY: umask only sets and returns the process's mask; it is put back at once.
-        unsafe {
-            let m = libc::umask(0o022);
-            libc::umask(m);
-            m as u32
-        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let field = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .unwrap();
+        u32::from_str_radix(field.trim(), 8).unwrap()
     }
 
     #[test]

@@ -64,6 +64,11 @@ impl PidFile {
                 path: path.to_path_buf(),
                 file,
             }),
+            Err((_, errno)) if errno != nix::errno::Errno::EWOULDBLOCK => {
+                // Not held by anyone: the lock itself failed (ENOLCK on some network file
+                // systems, say). Say so, rather than blame another dispatcher.
+                Err(open_error(OpenError::Io(std::io::Error::from(errno))))
+            }
             Err((mut file, _)) => {
                 // Read the holder's pid from the file we opened, not by name again.
                 let mut text = String::new();

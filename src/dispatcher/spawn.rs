@@ -120,7 +120,9 @@ fn highest_descriptor() -> libc::c_int {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == -1 {
         return 1024;
     }
-    libc::c_int::try_from(limit.rlim_cur).unwrap_or(libc::c_int::MAX)
+    // An unlimited or huge limit would make the fallback loop for minutes at every start:
+    // past a million, descriptors are not something a dispatcher inherits by accident.
+    libc::c_int::try_from(limit.rlim_cur.min(1 << 20)).unwrap_or(1 << 20)
 }
 
 /// Marks every descriptor above 3 close-on-exec, so that the image starts with 0 to 3 only.
