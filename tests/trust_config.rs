@@ -161,6 +161,25 @@ fn sighup_after_mappings_was_cut_short_after_the_table_name_is_refused() {
 }
 
 #[test]
+fn sighup_after_mappings_lost_its_final_refusal_is_refused() {
+    // Cut on a line boundary before the catch-all `$N500`: the relays' entries remain, and
+    // every other client would be let in.
+    reload_is_refused(
+        |m| {
+            let text = std::fs::read_to_string(m).expect("read mappings");
+            let cut: String = text
+                .lines()
+                .filter(|l| !l.contains("$N500"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_ne!(cut, text, "the fixture ends in a catch-all refusal");
+            replace_atomically(m, cut.as_bytes());
+        },
+        "would admit a stranger",
+    );
+}
+
+#[test]
 fn sighup_after_mappings_became_a_link_to_nothing_is_refused() {
     reload_is_refused(replace_with_link_to_nothing, "which does not exist");
 }

@@ -7,11 +7,13 @@
 //! It also decides whether a configuration has a table in force at all ([`missing_table`]),
 //! which `--check` and every start warn about, and whether a reload may replace the running
 //! table ([`check_reload`]): a reload never goes from a table that judges connections to
-//! none, so a `mappings` file removed, emptied or half-written before a SIGHUP cannot open
-//! the service to everyone. A changed table is the administrator's business and applies.
+//! none, nor to one that admits a stranger the table in force refuses, so a `mappings` file
+//! removed, emptied, half-written or cut before its final refusal cannot open the service to
+//! everyone. Any other change (a relay added or removed) is the administrator's business and
+//! applies.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::Path;
 
 use crate::mapping::port_access::{self, Decision};
@@ -57,25 +59,58 @@ pub fn missing_table(mappings: &Path, set: Option<&MappingSet>) -> Option<String
     })
 }
 
-/// Whether a reload may replace the `running` tables by `new` (read from `mappings`): not
-/// when a PORT_ACCESS table is in force and the new configuration has none. The error is the
-/// reason, for `reload refused`.
+/// The clients and servers of the probes that stand for "a stranger": documentation
+/// addresses (RFC 5737, RFC 3849), which no installation admits on purpose.
+const STRANGER_PROBES: [(IpAddr, IpAddr); 2] = [
+    (
+        IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+    ),
+    (
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)),
+    ),
+];
+
+/// Whether a reload may replace the `running` tables by `new` (read from `mappings`), for
+/// services listening on `ports`: not when a PORT_ACCESS table is in force and the new
+/// configuration has none, nor when the new table admits a stranger (a client at a
+/// documentation address) on one of those ports that the table in force refuses. The error
+/// is the reason, for `reload refused`.
 pub fn check_reload(
     running: Option<&MappingSet>,
     mappings: &Path,
     new: Option<&MappingSet>,
+    ports: &[u16],
 ) -> Result<(), String> {
-    if judging_table(running).is_none() {
+    let Some(running) = running.filter(|r| judging_table(Some(r)).is_some()) else {
         return Ok(());
+    };
+    const HOW: &str = "(if the file is being rewritten, replace it in one rename; to open the \
+                       service wider, restart the dispatcher)";
+    if let Some(reason) = missing_table(mappings, new) {
+        return Err(format!(
+            "{reason}, but a PORT_ACCESS table is in force: a reload never removes it {HOW}"
+        ));
     }
-    match missing_table(mappings, new) {
-        None => Ok(()),
-        Some(reason) => Err(format!(
-            "{reason}, but a PORT_ACCESS table is in force: a reload never removes it (if the \
-             file is being rewritten, replace it in one rename; to run without PORT_ACCESS, \
-             restart the dispatcher)"
-        )),
+    let Some(new) = new else {
+        return Ok(()); // missing_table said there is a table
+    };
+    for &port in ports {
+        for (server, client) in STRANGER_PROBES {
+            let probe =
+                port_access::probe(SocketAddr::new(server, port), SocketAddr::new(client, 1024));
+            let refused_now = !port_access::decide(running, &probe).verdict.accepts();
+            if refused_now && port_access::decide(new, &probe).verdict.accepts() {
+                return Err(format!(
+                    "the PORT_ACCESS table of {} would admit a stranger that the table in \
+                     force refuses (probe {probe}): a reload never weakens it {HOW}",
+                    mappings.display()
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 /// Sends the rejection reply (best effort: the socket is non-blocking and the text short) and
@@ -138,8 +173,11 @@ mod tests {
     fn a_reload_may_change_the_table_but_never_remove_it() {
         let path = Path::new("/etc/mappings");
         let running = set(TABLE);
-        let changed = set("PORT_ACCESS\n\n  TCP|*|*|127.0.0.2|*  $Y\n");
-        assert_eq!(check_reload(Some(&running), path, Some(&changed)), Ok(()));
+        let changed = set("PORT_ACCESS\n\n  TCP|*|*|127.0.0.2|*  $Y\n  TCP|*|*|*|*  $N\n");
+        assert_eq!(
+            check_reload(Some(&running), path, Some(&changed), &[225]),
+            Ok(())
+        );
         for (new, reason) in [
             (None, "there is no mappings file /etc/mappings"),
             (Some(set("")), "/etc/mappings has no PORT_ACCESS table"),
@@ -152,7 +190,7 @@ mod tests {
                 "the PORT_ACCESS table of /etc/mappings has no entries",
             ),
         ] {
-            let err = check_reload(Some(&running), path, new.as_ref()).expect_err(reason);
+            let err = check_reload(Some(&running), path, new.as_ref(), &[225]).expect_err(reason);
             assert!(err.starts_with(reason), "{err}");
         }
     }
@@ -160,9 +198,39 @@ mod tests {
     #[test]
     fn without_a_table_in_force_any_reload_applies() {
         let path = Path::new("/etc/mappings");
-        assert_eq!(check_reload(None, path, None), Ok(()));
-        assert_eq!(check_reload(Some(&set("")), path, None), Ok(()));
-        assert_eq!(check_reload(None, path, Some(&set(TABLE))), Ok(()));
+        assert_eq!(check_reload(None, path, None, &[225]), Ok(()));
+        assert_eq!(check_reload(Some(&set("")), path, None, &[225]), Ok(()));
+        assert_eq!(check_reload(None, path, Some(&set(TABLE)), &[225]), Ok(()));
+    }
+
+    #[test]
+    fn a_reload_never_lets_in_a_stranger_the_table_in_force_refuses() {
+        let path = Path::new("/etc/mappings");
+        let seed = "PORT_ACCESS\n\n  TCP|*|225|1.2.3.4|* $Y\n  TCP|*|*|*|*  $N500\n";
+        let running = set(seed);
+        // Cut before its final refusal: everyone else is let in.
+        let cut = set("PORT_ACCESS\n\n  TCP|*|225|1.2.3.4|* $Y\n");
+        let err = check_reload(Some(&running), path, Some(&cut), &[225, 226]).unwrap_err();
+        assert!(err.contains("would admit a stranger"), "{err}");
+        // A relay added, or one removed: applies.
+        let added = set(
+            "PORT_ACCESS\n\n  TCP|*|225|1.2.3.4|* $Y\n  TCP|*|225|1.2.3.9|* $Y\n  TCP|*|*|*|* $N\n",
+        );
+        assert_eq!(
+            check_reload(Some(&running), path, Some(&added), &[225, 226]),
+            Ok(())
+        );
+        assert_eq!(
+            check_reload(Some(&running), path, Some(&set(TABLE)), &[225]),
+            Ok(())
+        );
+        // Opened on one port only: still a stranger let in there.
+        let one_port = set("PORT_ACCESS\n\n  TCP|*|226|*|* $Y\n  TCP|*|*|*|* $N\n");
+        assert!(check_reload(Some(&running), path, Some(&one_port), &[225, 226]).is_err());
+        assert_eq!(
+            check_reload(Some(&running), path, Some(&one_port), &[225]),
+            Ok(())
+        );
     }
 
     #[test]

@@ -728,10 +728,16 @@ impl Runtime {
 
     /// Switches to a configuration read again (see the module comment).
     fn apply_reload(&mut self, new: Reloaded) {
+        let ports: Vec<u16> = new
+            .services
+            .iter()
+            .flat_map(|s| s.ports.value.iter().copied())
+            .collect();
         if let Err(e) = access::check_reload(
             self.port_access.as_ref(),
             &new.mappings_path,
             new.port_access.as_ref(),
+            &ports,
         ) {
             log::error!("reload refused, still running on the previous configuration: {e}");
             return;

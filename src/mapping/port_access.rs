@@ -51,6 +51,11 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Whether the connection is let in.
+    pub fn accepts(&self) -> bool {
+        matches!(self, Verdict::Accept)
+    }
+
     /// What the client receives before the close: `~` separates lines, each line ends in
     /// CRLF; an empty text sends nothing.
     pub fn reply(&self) -> String {
