@@ -15,9 +15,9 @@
 //!   file) and the expected owner ([`open_existing`]);
 //! * says which of these checks failed ([`UnsafeFile`]), for a log line that names the path.
 //!
-//! Directories: [`dir_state`] tells "absent" from "could not be examined", where
-//! `Path::is_dir()` would call both "not a directory". Below a directory someone else may
-//! write (a user's Maildir), the `*_at` functions work relative to a directory descriptor
+//! Directories: a store root is opened by [`crate::lmtp::store::StoreRoot`], which tells
+//! "absent" from "could not be examined" where `Path::is_dir()` would call both "not a
+//! directory". Below a directory someone else may write (a user's Maildir), the `*_at` functions work relative to a directory descriptor
 //! opened with [`open_dir_at`], one component at a time and never through a link, so a
 //! directory swapped for a symbolic link between a check and a write cannot redirect it;
 //! [`open_dir_no_links`] opens a whole path that way in one call (`openat2`).
@@ -183,29 +183,6 @@ pub fn check_metadata(meta: &std::fs::Metadata, owner: Option<u32>) -> Result<()
     }
 }
 
-/// What is at a path that should be a directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DirState {
-    /// A directory (a link to one is followed: an administrator may link a store root).
-    Present,
-    /// Nothing at all is there (`ENOENT`).
-    Absent,
-}
-
-/// Whether `path` is a directory, absent, or could not be examined (an error, also when
-/// something other than a directory is there): "absent" is only ever `ENOENT`.
-pub fn dir_state(path: &Path) -> io::Result<DirState> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => Ok(DirState::Present),
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            "not a directory",
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DirState::Absent),
-        Err(e) => Err(e),
-    }
-}
-
 /// Opens the directory `name` inside `parent` for the `*_at` functions, never following a
 /// symbolic link (`O_NOFOLLOW|O_DIRECTORY`). `Ok(None)` when nothing is there; a link or
 /// anything else that is not a directory is [`OpenError::Unsafe`].
@@ -282,6 +259,18 @@ fn metadata_at(dir: BorrowedFd<'_>, name: &Path) -> io::Result<std::fs::Metadata
     let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = nix::fcntl::openat(dir, name, flags, Mode::empty())?;
     File::from(fd).metadata()
+}
+
+/// Removes `path` if it is still the file `(dev, ino)` (one this process created or judged),
+/// never a file put at that name since: `true` when it removed it. The window between the
+/// look and the unlink is the one every dot-locking program has.
+pub fn remove_if_same(path: &Path, dev: u64, ino: u64) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == (dev, ino) => std::fs::remove_file(path).map(|()| true),
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The effective uid of this process: the owner every file it creates gets.
@@ -380,23 +369,6 @@ mod tests {
         assert!(open_existing(&dir.path().join("none"), &append(), None)
             .unwrap()
             .is_none());
-    }
-
-    #[test]
-    fn tells_an_absent_directory_from_one_that_cannot_be_examined() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(dir_state(dir.path()).unwrap(), DirState::Present);
-        assert_eq!(
-            dir_state(&dir.path().join("gone")).unwrap(),
-            DirState::Absent
-        );
-        let file = dir.path().join("file");
-        std::fs::write(&file, "").unwrap();
-        assert!(dir_state(&file).is_err());
-        assert!(
-            dir_state(&file.join("below")).is_err(),
-            "ENOTDIR is not absence"
-        );
     }
 
     #[test]

@@ -101,12 +101,8 @@ impl PidFile {
     /// Removes the file (the lock goes with the value), if the name still is the file we
     /// locked: one put there since is not ours to remove.
     pub fn remove(self) {
-        let ours = self.file.metadata().ok();
-        let there = std::fs::symlink_metadata(&self.path).ok();
-        if let (Some(ours), Some(there)) = (ours, there) {
-            if ours.dev() == there.dev() && ours.ino() == there.ino() {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if let Ok(ours) = self.file.metadata() {
+            let _ = safe_fs::remove_if_same(&self.path, ours.dev(), ours.ino());
         }
     }
 }

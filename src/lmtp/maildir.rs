@@ -169,7 +169,7 @@ impl MaildirStore {
             .replace('/', "\\057")
             .replace(':', "\\072");
         MaildirStore {
-            root: StoreRoot::new(settings.root.clone(), "STORE_ROOT"),
+            root: StoreRoot::new(settings.root.clone(), "STORE_ROOT", "mail store"),
             settings,
             host,
             counter: AtomicU64::new(0),

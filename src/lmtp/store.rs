@@ -138,12 +138,13 @@ pub fn unsafe_mailbox() -> Reply {
 
 /// The reply while the store root (`STORE_ROOT`, `MAIL_SPOOL`) is missing or cannot be
 /// read: a temporary failure for every recipient, never "user unknown", so a store that is
-/// moved or not mounted makes the relays wait instead of bouncing mail.
-pub fn store_unavailable() -> Reply {
+/// moved or not mounted makes the relays wait instead of bouncing mail. `what` names it for
+/// the client: "mail store", "mail spool".
+pub fn store_unavailable(what: &str) -> Reply {
     Reply::new(
         451,
         "4.3.0",
-        "Temporary failure: the mail store is not available",
+        format!("Temporary failure: the {what} is not available"),
     )
 }
 
@@ -158,6 +159,8 @@ pub struct StoreRoot {
     path: PathBuf,
     /// The option that names it, for the log (`STORE_ROOT`).
     option: &'static str,
+    /// What it is called in the reply that defers a recipient ("mail store").
+    what: &'static str,
     /// Lets the failure's log line through once per [`ROOT_WARNING_EVERY`].
     warnings: Throttle,
     /// Whether the root failed since it was last opened: read on every recipient, so that
@@ -166,10 +169,11 @@ pub struct StoreRoot {
 }
 
 impl StoreRoot {
-    pub fn new(path: PathBuf, option: &'static str) -> StoreRoot {
+    pub fn new(path: PathBuf, option: &'static str, what: &'static str) -> StoreRoot {
         StoreRoot {
             path,
             option,
+            what,
             warnings: Throttle::new(ROOT_WARNING_EVERY),
             failing: AtomicBool::new(false),
         }
@@ -193,7 +197,7 @@ impl StoreRoot {
             }
             Err(e) => {
                 self.failed(io::Error::from(e));
-                Err(store_unavailable())
+                Err(store_unavailable(self.what))
             }
         }
     }

@@ -352,29 +352,17 @@ enum Proof {
     Gone,
 }
 
-/// Removes the lock at `path` if it is still the file `(dev, ino)` that was judged; the
-/// caller has chosen the identity. The window between the look and the unlink is the one
-/// every dot-locking program has.
-fn remove_judged(path: &Path, dev: u64, ino: u64) -> io::Result<bool> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if (m.dev(), m.ino()) == (dev, ino) => fs::remove_file(path).map(|()| true),
-        Ok(_) => Ok(false),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 impl StaleLock {
     /// Removes it, if it is still there; `false` when someone else removed or replaced it.
     pub fn remove(&self) -> io::Result<bool> {
-        remove_judged(&self.path, self.dev, self.ino)
+        safe_fs::remove_if_same(&self.path, self.dev, self.ino)
     }
 }
 
 impl CrashedLock {
     /// Removes it, once whatever it guarded has been dealt with.
     pub fn remove(&self) -> io::Result<bool> {
-        remove_judged(&self.path, self.dev, self.ino)
+        safe_fs::remove_if_same(&self.path, self.dev, self.ino)
     }
 }
 
@@ -420,7 +408,7 @@ impl DotLock {
 
 impl Drop for DotLock {
     fn drop(&mut self) {
-        match remove_judged(&self.path, self.dev, self.ino) {
+        match safe_fs::remove_if_same(&self.path, self.dev, self.ino) {
             Ok(true) => {}
             Ok(false) => log::warn!(
                 "our dot-lock {} was removed or replaced by someone else",

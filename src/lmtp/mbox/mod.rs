@@ -33,9 +33,11 @@ use nix::unistd::User;
 use super::address::Recipient;
 use super::body::Body;
 use super::reply::Reply;
-use super::store::{io_failure, over_quota, unsafe_mailbox, Message, Quota, Store, Target};
+use super::store::{
+    io_failure, over_quota, unsafe_mailbox, Message, Quota, Store, StoreRoot, Target,
+};
 use crate::log_text::{untrusted, Throttle};
-use crate::safe_fs::{self, DirState, OpenError};
+use crate::safe_fs::{self, OpenError};
 
 pub use format::mbox_text;
 use lock::{
@@ -63,6 +65,8 @@ pub struct MboxSettings {
 /// The mbox spool.
 pub struct MboxStore {
     settings: MboxSettings,
+    /// `MAIL_SPOOL`, checked for every recipient as the Maildir store checks `STORE_ROOT`.
+    spool: StoreRoot,
     mutexes: MailboxMutexes,
     locker: DotLocker,
     /// Keeps repeated warnings to one per burst (keys: paths).
@@ -100,6 +104,7 @@ impl MboxStore {
             );
         }
         let store = MboxStore {
+            spool: StoreRoot::new(settings.spool.clone(), "MAIL_SPOOL", "mail spool"),
             settings,
             mutexes: MailboxMutexes::default(),
             locker: DotLocker::new(super::trace::host_name().replace(['/', ' '], "_")),
@@ -113,10 +118,13 @@ impl MboxStore {
     /// its pid gone) are dealt with, a half-written message behind one cut back. Every other
     /// lock is left for the delivery that meets it.
     fn recover_crashed_deliveries(&self) {
+        if self.spool.open().is_err() {
+            return; // logged; the deliveries defer until it is back
+        }
         let entries = match fs::read_dir(&self.settings.spool) {
             Ok(entries) => entries,
             Err(e) => {
-                self.spool_unavailable(&e.to_string());
+                self.warn_once(&self.settings.spool, &format!("cannot be listed: {e}"));
                 return;
             }
         };
@@ -146,31 +154,10 @@ impl MboxStore {
         }
     }
 
-    /// Logs (once per burst) that the spool cannot be used, and why.
-    fn spool_unavailable(&self, why: &str) {
-        let spool = &self.settings.spool;
-        if self.warnings.allows(&spool.to_string_lossy()) {
-            log::error!(
-                "MAIL_SPOOL {}: {why}: every recipient is deferred (451 4.3.0) until it is \
-                 back; it is never created by a delivery",
-                shown(spool)
-            );
-        }
-    }
-
-    /// The spool is there (a directory); else the reply that defers the recipient.
+    /// The spool is there (a directory); else the reply that defers the recipient, logged
+    /// once per burst ([`StoreRoot`]).
     fn spool_present(&self) -> Result<(), Reply> {
-        let why = match safe_fs::dir_state(&self.settings.spool) {
-            Ok(DirState::Present) => return Ok(()),
-            Ok(DirState::Absent) => "it does not exist".to_string(),
-            Err(e) => format!("cannot be examined: {e}"),
-        };
-        self.spool_unavailable(&why);
-        Err(Reply::new(
-            451,
-            "4.3.0",
-            "Temporary failure: the mail spool is not available",
-        ))
+        self.spool.open().map(drop)
     }
 
     /// One try at appending `text` to the mailbox of `account` under all its locks: `false`
