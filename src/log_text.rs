@@ -29,6 +29,12 @@ pub fn untrusted<T: AsRef<[u8]> + ?Sized>(text: &T) -> Untrusted<'_> {
     Untrusted(text.as_ref())
 }
 
+/// A path for a log line: it may hold names a client chose (a user, a folder) or that
+/// someone planted, so it is shown as [`untrusted`] shows text, byte for byte.
+pub fn untrusted_path(path: &std::path::Path) -> Untrusted<'_> {
+    Untrusted(path.as_os_str().as_encoded_bytes())
+}
+
 /// `text` escaped as [`untrusted`] shows it, as a `String`.
 pub fn escape<T: AsRef<[u8]> + ?Sized>(text: &T) -> String {
     untrusted(text).to_string()

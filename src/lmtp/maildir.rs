@@ -112,7 +112,7 @@ impl MailboxError {
 
 /// A path as a log line shows it.
 fn shown(path: &Path) -> String {
-    log_text::escape(path.as_os_str().as_encoded_bytes())
+    log_text::untrusted_path(path).to_string()
 }
 
 /// The directory `name` inside `parent` (whose path is `path`'s parent), opened without

@@ -34,7 +34,7 @@ use std::time::SystemTime;
 use nix::fcntl::OFlag;
 
 use super::store::Quota;
-use crate::log_text::untrusted;
+use crate::log_text::untrusted_path;
 use crate::safe_fs::{self, OpenError};
 
 /// The file's name in the user's Maildir.
@@ -59,15 +59,12 @@ impl UserDir<'_> {
             Err(OpenError::Unsafe(why)) => {
                 log::warn!(
                     "refused {}/{FILE_NAME}: {why}; not used, replaced at the next count",
-                    untrusted(self.path.as_os_str().as_encoded_bytes())
+                    untrusted_path(self.path)
                 );
                 None
             }
             Err(OpenError::Io(e)) => {
-                log::warn!(
-                    "cannot open {}/{FILE_NAME}: {e}",
-                    untrusted(self.path.as_os_str().as_encoded_bytes())
-                );
+                log::warn!("cannot open {}/{FILE_NAME}: {e}", untrusted_path(self.path));
                 None
             }
         }
@@ -108,7 +105,7 @@ pub fn admits(
         }
         Err(e) => log::warn!(
             "cannot write {}/{FILE_NAME}: {e}; quota checks count the mailbox every time",
-            untrusted(user.path.as_os_str().as_encoded_bytes())
+            untrusted_path(user.path)
         ),
     }
     Ok(quota.admits(bytes, messages, size))
@@ -128,7 +125,7 @@ pub fn record(user: UserDir<'_>, size: u64) {
             // The next check that needs it recounts.
             log::warn!(
                 "cannot update {}/{FILE_NAME}: {e}",
-                untrusted(user.path.as_os_str().as_encoded_bytes())
+                untrusted_path(user.path)
             );
         }
     }

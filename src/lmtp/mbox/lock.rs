@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::log_text::untrusted;
+use crate::log_text::untrusted_path;
 use crate::safe_fs::{self, OpenError};
 
 /// A dot-lock older than this is left over from a crash and is removed.
@@ -412,11 +412,11 @@ impl Drop for DotLock {
             Ok(true) => {}
             Ok(false) => log::warn!(
                 "our dot-lock {} was removed or replaced by someone else",
-                untrusted(self.path.as_os_str().as_encoded_bytes())
+                untrusted_path(&self.path)
             ),
             Err(e) => log::warn!(
                 "cannot remove the dot-lock {}: {e}",
-                untrusted(self.path.as_os_str().as_encoded_bytes())
+                untrusted_path(&self.path)
             ),
         }
     }

@@ -36,7 +36,7 @@ use super::reply::Reply;
 use super::store::{
     io_failure, over_quota, unsafe_mailbox, Message, Quota, Store, StoreRoot, Target,
 };
-use crate::log_text::{untrusted, Throttle};
+use crate::log_text::{untrusted, untrusted_path, Throttle};
 use crate::safe_fs::{self, OpenError};
 
 pub use format::mbox_text;
@@ -87,11 +87,6 @@ impl From<OpenError> for AppendError {
             OpenError::Io(e) => AppendError::Io("cannot open the mailbox", e),
         }
     }
-}
-
-/// A path for a log line: it holds an account name, and the spool's name is configuration.
-fn shown(path: &Path) -> crate::log_text::Untrusted<'_> {
-    untrusted(path.as_os_str().as_encoded_bytes())
 }
 
 impl MboxStore {
@@ -150,7 +145,7 @@ impl MboxStore {
     /// Logs `what` about `path`, unless it was logged in the last [`WARN_EVERY`].
     fn warn_once(&self, path: &Path, what: &str) {
         if self.warnings.allows(&path.to_string_lossy()) {
-            log::warn!("{}: {what}", shown(path));
+            log::warn!("{}: {what}", untrusted_path(path));
         }
     }
 
@@ -233,7 +228,7 @@ impl MboxStore {
         match removed {
             Ok(true) => log::warn!(
                 "removed the stale dot-lock {} (uid {}, {} s old) to deliver to {}",
-                shown(&stale.path),
+                untrusted_path(&stale.path),
                 stale.owner,
                 stale.age.as_secs(),
                 account.name
@@ -267,7 +262,10 @@ impl MboxStore {
         match crashed.remove() {
             Ok(removed) => {
                 if removed {
-                    log::warn!("removed the stale dot-lock {}", shown(&crashed.path));
+                    log::warn!(
+                        "removed the stale dot-lock {}",
+                        untrusted_path(&crashed.path)
+                    );
                 }
                 removed
             }
@@ -320,7 +318,7 @@ impl MboxStore {
                 log::warn!(
                     "{}: not cut back: the crashed lock in front of it was written for another \
                      file (device {} inode {}), linked here or replaced since",
-                    shown(mailbox),
+                    untrusted_path(mailbox),
                     noted.dev,
                     noted.ino
                 );
@@ -346,12 +344,15 @@ impl MboxStore {
             .len();
         if now > len {
             if let Err(e) = file.set_len(len).and_then(|()| file.sync_data()) {
-                log::error!("{}: cannot cut back to {len} octets: {e}", shown(mailbox));
+                log::error!(
+                    "{}: cannot cut back to {len} octets: {e}",
+                    untrusted_path(mailbox)
+                );
                 return Err(Later);
             }
             log::warn!(
                 "{}: cut back {} octets of a delivery a crash interrupted (never acknowledged)",
-                shown(mailbox),
+                untrusted_path(mailbox),
                 now - len
             );
         }
