@@ -113,11 +113,9 @@ struct Session<'a> {
 /// Serves one connection until `QUIT`, end of input, a timeout or an error.
 pub fn run(stream: &TcpStream, ctx: &Context<'_>) -> End {
     let settings = ctx.settings;
-    // A client that stops reading our replies is timed out like one that stops writing. (The
-    // read timeouts are the wire's: it sets one before each read, from its deadlines.)
-    if let Err(e) = stream.set_write_timeout(Some(settings.command_timeout)) {
-        return End::Error(e.to_string());
-    }
+    // No timeouts are set here: the wire sets the read timeout before each read and the
+    // write timeout before each write, from its deadlines (a client that stops reading our
+    // replies is timed out like one that stops writing).
     let _ = stream.set_nodelay(true);
     let mut s = Session {
         ctx,
