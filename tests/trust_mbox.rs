@@ -209,6 +209,28 @@ fn a_dot_lock_forged_by_another_account_never_cuts_the_mailbox() {
 }
 
 #[test]
+fn a_foreign_dot_lock_dated_in_the_future_does_not_hold_a_mailbox_for_ever() {
+    // `touch -d 2099-01-01 /var/mail/alice.lock` by anyone who can write the spool: a lock
+    // that never grows old would defer alice's mail until the relay gives up on it.
+    let nobody = account("nobody");
+    let (d, spool) = start(SHORT_LOCK_WAIT);
+    let lock = spool.join("alice.lock");
+    fs::write(&lock, "a mail reader's lock\n").expect("plant a lock");
+    nix::unistd::chown(&lock, Some(nobody.uid), None).expect("chown the lock");
+    let year = Duration::from_secs(365 * 24 * 3600);
+    fs::File::options()
+        .write(true)
+        .open(&lock)
+        .expect("open the lock")
+        .set_modified(SystemTime::now() + year)
+        .expect("date the lock a year ahead");
+    let r = deliver(&d, "alice", "despite the lock");
+    assert_eq!(r.code, 250, "{r:?}");
+    assert!(!lock.exists(), "the lock went as a stale one");
+    d.wait_for_service_log(LOG, "removed the stale dot-lock");
+}
+
+#[test]
 fn crash_recovery_never_truncates_a_file_hard_linked_into_the_spool() {
     let (bob, nobody) = (account("bob"), account("nobody"));
     let root = User::from_uid(nix::unistd::Uid::from_raw(0))
