@@ -1,28 +1,42 @@
 //! The worker-pool policy under random sequences of events, driven by a model of the world
-//! that reacts as real workers would: the limits hold after every step, no connection is lost
-//! or handed twice, and nothing is handed to a worker that cannot take it.
+//! that reacts as real workers (good and bad) and the event loop would: the limits hold after
+//! every step, no connection is lost, handed twice or handed to a worker that cannot take it,
+//! the dispatcher's copy of a socket is released only once a worker has it, and nothing is
+//! started once a stop has begun.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use msdispatcher::dispatcher::policy::{Action, Event, Pool, PoolLimits, WorkerId};
+use msdispatcher::dispatcher::policy::{
+    Action, ConnId, Event, Pool, PoolLimits, PoolLog, RetireReason, WorkerId,
+};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
 enum Op {
     Arrive,
-    Ready(usize),
+    Ready(usize, bool),
+    Take(usize),
     End(usize),
     Crash(usize),
+    Block(usize),
+    Unblock(usize),
+    Drains(usize),
     Tick(u64),
+    Stop,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => Just(Op::Arrive),
-        3 => (0usize..8).prop_map(Op::Ready),
-        3 => (0usize..8).prop_map(Op::End),
+        6 => Just(Op::Arrive),
+        3 => (0usize..8, any::<bool>()).prop_map(|(i, a)| Op::Ready(i, a)),
+        4 => (0usize..16).prop_map(Op::Take),
+        4 => (0usize..16).prop_map(Op::End),
         1 => (0usize..8).prop_map(Op::Crash),
-        2 => (1u64..120_000).prop_map(Op::Tick),
+        1 => (0usize..8).prop_map(Op::Block),
+        1 => (0usize..8).prop_map(Op::Unblock),
+        1 => (0usize..8).prop_map(Op::Drains),
+        3 => prop_oneof![1u64..400, 400u64..3_000, 3_000u64..120_000].prop_map(Op::Tick),
+        1 => Just(Op::Stop),
     ]
 }
 
@@ -41,15 +55,41 @@ fn limits() -> impl Strategy<Value = PoolLimits> {
     )
 }
 
-/// What the world knows of the workers, from the actions it was given.
+/// Where a connection is, as the world sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Waiting,
+    /// Sent to the worker, not yet confirmed (the dispatcher holds its copy).
+    Unconfirmed(WorkerId),
+    /// In the worker's hands.
+    Held(WorkerId),
+    Done,
+}
+
+#[derive(Debug, Default)]
+struct W {
+    ready: bool,
+    acks: bool,
+    retiring: bool,
+    /// Retired by the pool (not of its own accord).
+    retired: bool,
+    killed: bool,
+    unresponsive: bool,
+    /// Its socket is full.
+    blocked: bool,
+    /// The pool was told so (a send failed) and not yet that it has room.
+    told_blocked: bool,
+}
+
+/// What the world knows, from the actions it was given.
 #[derive(Default)]
 struct World {
-    starting: BTreeSet<WorkerId>,
-    ready: BTreeSet<WorkerId>,
-    retiring: BTreeSet<WorkerId>,
-    active: BTreeMap<WorkerId, u64>,
-    handed: BTreeSet<u64>,
+    workers: BTreeMap<WorkerId, W>,
+    conns: BTreeMap<ConnId, Fate>,
     arrived: u64,
+    stopped: bool,
+    /// Events the world owes the pool (reports of sends), fed before the next operation.
+    pending: Vec<Event>,
 }
 
 impl World {
@@ -57,91 +97,268 @@ impl World {
         for a in actions {
             match a {
                 Action::Spawn(w) => {
-                    prop_assert!(self.starting.insert(*w), "worker {w} spawned twice");
+                    prop_assert!(!self.stopped, "worker {w} spawned after the stop");
+                    prop_assert!(
+                        self.workers.insert(*w, W::default()).is_none(),
+                        "worker {w} spawned twice"
+                    );
                 }
                 Action::HandOff { conn, worker } => {
+                    let w = self.workers.get(worker);
                     prop_assert!(
-                        self.ready.contains(worker),
-                        "handed to a worker not ready: {a:?}"
+                        w.is_some_and(|w| w.ready
+                            && !w.retiring
+                            && !w.killed
+                            && !w.unresponsive
+                            && !w.told_blocked),
+                        "handed to a worker that cannot take it: {a:?} {w:?}"
                     );
-                    prop_assert!(
-                        !self.retiring.contains(worker),
-                        "handed to a retiring worker"
+                    prop_assert_eq!(
+                        self.conns.get(conn).copied(),
+                        Some(Fate::Waiting),
+                        "connection {} handed while not waiting",
+                        conn
                     );
-                    prop_assert!(self.handed.insert(*conn), "connection {conn} handed twice");
-                    let n = self.active.entry(*worker).or_default();
-                    *n += 1;
-                    prop_assert!(*n <= l.max_conns, "MAX_CONNS exceeded on {worker}");
+                    let on = self.on(*worker) + 1;
+                    prop_assert!(on <= l.max_conns, "MAX_CONNS exceeded on {}", worker);
+                    self.conns.insert(*conn, Fate::Unconfirmed(*worker));
+                    // The event loop sends it at once; a blocked socket refuses it.
+                    let blocked = self.workers.get(worker).is_some_and(|w| w.blocked);
+                    if blocked {
+                        self.conns.insert(*conn, Fate::Waiting);
+                    }
+                    self.pending.push(if blocked {
+                        Event::SendFailed {
+                            worker: *worker,
+                            conn: *conn,
+                            blocked: true,
+                        }
+                    } else {
+                        Event::Sent {
+                            worker: *worker,
+                            conn: *conn,
+                        }
+                    });
                 }
-                Action::Retire { worker, .. } => {
-                    prop_assert!(self.ready.contains(worker));
-                    self.retiring.insert(*worker);
+                Action::Release(conn) => {
+                    let fate = self.conns.get(conn).copied();
+                    let Some(Fate::Unconfirmed(w)) = fate else {
+                        return Err(TestCaseError::fail(format!(
+                            "released {conn} in state {fate:?}"
+                        )));
+                    };
+                    self.conns.insert(*conn, Fate::Held(w));
+                }
+                Action::Close(conn) | Action::Elsewhere(conn) => {
+                    let fate = self.conns.get(conn).copied();
+                    prop_assert_eq!(fate, Some(Fate::Waiting), "closed {} not waiting", conn);
+                    self.conns.insert(*conn, Fate::Done);
+                }
+                Action::Retire { worker, reason } => {
+                    let w = self.workers.get_mut(worker);
+                    prop_assert!(w.is_some(), "retired unknown worker {}", worker);
+                    if let Some(w) = w {
+                        w.retiring = true;
+                        w.retired = matches!(
+                            reason,
+                            RetireReason::LifeConns | RetireReason::LifeTime | RetireReason::Idle
+                        );
+                    }
+                }
+                Action::Kill { worker, .. } => {
+                    if let Some(w) = self.workers.get_mut(worker) {
+                        prop_assert!(!w.killed, "worker {} killed twice", worker);
+                        w.killed = true;
+                    }
+                }
+                Action::Log(PoolLog::Unresponsive { worker, .. }) => {
+                    if let Some(w) = self.workers.get_mut(worker) {
+                        w.unresponsive = true;
+                    }
+                }
+                Action::Log(PoolLog::Recovered { worker }) => {
+                    if let Some(w) = self.workers.get_mut(worker) {
+                        w.unresponsive = false;
+                    }
                 }
                 _ => {}
             }
         }
-        let serving = self.starting.len() + self.ready.len() - self.retiring.len();
-        prop_assert!(
-            serving as u64 <= l.max_procs,
-            "MAX_PROCS exceeded: {serving}"
-        );
-        prop_assert!(
-            self.retiring.len() as u64 <= l.max_shutdown,
-            "MAX_SHUTDOWN exceeded"
-        );
+        let serving = self
+            .workers
+            .values()
+            .filter(|w| !w.retiring && !w.killed && !w.unresponsive)
+            .count() as u64;
+        prop_assert!(serving <= l.max_procs, "MAX_PROCS exceeded: {}", serving);
+        let retiring = self
+            .workers
+            .values()
+            .filter(|w| w.retired && w.ready && !w.killed)
+            .count() as u64;
+        // Stop and reload retire everyone at once; MAX_SHUTDOWN bounds ordinary retirements.
+        if !self.stopped {
+            prop_assert!(retiring <= l.max_shutdown, "MAX_SHUTDOWN exceeded");
+        }
         Ok(())
     }
 
-    fn nth<T: Copy>(set: &BTreeSet<T>, i: usize) -> Option<T> {
-        (!set.is_empty()).then(|| *set.iter().nth(i % set.len()).expect("index in range"))
+    /// Connections a worker has (sent or held).
+    fn on(&self, w: WorkerId) -> u64 {
+        self.conns
+            .values()
+            .filter(|f| matches!(f, Fate::Unconfirmed(x) | Fate::Held(x) if *x == w))
+            .count() as u64
+    }
+
+    fn nth<T: Copy>(items: &[T], i: usize) -> Option<T> {
+        (!items.is_empty()).then(|| items[i % items.len()])
+    }
+
+    /// A worker's process is gone: what it held is lost, what it never took waits again.
+    fn gone(&mut self, w: WorkerId) {
+        self.workers.remove(&w);
+        for f in self.conns.values_mut() {
+            match *f {
+                Fate::Held(x) if x == w => *f = Fate::Done,
+                Fate::Unconfirmed(x) if x == w => *f = Fate::Waiting,
+                _ => {}
+            }
+        }
     }
 }
 
+fn step(
+    pool: &mut Pool,
+    world: &mut World,
+    event: Event,
+    now: u64,
+    l: &PoolLimits,
+) -> Result<(), TestCaseError> {
+    let mut queue = vec![event];
+    while let Some(ev) = queue.pop() {
+        if let Event::SendFailed {
+            worker,
+            blocked: true,
+            ..
+        } = ev
+        {
+            if let Some(w) = world.workers.get_mut(&worker) {
+                w.told_blocked = true;
+            }
+        }
+        let actions = pool.handle(ev, now);
+        world.apply(&actions, l)?;
+        queue.extend(world.pending.drain(..).rev());
+    }
+    Ok(())
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(500))]
 
     #[test]
-    fn limits_hold_and_no_connection_is_lost(l in limits(), ops in prop::collection::vec(op(), 1..120)) {
+    fn limits_hold_and_no_connection_is_lost(l in limits(), ops in prop::collection::vec(op(), 1..150)) {
         let mut pool = Pool::new(l);
         let mut world = World::default();
         let mut now = 0u64;
-        let a = pool.handle(Event::Tick, now);
-        world.apply(&a, &l)?;
+        step(&mut pool, &mut world, Event::Tick, now, &l)?;
         for op in ops {
+            let ids: Vec<WorkerId> = world.workers.keys().copied().collect();
             let event = match op {
-                Op::Arrive if pool.accepting() => {
+                Op::Arrive if pool.accepting() || world.stopped => {
                     world.arrived += 1;
+                    world.conns.insert(world.arrived, Fate::Waiting);
                     Event::ConnectionArrived(world.arrived)
                 }
                 Op::Arrive => continue,
-                Op::Ready(i) => match World::nth(&world.starting, i) {
-                    Some(w) => {
-                        world.starting.remove(&w);
-                        world.ready.insert(w);
-                        Event::WorkerReady(w)
-                    }
-                    None => continue,
-                },
-                Op::End(i) => {
-                    let busy: BTreeSet<WorkerId> =
-                        world.active.iter().filter(|(_, n)| **n > 0).map(|(w, _)| *w).collect();
-                    match World::nth(&busy, i) {
+                Op::Ready(i, acks) => {
+                    let starting: Vec<WorkerId> =
+                        ids.iter().copied().filter(|w| !world.workers[w].ready).collect();
+                    match World::nth(&starting, i) {
                         Some(w) => {
-                            *world.active.entry(w).or_default() -= 1;
-                            Event::ConnectionEnded(w)
+                            if let Some(x) = world.workers.get_mut(&w) {
+                                x.ready = true;
+                                x.acks = acks;
+                            }
+                            Event::WorkerReady { worker: w, acks }
                         }
                         None => continue,
                     }
                 }
-                Op::Crash(i) => {
-                    let all: BTreeSet<WorkerId> = world.starting.union(&world.ready).copied().collect();
-                    match World::nth(&all, i) {
+                Op::Take(i) => {
+                    let untaken: Vec<(ConnId, WorkerId)> = world
+                        .conns
+                        .iter()
+                        .filter_map(|(&c, f)| match f {
+                            Fate::Unconfirmed(w) if world.workers[w].acks => Some((c, *w)),
+                            _ => None,
+                        })
+                        .collect();
+                    match World::nth(&untaken, i) {
+                        Some((conn, worker)) => Event::Taken { worker, conn },
+                        None => continue,
+                    }
+                }
+                Op::End(i) => {
+                    let held: Vec<(ConnId, WorkerId)> = world
+                        .conns
+                        .iter()
+                        .filter_map(|(&c, f)| match f {
+                            Fate::Held(w) => Some((c, *w)),
+                            _ => None,
+                        })
+                        .collect();
+                    match World::nth(&held, i) {
+                        Some((conn, worker)) => {
+                            world.conns.insert(conn, Fate::Done);
+                            Event::Ended { worker, conn }
+                        }
+                        None => continue,
+                    }
+                }
+                Op::Crash(i) => match World::nth(&ids, i) {
+                    Some(w) => {
+                        world.gone(w);
+                        Event::WorkerExited { worker: w, clean: false }
+                    }
+                    None => continue,
+                },
+                Op::Block(i) => match World::nth(&ids, i) {
+                    Some(w) => {
+                        if let Some(x) = world.workers.get_mut(&w) {
+                            x.blocked = true;
+                        }
+                        continue;
+                    }
+                    None => continue,
+                },
+                Op::Unblock(i) => match World::nth(&ids, i) {
+                    Some(w) if world.workers[&w].blocked => {
+                        if let Some(x) = world.workers.get_mut(&w) {
+                            x.blocked = false;
+                            x.told_blocked = false;
+                        }
+                        Event::Writable(w)
+                    }
+                    _ => continue,
+                },
+                Op::Drains(i) => {
+                    let ready: Vec<WorkerId> =
+                        ids.iter().copied().filter(|w| world.workers[w].ready).collect();
+                    match World::nth(&ready, i) {
                         Some(w) => {
-                            world.starting.remove(&w);
-                            world.ready.remove(&w);
-                            world.retiring.remove(&w);
-                            world.active.remove(&w);
-                            Event::WorkerExited { worker: w, clean: false }
+                            if let Some(x) = world.workers.get_mut(&w) {
+                                x.retiring = true;
+                            }
+                            // An ACK worker that says DRAINING took everything it will take.
+                            if world.workers[&w].acks {
+                                for f in world.conns.values_mut() {
+                                    if *f == Fate::Unconfirmed(w) {
+                                        *f = Fate::Waiting;
+                                    }
+                                }
+                            }
+                            Event::Draining(w)
                         }
                         None => continue,
                     }
@@ -150,28 +367,98 @@ proptest! {
                     now += ms;
                     Event::Tick
                 }
+                Op::Stop => {
+                    world.stopped = true;
+                    Event::Stop
+                }
             };
-            let actions = pool.handle(event, now);
-            world.apply(&actions, &l)?;
-            // A retiring worker whose last connection ended exits by itself.
-            let done: Vec<WorkerId> = world
-                .retiring
+            step(&mut pool, &mut world, event, now, &l)?;
+            // Killed workers die; retiring workers whose last connection ended exit.
+            let leaving: Vec<(WorkerId, bool)> = world
+                .workers
                 .iter()
-                .filter(|w| world.active.get(w).copied().unwrap_or(0) == 0)
-                .copied()
+                .filter(|(w, x)| x.killed || (x.retiring && world.on(**w) == 0))
+                .map(|(w, x)| (*w, !x.killed))
                 .collect();
-            for w in done {
-                world.ready.remove(&w);
-                world.retiring.remove(&w);
-                world.active.remove(&w);
-                let a = pool.handle(Event::WorkerExited { worker: w, clean: true }, now);
-                world.apply(&a, &l)?;
+            for (w, clean) in leaving {
+                world.gone(w);
+                step(&mut pool, &mut world, Event::WorkerExited { worker: w, clean }, now, &l)?;
             }
+            let waiting = world.conns.values().filter(|f| **f == Fate::Waiting).count();
             prop_assert_eq!(
-                world.handed.len() as u64 + pool.waiting() as u64,
-                world.arrived,
-                "every accepted connection is handed off or waiting"
+                waiting,
+                pool.waiting(),
+                "every accepted connection is waiting, at a worker, or done"
             );
+            if world.stopped {
+                prop_assert_eq!(pool.waiting(), 0, "nothing waits once stopping");
+            }
         }
+    }
+
+    #[test]
+    fn a_worker_that_never_takes_is_killed_and_its_connections_are_served_elsewhere(
+        extra in 1u64..5,
+    ) {
+        let l = PoolLimits {
+            min_procs: 2,
+            max_procs: 3,
+            min_conns: 1,
+            max_conns: 5,
+            max_life_conns: 100,
+            max_life_time: 300_000,
+            max_idle_time: 60_000,
+            max_shutdown: 2,
+        };
+        let mut pool = Pool::new(l);
+        let mut world = World::default();
+        step(&mut pool, &mut world, Event::Tick, 0, &l)?;
+        let ids: Vec<WorkerId> = world.workers.keys().copied().collect();
+        for &w in &ids {
+            world.workers.get_mut(&w).map(|x| { x.ready = true; x.acks = true; });
+            step(&mut pool, &mut world, Event::WorkerReady { worker: w, acks: true }, 0, &l)?;
+        }
+        // The first worker never takes anything; the others take everything at once.
+        let stuck = ids[0];
+        let mut now = 0;
+        for c in 1..=extra + 3 {
+            world.arrived += 1;
+            world.conns.insert(c, Fate::Waiting);
+            step(&mut pool, &mut world, Event::ConnectionArrived(c), now, &l)?;
+            now += 100;
+            let good: Vec<(ConnId, WorkerId)> = world.conns.iter().filter_map(|(&c, f)| match f {
+                Fate::Unconfirmed(w) if *w != stuck => Some((c, *w)),
+                _ => None,
+            }).collect();
+            for (conn, worker) in good {
+                step(&mut pool, &mut world, Event::Taken { worker, conn }, now, &l)?;
+            }
+        }
+        for _ in 0..40 {
+            now += 250;
+            step(&mut pool, &mut world, Event::Tick, now, &l)?;
+            let killed: Vec<WorkerId> = world.workers.iter().filter(|(_, x)| x.killed).map(|(w, _)| *w).collect();
+            for w in killed {
+                world.gone(w);
+                step(&mut pool, &mut world, Event::WorkerExited { worker: w, clean: false }, now, &l)?;
+            }
+            let untaken: Vec<(ConnId, WorkerId)> = world.conns.iter().filter_map(|(&c, f)| match f {
+                Fate::Unconfirmed(w) if *w != stuck => Some((c, *w)),
+                _ => None,
+            }).collect();
+            for (conn, worker) in untaken {
+                step(&mut pool, &mut world, Event::Taken { worker, conn }, now, &l)?;
+            }
+            let starting: Vec<WorkerId> = world.workers.iter().filter(|(_, x)| !x.ready).map(|(w, _)| *w).collect();
+            for w in starting {
+                world.workers.get_mut(&w).map(|x| { x.ready = true; x.acks = true; });
+                step(&mut pool, &mut world, Event::WorkerReady { worker: w, acks: true }, now, &l)?;
+            }
+        }
+        prop_assert!(!world.workers.contains_key(&stuck), "the stuck worker is gone");
+        prop_assert!(
+            world.conns.values().all(|f| matches!(f, Fate::Held(w) if *w != stuck)),
+            "every connection is in a working worker's hands: {:?}", world.conns
+        );
     }
 }

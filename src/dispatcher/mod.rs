@@ -3,7 +3,14 @@
 //!
 //! * [`policy`]: the worker pool of a service as a pure state machine (which worker takes a
 //!   connection, when to start, retire or replace one), tested without sockets or processes.
-//! * [`event_loop`]: performs the policy's actions; knows no limits.
+//! * [`event_loop`]: the loop only: waits, and passes each event to the module below that
+//!   handles it.
+//! * [`runtime`]: the running state (one owner for each thing) and how the pools' actions are
+//!   carried out; [`generation`]: services by stable id and their configuration generations;
+//!   [`workers`]: worker processes and their control channels; [`accept`]: listeners, the
+//!   PORT_ACCESS judgement and when to stop accepting; [`descriptors`]: the descriptor budget;
+//!   [`reload`]: carrying out a SIGHUP, planned by [`reload_plan`]; [`signals`]; [`status`]:
+//!   the SIGUSR2 report.
 //! * [`listen`]: opening the ports; [`access`]: PORT_ACCESS at accept.
 //! * [`account`]: which account a service's workers run as, with which capability.
 //! * [`spawn`]: starting a worker process with its control socket on descriptor 3, a clean
@@ -11,13 +18,22 @@
 //! * [`log`]: `dispatcher.log`; [`logfiles`]: versioned log names; [`pidfile`]: the locked
 //!   pid file.
 //! * [`start`]: from the command line to a running event loop.
+pub mod accept;
 pub mod access;
 pub mod account;
+pub mod descriptors;
 pub mod event_loop;
+pub mod generation;
 pub mod listen;
 pub mod log;
 pub mod logfiles;
 pub mod pidfile;
 pub mod policy;
+pub mod reload;
+pub mod reload_plan;
+pub mod runtime;
+pub mod signals;
 pub mod spawn;
 pub mod start;
+pub mod status;
+pub mod workers;

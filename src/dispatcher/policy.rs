@@ -1,40 +1,64 @@
-//! The worker pool of one service, as a pure state machine: events in, actions out.
+//! The worker pool of one service in one configuration generation, as a pure state machine:
+//! events in, actions out.
 //!
 //! This is "Creation and Expiration of Server Processes" of the Messaging Server documentation
-//! made exact. It decides which worker takes a connection, when to start a worker, when to
-//! retire one, and when to stop reading the listener; the event loop performs the actions and
-//! reports what happened. It knows nothing of sockets, processes or clocks: time comes in with
-//! every event, in milliseconds from any fixed origin.
+//! made exact, plus what a production dispatcher needs when its workers misbehave. It decides
+//! which worker takes a connection, when to start a worker, when to retire, distrust or kill
+//! one, and when to stop reading the listener; the event loop performs the actions and reports
+//! what happened. It knows nothing of sockets, processes or clocks: time comes in with every
+//! event, in milliseconds from any fixed origin. It is the one place that knows where each
+//! accepted connection is: waiting, handed to a worker and not yet confirmed, or held by a
+//! worker (the event loop only keeps the sockets, and drops its copy on [`Action::Release`]).
 //!
 //! Rules (documented ones first; **ours** where the documentation is silent):
 //!
 //! * A worker is started when fewer than `MIN_PROCS` run, or when every worker is "busy
 //!   enough" (at least `MIN_CONNS` connections) and fewer than `MAX_PROCS` run.
 //! * A connection goes to a ready worker below `MIN_CONNS`, the fullest of those first (fill a
-//!   worker to "busy enough" before spreading, **ours**); else, if no worker can be started,
+//!   worker to "busy enough" before spreading, **ours**); else, if no worker can be started
+//!   now (`MAX_PROCS` reached, a start held back after failures, a stop or reload under way),
 //!   to the least busy worker below `MAX_CONNS`. Connections that arrive while the worker
-//!   started for them gets ready wait for it.
+//!   started for them gets ready wait for it, at most [`START_WAIT`] if a ready worker has room.
 //! * No worker ever holds more than `MAX_CONNS` connections. When every worker is full and
 //!   `MAX_PROCS` run, the pool asks to stop reading the listener, so further clients wait in
 //!   the kernel's listen queue (`BACKLOG`), and asks again to read when a slot frees **(ours:
 //!   the documentation's BACKLOG default suggests it)**.
 //! * A worker handed `MAX_LIFE_CONNS` connections, older than `MAX_LIFE_TIME`, or (beyond
 //!   `MIN_PROCS`) idle for `MAX_IDLE_TIME`, is retired: it takes no new connection and exits
-//!   when its last one ends. Nothing is ever killed by the pool.
-//! * At most `MAX_SHUTDOWN` workers retire at once **(ours: the documentation names the
-//!   option only)**; a worker due beyond that keeps serving until a retiring one is gone.
-//!   Retiring workers do not count against `MAX_PROCS`.
+//!   when its last one ends. At most `MAX_SHUTDOWN` workers retire at once **(ours: the
+//!   documentation names the option only)**; retiring workers do not count against `MAX_PROCS`.
 //! * A worker that exits before taking its first connection is a failed start: the next start
 //!   waits 1 s, doubling up to 60 s, with one log line each time. A worker that has not said
 //!   it is ready [`READY_TIMEOUT`] after its start is killed, which makes it a failed start.
 //!   One that was ready and lived [`STABLE_AFTER`] before it died without serving (killed by
-//!   an administrator or the OOM killer) is not: it is replaced at once.
+//!   an administrator or the OOM killer) is not: it is replaced at once. A start that failed
+//!   for lack of descriptors is not the image's fault: retried after [`NO_DESCRIPTOR_RETRY`].
+//!
+//! Distrust **(ours)**:
+//!
+//! * A worker that said `READY ACK` confirms each hand-off with `TAKEN`; one that said plain
+//!   `READY` has a hand-off confirmed when it was sent. Until then the dispatcher keeps its copy
+//!   of the socket, so a connection the worker never took is given to another worker.
+//! * A hand-off not confirmed, or a control socket that stays full, for [`UNRESPONSIVE_AFTER`]
+//!   makes the worker unresponsive: it is handed nothing more (and no longer counts against
+//!   `MAX_PROCS`); still so [`KILL_UNRESPONSIVE_AFTER`] later, it is killed, and the
+//!   connections it never took go to other workers. One that recovers before is trusted
+//!   again, or retired if a replacement has taken its place.
+//! * A message that does not add up (a second `READY`, `TAKEN` or `ENDED` for a connection not
+//!   handed to that worker, `TAKEN` from a worker that did not offer it) is a protocol
+//!   violation: the worker is killed and replaced.
+//! * A worker that says `DRAINING` or closes its control socket takes nothing more; one that
+//!   closed it and is still running [`CLOSED_GRACE`] later is killed.
+//! * Once the pool is told to stop or wind down (a reload made a new generation), it starts
+//!   nothing, tells every worker to drain, and gives back the connections that still wait.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
 
 /// Milliseconds from an origin the caller chooses.
 pub type Millis = u64;
-/// A worker, numbered by the pool.
+/// A worker, numbered once for the dispatcher's life (see [`WorkerIds`]).
 pub type WorkerId = u64;
 /// A connection, numbered by the caller.
 pub type ConnId = u64;
@@ -50,6 +74,36 @@ pub const STABLE_AFTER: Millis = 10_000;
 /// First and last delay after failed starts.
 pub const BACKOFF_FIRST: Millis = 1_000;
 pub const BACKOFF_MAX: Millis = 60_000;
+
+/// A hand-off not confirmed, or a control socket full, this long: the worker is unresponsive.
+pub const UNRESPONSIVE_AFTER: Millis = 500;
+/// An unresponsive worker still so this much later is killed.
+pub const KILL_UNRESPONSIVE_AFTER: Millis = 1_000;
+/// A worker that closed its control socket and still runs this long after is killed.
+pub const CLOSED_GRACE: Millis = 10_000;
+/// The longest a connection waits for a worker being started while a ready one has room.
+pub const START_WAIT: Millis = 1_000;
+/// The wait before a start that failed for lack of descriptors is tried again.
+pub const NO_DESCRIPTOR_RETRY: Millis = 1_000;
+
+/// The numbers given to workers, shared by every pool of a dispatcher so that a worker id is
+/// never reused, across services and reloads.
+#[derive(Debug, Clone)]
+pub struct WorkerIds(Rc<Cell<WorkerId>>);
+
+impl Default for WorkerIds {
+    fn default() -> WorkerIds {
+        WorkerIds(Rc::new(Cell::new(1)))
+    }
+}
+
+impl WorkerIds {
+    fn next(&self) -> WorkerId {
+        let id = self.0.get();
+        self.0.set(id + 1);
+        id
+    }
+}
 
 /// The limits of one service (from `dispatcher.cnf`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,18 +137,47 @@ impl PoolLimits {
 }
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A connection was accepted (and PORT_ACCESS let it in).
+    /// A connection was accepted (and PORT_ACCESS let it in), or came back from elsewhere.
     ConnectionArrived(ConnId),
-    /// A started worker is ready for connections.
-    WorkerReady(WorkerId),
-    /// A worker reports that a connection it held has ended.
-    ConnectionEnded(WorkerId),
+    /// A started worker says it is ready; `acks` when it said `READY ACK`.
+    WorkerReady { worker: WorkerId, acks: bool },
+    /// The `HANDOFF` of `conn` left for the worker.
+    Sent { worker: WorkerId, conn: ConnId },
+    /// The `HANDOFF` of `conn` could not be sent: the worker's socket is full (`blocked`) or
+    /// broken. The connection is the pool's again.
+    SendFailed {
+        worker: WorkerId,
+        conn: ConnId,
+        blocked: bool,
+    },
+    /// The worker's control socket has room again.
+    Writable(WorkerId),
+    /// The worker confirms it has the socket of `conn` (`TAKEN`).
+    Taken { worker: WorkerId, conn: ConnId },
+    /// The worker reports that `conn` has ended (`ENDED`).
+    Ended { worker: WorkerId, conn: ConnId },
+    /// The worker takes no more connections (`DRAINING`).
+    Draining(WorkerId),
+    /// The worker closed its control socket: it can neither take nor report anything more.
+    ControlClosed(WorkerId),
+    /// The event loop found the worker breaking the protocol (what it sent, for the log).
+    Violation { worker: WorkerId, what: String },
+    /// The worker could not be started; `lack_of_descriptors` when the host, not the image,
+    /// is to blame.
+    SpawnFailed {
+        worker: WorkerId,
+        lack_of_descriptors: bool,
+    },
     /// A worker process is gone (reaped); `clean` when it exited on its own with status 0.
     WorkerExited { worker: WorkerId, clean: bool },
-    /// Time passes; the pool checks lifetimes, idleness and MIN_PROCS.
+    /// Time passes; the pool checks lifetimes, idleness, health and MIN_PROCS.
     Tick,
+    /// A reload made a new generation: start nothing, drain every worker, give back what waits.
+    WindDown,
+    /// The dispatcher stops: the same, and what waits or comes back is closed.
+    Stop,
 }
 
 /// Why a worker is retired.
@@ -103,6 +186,24 @@ pub enum RetireReason {
     LifeConns,
     LifeTime,
     Idle,
+    /// A reload made a new generation.
+    Reload,
+    Stop,
+    /// It was unresponsive and has been replaced; it responds again, one too many.
+    Replaced,
+}
+
+/// Why a worker is killed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KillReason {
+    /// It never said `READY`.
+    NotReady,
+    /// It has not taken a connection, or read its control socket, for this long.
+    Unresponsive { for_ms: Millis },
+    /// It broke the protocol: what it sent or did.
+    Violation(String),
+    /// It closed its control socket and did not exit.
+    ClosedControl,
 }
 
 /// What the event loop must do.
@@ -110,18 +211,29 @@ pub enum RetireReason {
 pub enum Action {
     /// Start a worker process with this id.
     Spawn(WorkerId),
-    /// Pass this connection to that worker.
+    /// Send this connection to that worker (the event loop then reports `Sent` or
+    /// `SendFailed`; it keeps its copy of the socket until `Release`).
     HandOff {
         conn: ConnId,
         worker: WorkerId,
     },
+    /// The connection is in a worker's hands: close the dispatcher's copy.
+    Release(ConnId),
+    /// Close the connection unserved (the dispatcher stops).
+    Close(ConnId),
+    /// The connection waits no longer here: give it to this service's current generation (or
+    /// close it when there is none).
+    Elsewhere(ConnId),
     /// Tell the worker to take no more connections and exit when its last one ends.
     Retire {
         worker: WorkerId,
         reason: RetireReason,
     },
-    /// Kill the worker: it never said it was ready (its exit is then reported as usual).
-    Kill(WorkerId),
+    /// Kill the worker (its exit is then reported as usual).
+    Kill {
+        worker: WorkerId,
+        reason: KillReason,
+    },
     /// Stop / start reading the service's listeners.
     PauseAccepting,
     ResumeAccepting,
@@ -138,29 +250,73 @@ pub enum PoolLog {
     WorkerLost { worker: WorkerId, connections: u64 },
     /// A worker failed to start; the next start waits this long.
     StartFailed { worker: WorkerId, retry_in: Millis },
+    /// A worker could not be started for lack of descriptors; tried again after this long.
+    NoDescriptors { worker: WorkerId, retry_in: Millis },
+    /// A worker stopped taking connections (or reading its socket); it gets nothing more.
+    Unresponsive { worker: WorkerId, untaken: u64 },
+    /// An unresponsive worker took its connections after all.
+    Recovered { worker: WorkerId },
+    /// Connections a worker never took go to other workers.
+    Requeued { worker: WorkerId, connections: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Starting,
     Ready,
+    /// Told to drain, said it drains, or closed its control socket: takes nothing new.
     Retiring,
 }
 
 #[derive(Debug, Clone)]
 struct Worker {
     state: State,
+    /// It said `READY ACK`: hand-offs are confirmed by `TAKEN`.
+    acks: bool,
     started: Millis,
-    /// Connections it holds now (handed and not yet ended).
-    active: u64,
+    /// Connections it holds or was sent and has not ended, with the time a hand-off still
+    /// waiting for its confirmation was made.
+    conns: BTreeMap<ConnId, Option<Millis>>,
     /// Connections handed to it in its life.
     served: u64,
-    /// When `active` last became 0.
+    /// When it last held no connection.
     idle_since: Millis,
     /// Due for retirement but waiting for a MAX_SHUTDOWN slot.
     due: Option<RetireReason>,
-    /// Asked to be killed (never ready); asked once.
+    /// Since when its control socket has been full.
+    blocked_since: Option<Millis>,
+    /// Since when it has been unresponsive.
+    unresponsive_since: Option<Millis>,
+    /// Since when its control socket has been closed.
+    closed_since: Option<Millis>,
+    /// It has said `READY` (once is all a worker may).
+    said_ready: bool,
+    /// Asked to be killed; asked once.
     killed: bool,
+}
+
+impl Worker {
+    fn active(&self) -> u64 {
+        self.conns.len() as u64
+    }
+
+    /// Takes connections now or soon: not retiring, not distrusted, not being killed.
+    fn serving(&self) -> bool {
+        self.state != State::Retiring && self.unresponsive_since.is_none() && !self.killed
+    }
+
+    /// The oldest hand-off still waiting for its confirmation.
+    fn oldest_unconfirmed(&self) -> Option<Millis> {
+        self.conns.values().flatten().copied().min()
+    }
+
+    fn unconfirmed(&self) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, t)| t.is_some())
+            .map(|(&c, _)| c)
+            .collect()
+    }
 }
 
 /// A snapshot for status reports.
@@ -173,14 +329,23 @@ pub struct WorkerStatus {
     pub served: u64,
 }
 
-/// The pool of one service.
+/// Whether the pool serves, winds down after a reload, or stops with the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Serving,
+    WindingDown,
+    Stopping,
+}
+
+/// The pool of one service in one generation.
 #[derive(Debug, Clone)]
 pub struct Pool {
     limits: PoolLimits,
     workers: BTreeMap<WorkerId, Worker>,
-    /// Connections accepted but not yet handed off (waiting for a worker to get ready).
-    waiting: VecDeque<ConnId>,
-    next_worker: WorkerId,
+    /// Connections accepted but not yet handed off, with the time they began to wait.
+    waiting: VecDeque<(ConnId, Millis)>,
+    ids: WorkerIds,
+    mode: Mode,
     paused: bool,
     /// Failed starts in a row, and the earliest time the next start may happen.
     failures: u32,
@@ -188,18 +353,19 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A pool numbering its own workers from 1 (tests and a lone pool).
     pub fn new(limits: PoolLimits) -> Pool {
-        Pool::numbering_from(limits, 1)
+        Pool::with_ids(limits, WorkerIds::default())
     }
 
-    /// A pool whose workers are numbered from `first` (after a reload, so that the new pool's
-    /// workers are never confused with the old pool's draining ones).
-    pub fn numbering_from(limits: PoolLimits, first: WorkerId) -> Pool {
+    /// A pool whose workers take their numbers from `ids`, shared with the other pools.
+    pub fn with_ids(limits: PoolLimits, ids: WorkerIds) -> Pool {
         Pool {
             limits,
             workers: BTreeMap::new(),
             waiting: VecDeque::new(),
-            next_worker: first,
+            ids,
+            mode: Mode::Serving,
             paused: false,
             failures: 0,
             next_start: 0,
@@ -210,16 +376,6 @@ impl Pool {
         self.limits
     }
 
-    /// The number the next worker will get.
-    pub fn next_worker_id(&self) -> WorkerId {
-        self.next_worker
-    }
-
-    /// Takes the connections waiting for a worker (to give them to a new pool after a reload).
-    pub fn take_waiting(&mut self) -> Vec<ConnId> {
-        self.waiting.drain(..).collect()
-    }
-
     /// Connections accepted and waiting for a worker.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
@@ -227,7 +383,17 @@ impl Pool {
 
     /// Whether the listeners should be read.
     pub fn accepting(&self) -> bool {
-        !self.paused
+        !self.paused && self.mode == Mode::Serving
+    }
+
+    /// Workers still running (in any state).
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Whether `worker` is one of this pool's.
+    pub fn has_worker(&self, worker: WorkerId) -> bool {
+        self.workers.contains_key(&worker)
     }
 
     pub fn status(&self) -> Vec<WorkerStatus> {
@@ -236,13 +402,15 @@ impl Pool {
             .map(|(&id, w)| WorkerStatus {
                 worker: id,
                 state: match w.state {
+                    _ if w.killed => "killed",
+                    _ if w.unresponsive_since.is_some() => "unresponsive",
                     State::Starting => "starting",
                     State::Ready if w.due.is_some() => "due",
                     State::Ready => "ready",
                     State::Retiring => "retiring",
                 },
                 started: w.started,
-                active: w.active,
+                active: w.active(),
                 served: w.served,
             })
             .collect()
@@ -252,51 +420,216 @@ impl Pool {
     pub fn handle(&mut self, event: Event, now: Millis) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
-            Event::ConnectionArrived(conn) => self.waiting.push_back(conn),
-            Event::WorkerReady(id) => {
-                if let Some(w) = self.workers.get_mut(&id) {
-                    if w.state == State::Starting {
-                        w.state = State::Ready;
-                        w.idle_since = now;
+            Event::ConnectionArrived(conn) => match self.mode {
+                Mode::Serving => self.waiting.push_back((conn, now)),
+                Mode::WindingDown => out.push(Action::Elsewhere(conn)),
+                Mode::Stopping => out.push(Action::Close(conn)),
+            },
+            Event::WorkerReady { worker, acks } => self.ready(worker, acks, now, &mut out),
+            Event::Sent { worker, conn } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    if !w.acks && w.conns.get(&conn).is_some_and(Option::is_some) {
+                        w.conns.insert(conn, None);
+                        out.push(Action::Release(conn));
                     }
                 }
             }
-            Event::ConnectionEnded(id) => {
-                if let Some(w) = self.workers.get_mut(&id) {
-                    w.active = w.active.saturating_sub(1);
-                    if w.active == 0 {
-                        w.idle_since = now;
+            Event::SendFailed {
+                worker,
+                conn,
+                blocked,
+            } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    if w.conns.remove(&conn).is_some() {
+                        w.served = w.served.saturating_sub(1);
+                        self.waiting.push_front((conn, now));
                     }
+                    if blocked {
+                        w.blocked_since.get_or_insert(now);
+                    } else {
+                        self.stops_taking(worker, now, true, &mut out);
+                    }
+                }
+                self.give_back_waiting(&mut out);
+            }
+            Event::Writable(worker) => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.blocked_since = None;
+                }
+            }
+            Event::Taken { worker, conn } => self.taken(worker, conn, &mut out),
+            Event::Ended { worker, conn } => self.ended(worker, conn, now, &mut out),
+            Event::Draining(worker) => self.stops_taking(worker, now, false, &mut out),
+            Event::ControlClosed(worker) => self.stops_taking(worker, now, true, &mut out),
+            Event::Violation { worker, what } => {
+                self.kill(worker, KillReason::Violation(what), &mut out)
+            }
+            Event::SpawnFailed {
+                worker,
+                lack_of_descriptors,
+            } => {
+                if lack_of_descriptors && self.workers.remove(&worker).is_some() {
+                    self.next_start = now + NO_DESCRIPTOR_RETRY;
+                    out.push(Action::Log(PoolLog::NoDescriptors {
+                        worker,
+                        retry_in: NO_DESCRIPTOR_RETRY,
+                    }));
+                } else {
+                    self.exited(worker, false, now, &mut out);
                 }
             }
             Event::WorkerExited { worker, clean } => self.exited(worker, clean, now, &mut out),
             Event::Tick => {
                 self.expire(now);
+                self.check_health(now, &mut out);
+            }
+            Event::WindDown | Event::Stop => {
+                let (mode, reason) = if event == Event::Stop {
+                    (Mode::Stopping, RetireReason::Stop)
+                } else {
+                    (Mode::WindingDown, RetireReason::Reload)
+                };
+                if self.mode != Mode::Stopping {
+                    self.mode = mode;
+                }
                 for (&id, w) in self.workers.iter_mut() {
-                    let late = now.saturating_sub(w.started) >= READY_TIMEOUT;
-                    if w.state == State::Starting && late && !w.killed {
-                        w.killed = true;
-                        out.push(Action::Kill(id));
+                    if w.state != State::Retiring {
+                        w.state = State::Retiring;
+                        out.push(Action::Retire { worker: id, reason });
                     }
                 }
+                self.give_back_waiting(&mut out);
             }
         }
         self.rebalance(now, &mut out);
         out
     }
 
+    fn ready(&mut self, id: WorkerId, acks: bool, now: Millis, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.said_ready {
+            return self.kill(id, KillReason::Violation("a second READY".into()), out);
+        }
+        w.said_ready = true;
+        w.acks = acks;
+        w.idle_since = now;
+        if w.state == State::Starting {
+            w.state = State::Ready;
+        }
+    }
+
+    fn taken(&mut self, id: WorkerId, conn: ConnId, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        match w.conns.get(&conn) {
+            Some(Some(_)) if w.acks => {
+                w.conns.insert(conn, None);
+                out.push(Action::Release(conn));
+            }
+            _ => {
+                let what = format!("TAKEN {conn} for a connection it was not waiting to take");
+                self.kill(id, KillReason::Violation(what), out);
+            }
+        }
+    }
+
+    fn ended(&mut self, id: WorkerId, conn: ConnId, now: Millis, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        match w.conns.remove(&conn) {
+            Some(unconfirmed) => {
+                // An ENDED before TAKEN confirms the hand-off too: the worker had the socket.
+                if unconfirmed.is_some() {
+                    out.push(Action::Release(conn));
+                }
+                if w.conns.is_empty() {
+                    w.idle_since = now;
+                }
+            }
+            None => {
+                let what = format!("ENDED {conn} for a connection it does not hold");
+                self.kill(id, KillReason::Violation(what), out);
+            }
+        }
+    }
+
+    /// `DRAINING` or a closed control socket: nothing more for this worker, and what it never
+    /// took goes elsewhere (it took, and confirmed, everything it will ever take).
+    fn stops_taking(&mut self, id: WorkerId, now: Millis, closed: bool, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        w.state = State::Retiring;
+        if closed {
+            w.closed_since.get_or_insert(now);
+        }
+        // A plain-READY worker's hand-offs are confirmed when sent: none is left unconfirmed.
+        self.requeue_untaken(id, now, out);
+    }
+
+    /// Gives the connections a worker never took back to the waiting queue, in front.
+    fn requeue_untaken(&mut self, id: WorkerId, now: Millis, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let untaken = w.unconfirmed();
+        for c in &untaken {
+            w.conns.remove(c);
+        }
+        if !untaken.is_empty() {
+            out.push(Action::Log(PoolLog::Requeued {
+                worker: id,
+                connections: untaken.len() as u64,
+            }));
+        }
+        // They have waited already: they go to any worker with room, not to one yet to start.
+        let since = now.saturating_sub(START_WAIT);
+        for c in untaken.into_iter().rev() {
+            self.waiting.push_front((c, since));
+        }
+        self.give_back_waiting(out);
+    }
+
+    /// Outside normal service nothing waits here: it goes to the new generation or is closed.
+    fn give_back_waiting(&mut self, out: &mut Vec<Action>) {
+        let give = match self.mode {
+            Mode::Serving => return,
+            Mode::WindingDown => Action::Elsewhere,
+            Mode::Stopping => Action::Close,
+        };
+        out.extend(self.waiting.drain(..).map(|(c, _)| give(c)));
+    }
+
+    fn kill(&mut self, id: WorkerId, reason: KillReason, out: &mut Vec<Action>) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            if !w.killed {
+                w.killed = true;
+                out.push(Action::Kill { worker: id, reason });
+            }
+        }
+    }
+
     fn exited(&mut self, id: WorkerId, clean: bool, now: Millis, out: &mut Vec<Action>) {
+        if !self.workers.contains_key(&id) {
+            return;
+        }
+        // The process is gone: what it never took cannot be served twice any more.
+        self.requeue_untaken(id, now, out);
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
-        if w.active > 0 {
+        if w.active() > 0 {
             out.push(Action::Log(PoolLog::WorkerLost {
                 worker: id,
-                connections: w.active,
+                connections: w.active(),
             }));
         }
         let young = now.saturating_sub(w.started) < STABLE_AFTER;
-        let failed_start = w.served == 0 && (w.state == State::Starting || (!clean && young));
+        let failed_start = w.served == 0 && (!w.said_ready || (!clean && young));
         if failed_start {
             let delay = BACKOFF_FIRST
                 .saturating_mul(1 << self.failures.min(6))
@@ -322,7 +655,7 @@ impl Pool {
             }
             if now.saturating_sub(w.started) >= l.max_life_time {
                 w.due = Some(RetireReason::LifeTime);
-            } else if w.active == 0
+            } else if w.conns.is_empty()
                 && serving > l.min_procs
                 && now.saturating_sub(w.idle_since) >= l.max_idle_time
             {
@@ -332,23 +665,98 @@ impl Pool {
         }
     }
 
-    /// Workers that take connections now or soon: starting, or ready and not retiring.
+    /// Kills workers that never got ready, stay unresponsive, or closed their socket and live
+    /// on; marks and clears unresponsiveness.
+    fn check_health(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let mut kills = Vec::new();
+        let mut recovered = Vec::new();
+        for (&id, w) in self.workers.iter_mut() {
+            if w.killed {
+                continue;
+            }
+            if !w.said_ready && now.saturating_sub(w.started) >= READY_TIMEOUT {
+                kills.push((id, KillReason::NotReady));
+                continue;
+            }
+            if w.closed_since
+                .is_some_and(|c| now.saturating_sub(c) >= CLOSED_GRACE)
+            {
+                kills.push((id, KillReason::ClosedControl));
+                continue;
+            }
+            let late = |since: Option<Millis>| {
+                since.is_some_and(|t| now.saturating_sub(t) >= UNRESPONSIVE_AFTER)
+            };
+            let stuck = (w.acks && late(w.oldest_unconfirmed())) || late(w.blocked_since);
+            match (stuck, w.unresponsive_since) {
+                (true, None) => {
+                    w.unresponsive_since = Some(now);
+                    out.push(Action::Log(PoolLog::Unresponsive {
+                        worker: id,
+                        untaken: w.unconfirmed().len() as u64,
+                    }));
+                }
+                (true, Some(since)) if now.saturating_sub(since) >= KILL_UNRESPONSIVE_AFTER => {
+                    let first = [w.oldest_unconfirmed(), w.blocked_since]
+                        .into_iter()
+                        .flatten()
+                        .min()
+                        .unwrap_or(since);
+                    kills.push((
+                        id,
+                        KillReason::Unresponsive {
+                            for_ms: now.saturating_sub(first),
+                        },
+                    ));
+                }
+                (false, Some(_)) => {
+                    w.unresponsive_since = None;
+                    out.push(Action::Log(PoolLog::Recovered { worker: id }));
+                    recovered.push(id);
+                }
+                _ => {}
+            }
+        }
+        for (id, reason) in kills {
+            self.kill(id, reason, out);
+        }
+        // A replacement was started meanwhile: the one that came back is one too many.
+        for id in recovered {
+            if self.serving_count() > self.limits.max_procs {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    w.state = State::Retiring;
+                    out.push(Action::Retire {
+                        worker: id,
+                        reason: RetireReason::Replaced,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Workers that take connections now or soon: starting, or ready and not retiring, and
+    /// trusted.
     fn serving_count(&self) -> u64 {
-        self.workers
-            .values()
-            .filter(|w| w.state != State::Retiring)
-            .count() as u64
+        self.workers.values().filter(|w| w.serving()).count() as u64
+    }
+
+    /// Whether a worker may be started at this moment.
+    fn can_start_now(&self, now: Millis) -> bool {
+        self.mode == Mode::Serving
+            && self.serving_count() < self.limits.max_procs
+            && now >= self.next_start
     }
 
     /// After every event: retire what is due, hand off what waits, start what is needed, and
     /// pause or resume accepting.
     fn rebalance(&mut self, now: Millis, out: &mut Vec<Action>) {
         self.start_retirements(out);
-        while let Some(&conn) = self.waiting.front() {
-            match self.pick() {
+        while let Some(&(conn, since)) = self.waiting.front() {
+            let waited_long = now.saturating_sub(since) >= START_WAIT;
+            match self.pick(now, waited_long) {
                 Some(id) => {
                     self.waiting.pop_front();
-                    self.hand_off(conn, id, out);
+                    self.hand_off(conn, id, now, out);
                     self.start_retirements(out);
                 }
                 None => break,
@@ -357,21 +765,28 @@ impl Pool {
         // Start workers: for MIN_PROCS, for connections no ready worker can take, and
         // ahead of need when every worker is busy enough.
         while self.should_start(now) {
-            let id = self.next_worker;
-            self.next_worker += 1;
+            let id = self.ids.next();
             self.workers.insert(
                 id,
                 Worker {
                     state: State::Starting,
+                    acks: false,
                     started: now,
-                    active: 0,
+                    conns: BTreeMap::new(),
                     served: 0,
                     idle_since: now,
                     due: None,
+                    blocked_since: None,
+                    unresponsive_since: None,
+                    closed_since: None,
+                    said_ready: false,
                     killed: false,
                 },
             );
             out.push(Action::Spawn(id));
+        }
+        if self.mode != Mode::Serving {
+            return;
         }
         let full = self.capacity() == 0;
         if full && !self.paused {
@@ -390,32 +805,35 @@ impl Pool {
     }
 
     /// The ready worker a new connection goes to, if any may take one now.
-    fn pick(&self) -> Option<WorkerId> {
+    fn pick(&self, now: Millis, waited_long: bool) -> Option<WorkerId> {
         let l = self.limits;
         let ready = || {
-            self.workers
-                .iter()
-                .filter(|(_, w)| w.state == State::Ready && w.active < l.max_conns)
+            self.workers.iter().filter(|(_, w)| {
+                w.state == State::Ready
+                    && w.serving()
+                    && w.blocked_since.is_none()
+                    && w.active() < l.max_conns
+            })
         };
         // Below MIN_CONNS: fill the fullest first (ties: the oldest worker).
         if let Some((&id, _)) = ready()
-            .filter(|(_, w)| w.active < l.min_conns)
-            .max_by_key(|(&id, w)| (w.active, std::cmp::Reverse(id)))
+            .filter(|(_, w)| w.active() < l.min_conns)
+            .max_by_key(|(&id, w)| (w.active(), std::cmp::Reverse(id)))
         {
             return Some(id);
         }
-        // Everyone busy enough: a new worker is preferred while one may be started.
-        if self.serving_count() < l.max_procs {
+        // Everyone busy enough: a new worker is preferred while one may be started now.
+        if self.can_start_now(now) && !waited_long {
             return None;
         }
         ready()
-            .min_by_key(|(&id, w)| (w.active, id))
+            .min_by_key(|(&id, w)| (w.active(), id))
             .map(|(&id, _)| id)
     }
 
-    fn hand_off(&mut self, conn: ConnId, id: WorkerId, out: &mut Vec<Action>) {
+    fn hand_off(&mut self, conn: ConnId, id: WorkerId, now: Millis, out: &mut Vec<Action>) {
         if let Some(w) = self.workers.get_mut(&id) {
-            w.active += 1;
+            w.conns.insert(conn, Some(now));
             w.served += 1;
             if w.served >= self.limits.max_life_conns && w.due.is_none() {
                 w.due = Some(RetireReason::LifeConns);
@@ -445,17 +863,17 @@ impl Pool {
 
     fn should_start(&self, now: Millis) -> bool {
         let l = self.limits;
-        let serving = self.serving_count();
-        if serving >= l.max_procs || now < self.next_start {
+        if !self.can_start_now(now) {
             return false;
         }
+        let serving = self.serving_count();
         if serving < l.min_procs {
             return true;
         }
         let starting = self
             .workers
             .values()
-            .filter(|w| w.state == State::Starting)
+            .filter(|w| w.state == State::Starting && w.serving())
             .count() as u64;
         // Connections waiting beyond what the starting workers will take.
         if self.waiting.len() as u64 > starting * l.max_conns {
@@ -467,8 +885,8 @@ impl Pool {
             && self
                 .workers
                 .values()
-                .filter(|w| w.state == State::Ready)
-                .all(|w| w.active >= l.min_conns)
+                .filter(|w| w.state == State::Ready && w.serving())
+                .all(|w| w.active() >= l.min_conns)
     }
 
     /// Connections the pool could still take: free slots on serving workers, slots of workers
@@ -478,8 +896,8 @@ impl Pool {
         let free: u64 = self
             .workers
             .values()
-            .filter(|w| w.state != State::Retiring)
-            .map(|w| l.max_conns.saturating_sub(w.active))
+            .filter(|w| w.serving())
+            .map(|w| l.max_conns.saturating_sub(w.active()))
             .sum();
         let startable = l.max_procs.saturating_sub(self.serving_count()) * l.max_conns;
         (free + startable).saturating_sub(self.waiting.len() as u64)
@@ -541,16 +959,34 @@ mod tests {
         assert_eq!(spawned(&a), [1]);
         assert!(handed(&a).is_empty());
         assert_eq!(p.waiting(), 1);
-        let a = p.handle(Event::WorkerReady(1), 5);
+        let a = p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            5,
+        );
         assert_eq!(handed(&a), [(7, 1)]);
     }
 
     #[test]
     fn a_worker_is_filled_to_busy_enough_before_another_starts() {
         let mut p = Pool::new(limits());
-        p.handle(Event::WorkerReady(1), 0);
+        p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            0,
+        );
         p.handle(Event::ConnectionArrived(1), 0);
-        p.handle(Event::WorkerReady(1), 0);
+        p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            0,
+        );
         let a = p.handle(Event::ConnectionArrived(2), 1);
         assert_eq!(handed(&a), [(2, 1)], "worker 1 reaches MIN_CONNS=2");
         assert_eq!(
@@ -564,10 +1000,20 @@ mod tests {
     fn eight_clients_on_two_workers_of_three_six_served_two_wait() {
         let mut p = Pool::new(limits());
         let mut all = Vec::new();
+        let mut readied = Vec::new();
         for c in 1..=8 {
             all.extend(p.handle(Event::ConnectionArrived(c), 0));
             for w in spawned(&all) {
-                all.extend(p.handle(Event::WorkerReady(w), 0));
+                if !readied.contains(&w) {
+                    readied.push(w);
+                    all.extend(p.handle(
+                        Event::WorkerReady {
+                            worker: w,
+                            acks: false,
+                        },
+                        0,
+                    ));
+                }
             }
         }
         let h = handed(&all);
@@ -577,8 +1023,8 @@ mod tests {
         assert!(!p.accepting());
         assert!(all.contains(&Action::PauseAccepting));
         // One leaves: one waiting connection takes its slot.
-        let (_, w) = h[0];
-        let a = p.handle(Event::ConnectionEnded(w), 1);
+        let (c, w) = h[0];
+        let a = p.handle(Event::Ended { worker: w, conn: c }, 1);
         assert_eq!(handed(&a), [(7, w)]);
     }
 
@@ -596,9 +1042,19 @@ mod tests {
         assert!(a
             .iter()
             .any(|x| matches!(x, Action::Log(PoolLog::Saturated { .. }))));
-        assert_eq!(handed(&p.handle(Event::WorkerReady(1), 0)), [(1, 1)]);
+        assert_eq!(
+            handed(&p.handle(
+                Event::WorkerReady {
+                    worker: 1,
+                    acks: false
+                },
+                0
+            )),
+            [(1, 1)]
+        );
+        p.handle(Event::Sent { worker: 1, conn: 1 }, 0);
         assert!(!p.accepting());
-        let a = p.handle(Event::ConnectionEnded(1), 5);
+        let a = p.handle(Event::Ended { worker: 1, conn: 1 }, 5);
         assert_eq!(a, [Action::ResumeAccepting]);
     }
 
@@ -610,7 +1066,13 @@ mod tests {
             ..limits()
         });
         p.handle(Event::ConnectionArrived(1), 0);
-        p.handle(Event::WorkerReady(1), 0);
+        p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            0,
+        );
         let a = p.handle(Event::ConnectionArrived(2), 1);
         assert_eq!(handed(&a), [(2, 1)]);
         assert!(a.contains(&Action::Retire {
@@ -624,7 +1086,13 @@ mod tests {
             [2],
             "the retiring worker does not count against MAX_PROCS"
         );
-        let a = p.handle(Event::WorkerReady(2), 3);
+        let a = p.handle(
+            Event::WorkerReady {
+                worker: 2,
+                acks: false,
+            },
+            3,
+        );
         assert_eq!(handed(&a), [(3, 2)]);
     }
 
@@ -635,7 +1103,13 @@ mod tests {
             ..limits()
         });
         p.handle(Event::ConnectionArrived(1), 0);
-        p.handle(Event::WorkerReady(1), 0);
+        p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            0,
+        );
         let a = p.handle(Event::Tick, 1_000);
         assert!(a.contains(&Action::Retire {
             worker: 1,
@@ -656,7 +1130,13 @@ mod tests {
             ..limits()
         });
         p.handle(Event::Tick, 0);
-        p.handle(Event::WorkerReady(1), 0);
+        p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            0,
+        );
         let a = p.handle(Event::Tick, 500);
         assert!(
             !a.iter().any(|x| matches!(x, Action::Retire { .. })),
@@ -675,7 +1155,13 @@ mod tests {
         });
         p.handle(Event::Tick, 0);
         for w in 1..=3 {
-            p.handle(Event::WorkerReady(w), 0);
+            p.handle(
+                Event::WorkerReady {
+                    worker: w,
+                    acks: false,
+                },
+                0,
+            );
             p.handle(Event::ConnectionArrived(w), 0);
         }
         let a = p.handle(Event::Tick, 20);
@@ -693,7 +1179,14 @@ mod tests {
     fn a_worker_that_dies_frees_its_slots_and_is_logged() {
         let mut p = Pool::new(limits());
         p.handle(Event::ConnectionArrived(1), 0);
-        p.handle(Event::WorkerReady(1), 0);
+        p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            0,
+        );
+        p.handle(Event::Sent { worker: 1, conn: 1 }, 0);
         let a = p.handle(
             Event::WorkerExited {
                 worker: 1,
@@ -716,7 +1209,13 @@ mod tests {
             ..limits()
         });
         p.handle(Event::Tick, 0);
-        p.handle(Event::WorkerReady(1), 100);
+        p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            100,
+        );
         let a = p.handle(
             Event::WorkerExited {
                 worker: 1,
@@ -729,7 +1228,13 @@ mod tests {
             .any(|x| matches!(x, Action::Log(PoolLog::StartFailed { worker: 1, .. }))));
         assert!(spawned(&a).is_empty(), "backs off");
         assert_eq!(spawned(&p.handle(Event::Tick, 3_000)), [2]);
-        p.handle(Event::WorkerReady(2), 3_100);
+        p.handle(
+            Event::WorkerReady {
+                worker: 2,
+                acks: false,
+            },
+            3_100,
+        );
         // Killed a minute later, never having had a connection: replaced at once.
         let a = p.handle(
             Event::WorkerExited {
@@ -753,10 +1258,16 @@ mod tests {
         p.handle(Event::Tick, 0);
         assert!(!p
             .handle(Event::Tick, READY_TIMEOUT - 1)
-            .contains(&Action::Kill(1)));
+            .contains(&Action::Kill {
+                worker: 1,
+                reason: KillReason::NotReady
+            }));
         assert!(p
             .handle(Event::Tick, READY_TIMEOUT)
-            .contains(&Action::Kill(1)));
+            .contains(&Action::Kill {
+                worker: 1,
+                reason: KillReason::NotReady
+            }));
         let a = p.handle(
             Event::WorkerExited {
                 worker: 1,
@@ -801,5 +1312,390 @@ mod tests {
             worker: 2,
             retry_in: 2_000
         })));
+    }
+
+    fn ready_acking(p: &mut Pool, w: WorkerId, now: Millis) -> Vec<Action> {
+        p.handle(
+            Event::WorkerReady {
+                worker: w,
+                acks: true,
+            },
+            now,
+        )
+    }
+
+    fn killed(actions: &[Action]) -> Vec<(WorkerId, KillReason)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Kill { worker, reason } => Some((*worker, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_dispatcher_copy_is_released_only_when_the_worker_confirms() {
+        let mut p = Pool::new(limits());
+        p.handle(Event::ConnectionArrived(1), 0);
+        let a = ready_acking(&mut p, 1, 0);
+        assert_eq!(handed(&a), [(1, 1)]);
+        let a = p.handle(Event::Sent { worker: 1, conn: 1 }, 1);
+        assert!(!a.contains(&Action::Release(1)), "sent is not taken: {a:?}");
+        let a = p.handle(Event::Taken { worker: 1, conn: 1 }, 2);
+        assert!(a.contains(&Action::Release(1)));
+        // A plain-READY worker: confirmed when sent.
+        let mut p = Pool::new(limits());
+        p.handle(Event::ConnectionArrived(1), 0);
+        p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            0,
+        );
+        let a = p.handle(Event::Sent { worker: 1, conn: 1 }, 1);
+        assert!(a.contains(&Action::Release(1)));
+    }
+
+    #[test]
+    fn a_worker_that_does_not_take_its_connection_is_distrusted_then_killed_and_its_connection_goes_elsewhere(
+    ) {
+        let mut p = Pool::new(PoolLimits {
+            min_procs: 2,
+            min_conns: 1,
+            max_conns: 5,
+            max_procs: 3,
+            ..limits()
+        });
+        p.handle(Event::Tick, 0);
+        ready_acking(&mut p, 1, 0);
+        ready_acking(&mut p, 2, 0);
+        let a = p.handle(Event::ConnectionArrived(10), 100);
+        let [(10, stuck)] = handed(&a)[..] else {
+            panic!("{a:?}")
+        };
+        p.handle(
+            Event::Sent {
+                worker: stuck,
+                conn: 10,
+            },
+            100,
+        );
+        let a = p.handle(Event::Tick, 100 + UNRESPONSIVE_AFTER);
+        assert!(a.contains(&Action::Log(PoolLog::Unresponsive {
+            worker: stuck,
+            untaken: 1
+        })));
+        // Nothing more for it: the next connection goes to the other worker.
+        let other = 3 - stuck;
+        let a = p.handle(Event::ConnectionArrived(11), 700);
+        assert_eq!(handed(&a), [(11, other)]);
+        p.handle(
+            Event::Taken {
+                worker: other,
+                conn: 11,
+            },
+            701,
+        );
+        let a = p.handle(
+            Event::Tick,
+            100 + UNRESPONSIVE_AFTER + KILL_UNRESPONSIVE_AFTER,
+        );
+        assert_eq!(
+            killed(&a),
+            [(stuck, KillReason::Unresponsive { for_ms: 1_500 })]
+        );
+        let a = p.handle(
+            Event::WorkerExited {
+                worker: stuck,
+                clean: false,
+            },
+            1_700,
+        );
+        assert!(a.contains(&Action::Log(PoolLog::Requeued {
+            worker: stuck,
+            connections: 1
+        })));
+        assert!(handed(&a).contains(&(10, other)), "{a:?}");
+        assert!(
+            !a.contains(&Action::Release(10)),
+            "the copy is kept until taken"
+        );
+    }
+
+    #[test]
+    fn an_unresponsive_worker_that_takes_its_connection_in_time_recovers() {
+        let mut p = Pool::new(limits());
+        p.handle(Event::ConnectionArrived(1), 0);
+        ready_acking(&mut p, 1, 0);
+        p.handle(Event::Tick, UNRESPONSIVE_AFTER);
+        let a = p.handle(Event::Taken { worker: 1, conn: 1 }, 900);
+        assert!(a.contains(&Action::Release(1)));
+        let a = p.handle(Event::Tick, 1_000);
+        assert!(a.contains(&Action::Log(PoolLog::Recovered { worker: 1 })));
+        assert!(killed(&p.handle(Event::Tick, 5_000)).is_empty());
+    }
+
+    #[test]
+    fn a_full_control_socket_marks_the_worker_unresponsive_and_the_connection_waits_for_another() {
+        let mut p = Pool::new(PoolLimits {
+            max_procs: 1,
+            ..limits()
+        });
+        p.handle(Event::ConnectionArrived(1), 0);
+        p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            0,
+        );
+        let a = p.handle(
+            Event::SendFailed {
+                worker: 1,
+                conn: 1,
+                blocked: true,
+            },
+            0,
+        );
+        assert!(handed(&a).is_empty(), "not again while blocked: {a:?}");
+        assert_eq!(p.waiting(), 1);
+        let a = p.handle(Event::Writable(1), 10);
+        assert_eq!(handed(&a), [(1, 1)]);
+    }
+
+    #[test]
+    fn messages_that_do_not_add_up_are_violations() {
+        let cases: Vec<Event> = vec![
+            Event::Ended {
+                worker: 1,
+                conn: 99,
+            },
+            Event::Taken {
+                worker: 1,
+                conn: 99,
+            },
+            Event::WorkerReady {
+                worker: 1,
+                acks: true,
+            },
+        ];
+        for ev in cases {
+            let mut p = Pool::new(limits());
+            p.handle(Event::ConnectionArrived(1), 0);
+            ready_acking(&mut p, 1, 0);
+            let a = p.handle(ev.clone(), 1);
+            assert!(
+                matches!(killed(&a)[..], [(1, KillReason::Violation(_))]),
+                "{ev:?}: {a:?}"
+            );
+        }
+        // An ENDED twice for the same connection.
+        let mut p = Pool::new(limits());
+        p.handle(Event::ConnectionArrived(1), 0);
+        ready_acking(&mut p, 1, 0);
+        p.handle(Event::Taken { worker: 1, conn: 1 }, 1);
+        assert!(killed(&p.handle(Event::Ended { worker: 1, conn: 1 }, 2)).is_empty());
+        let a = p.handle(Event::Ended { worker: 1, conn: 1 }, 3);
+        assert!(matches!(killed(&a)[..], [(1, KillReason::Violation(_))]));
+        // TAKEN from a worker that said plain READY.
+        let mut p = Pool::new(limits());
+        p.handle(Event::ConnectionArrived(1), 0);
+        p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            0,
+        );
+        let a = p.handle(Event::Taken { worker: 1, conn: 1 }, 1);
+        assert!(matches!(killed(&a)[..], [(1, KillReason::Violation(_))]));
+    }
+
+    #[test]
+    fn clients_go_to_the_ready_worker_while_the_next_start_is_held_back() {
+        // Fault 2 of issue 11: MIN_CONNS=2 MAX_CONNS=20, the second start fails.
+        let mut p = Pool::new(PoolLimits {
+            min_procs: 1,
+            max_procs: 3,
+            min_conns: 2,
+            max_conns: 20,
+            ..limits()
+        });
+        p.handle(Event::Tick, 0);
+        ready_acking(&mut p, 1, 0);
+        let mut all = Vec::new();
+        for c in 1..=2 {
+            all.extend(p.handle(Event::ConnectionArrived(c), 10));
+        }
+        // Busy enough: worker 2 is started ahead, and fails.
+        assert!(spawned(&all).contains(&2));
+        p.handle(
+            Event::WorkerExited {
+                worker: 2,
+                clean: false,
+            },
+            20,
+        );
+        for c in 3..=6 {
+            all.extend(p.handle(Event::ConnectionArrived(c), 30));
+        }
+        assert_eq!(handed(&all).len(), 6, "{all:?}");
+        assert!(handed(&all).iter().all(|&(_, w)| w == 1));
+    }
+
+    #[test]
+    fn a_connection_waits_for_a_starting_worker_at_most_start_wait() {
+        let mut p = Pool::new(PoolLimits {
+            min_procs: 1,
+            max_procs: 3,
+            min_conns: 1,
+            max_conns: 5,
+            ..limits()
+        });
+        p.handle(Event::Tick, 0);
+        ready_acking(&mut p, 1, 0);
+        p.handle(Event::ConnectionArrived(1), 0); // worker 1 busy enough; 2 starts
+        p.handle(Event::Taken { worker: 1, conn: 1 }, 0);
+        let a = p.handle(Event::ConnectionArrived(2), 10);
+        assert!(handed(&a).is_empty(), "waits for worker 2: {a:?}");
+        let a = p.handle(Event::Tick, 10 + START_WAIT);
+        assert_eq!(handed(&a), [(2, 1)], "worker 2 never got ready: {a:?}");
+    }
+
+    #[test]
+    fn a_start_without_descriptors_is_not_a_crash() {
+        let mut p = Pool::new(PoolLimits {
+            min_procs: 1,
+            ..limits()
+        });
+        assert_eq!(spawned(&p.handle(Event::Tick, 0)), [1]);
+        let a = p.handle(
+            Event::SpawnFailed {
+                worker: 1,
+                lack_of_descriptors: true,
+            },
+            0,
+        );
+        assert!(a.contains(&Action::Log(PoolLog::NoDescriptors {
+            worker: 1,
+            retry_in: NO_DESCRIPTOR_RETRY
+        })));
+        assert_eq!(spawned(&p.handle(Event::Tick, NO_DESCRIPTOR_RETRY)), [2]);
+        // Many in a row never climb to the 60 s back-off.
+        let a = p.handle(
+            Event::SpawnFailed {
+                worker: 2,
+                lack_of_descriptors: true,
+            },
+            NO_DESCRIPTOR_RETRY,
+        );
+        assert!(!a
+            .iter()
+            .any(|x| matches!(x, Action::Log(PoolLog::StartFailed { .. }))));
+    }
+
+    #[test]
+    fn a_stopping_pool_starts_nothing_drains_everyone_and_closes_what_waits() {
+        let mut p = Pool::new(PoolLimits {
+            min_procs: 2,
+            max_procs: 2,
+            min_conns: 1,
+            max_conns: 1,
+            ..limits()
+        });
+        p.handle(Event::Tick, 0);
+        ready_acking(&mut p, 1, 0);
+        for c in 1..=3 {
+            p.handle(Event::ConnectionArrived(c), 0);
+        }
+        let a = p.handle(Event::Stop, 5);
+        assert!(a.contains(&Action::Retire {
+            worker: 1,
+            reason: RetireReason::Stop
+        }));
+        assert!(a.contains(&Action::Retire {
+            worker: 2,
+            reason: RetireReason::Stop
+        }));
+        assert!(a.iter().any(|x| matches!(x, Action::Close(_))), "{a:?}");
+        assert_eq!(p.waiting(), 0);
+        // A worker dies during the stop: not replaced.
+        let a = p.handle(
+            Event::WorkerExited {
+                worker: 2,
+                clean: false,
+            },
+            6,
+        );
+        assert!(spawned(&a).is_empty());
+        assert!(spawned(&p.handle(Event::Tick, 60_000)).is_empty());
+        assert!(matches!(
+            p.handle(Event::ConnectionArrived(9), 7)[..],
+            [Action::Close(9)]
+        ));
+    }
+
+    #[test]
+    fn a_wound_down_generation_gives_what_waits_to_the_next() {
+        let mut p = Pool::new(PoolLimits {
+            max_procs: 1,
+            max_conns: 1,
+            ..limits()
+        });
+        p.handle(Event::ConnectionArrived(1), 0);
+        ready_acking(&mut p, 1, 0);
+        p.handle(Event::ConnectionArrived(2), 0);
+        let a = p.handle(Event::WindDown, 1);
+        assert!(a.contains(&Action::Elsewhere(2)), "{a:?}");
+        assert!(a.contains(&Action::Retire {
+            worker: 1,
+            reason: RetireReason::Reload
+        }));
+        // Its worker dies without taking connection 1: that one goes on too.
+        let a = p.handle(
+            Event::WorkerExited {
+                worker: 1,
+                clean: false,
+            },
+            2,
+        );
+        assert!(a.contains(&Action::Elsewhere(1)), "{a:?}");
+        assert!(spawned(&a).is_empty());
+    }
+
+    #[test]
+    fn draining_on_its_own_gives_back_what_was_not_taken() {
+        let mut p = Pool::new(PoolLimits {
+            max_procs: 2,
+            min_conns: 3,
+            ..limits()
+        });
+        p.handle(Event::ConnectionArrived(1), 0);
+        ready_acking(&mut p, 1, 0);
+        p.handle(Event::ConnectionArrived(2), 0);
+        p.handle(Event::Taken { worker: 1, conn: 1 }, 1);
+        let a = p.handle(Event::Draining(1), 2);
+        assert!(a.contains(&Action::Log(PoolLog::Requeued {
+            worker: 1,
+            connections: 1
+        })));
+        assert!(!handed(&a).iter().any(|&(_, w)| w == 1), "{a:?}");
+        assert_eq!(spawned(&a), [2]);
+    }
+
+    #[test]
+    fn a_worker_that_closed_its_control_socket_is_killed_if_it_lingers() {
+        let mut p = Pool::new(limits());
+        p.handle(Event::ConnectionArrived(1), 0);
+        ready_acking(&mut p, 1, 0);
+        p.handle(Event::Taken { worker: 1, conn: 1 }, 0);
+        p.handle(Event::ControlClosed(1), 10);
+        assert!(killed(&p.handle(Event::Tick, 10 + CLOSED_GRACE - 1)).is_empty());
+        assert_eq!(
+            killed(&p.handle(Event::Tick, 10 + CLOSED_GRACE)),
+            [(1, KillReason::ClosedControl)]
+        );
     }
 }

@@ -10,6 +10,8 @@
 //! * **Descriptors:** 0 (`/dev/null`), 1 and 2 (the LOGFILE) and 3 (the control socket);
 //!   every other one is closed at the exec, also one the dispatcher inherited without
 //!   close-on-exec.
+//! * **Process group:** its own, so signals meant for the dispatcher's group do not cut its
+//!   sessions (the dispatcher drains it instead).
 //! * **Account:** started as root, the worker runs as the account [`super::account`] chose,
 //!   with no capability, or with `CAP_SETUID` alone for the native image.
 //!
@@ -83,7 +85,10 @@ pub fn spawn_worker(
         .env(env::TAILOR, spec.tailor)
         .stdin(Stdio::null())
         .stdout(stdout)
-        .stderr(stderr);
+        .stderr(stderr)
+        // A group of its own: a terminal's Ctrl-C, or a service manager signalling the
+        // dispatcher's group, reaches only the dispatcher, which then drains its workers.
+        .process_group(0);
     // SAFETY: the closure runs in the child between fork and exec and calls only dup2,
     // fcntl, close_range, prctl, capset, setgroups, setgid and setuid, which are
     // async-signal-safe system calls; it allocates nothing and touches no memory shared with

@@ -47,8 +47,10 @@ pub enum ToWorker {
 /// From a worker to the dispatcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToDispatcher {
-    /// Started and ready for connections.
-    Ready,
+    /// Started and ready for connections; `ack`: it confirms each hand-off with `TAKEN`.
+    Ready { ack: bool },
+    /// It has the socket of this connection.
+    Taken { conn: u64 },
     /// The connection with this id has ended.
     Ended { conn: u64 },
     /// Taking no more connections (told to drain, or chose to).
@@ -67,6 +69,8 @@ pub enum WireError {
         message: String,
         reason: &'static str,
     },
+    #[error("control socket: an empty packet")]
+    Empty,
     #[error("control socket: message or descriptors truncated (flags {0:?})")]
     Truncated(MsgFlags),
     #[error("control socket: `{message}` came with {count} descriptors, expected {expected}")]
@@ -75,6 +79,13 @@ pub enum WireError {
         count: usize,
         expected: usize,
     },
+}
+
+impl WireError {
+    /// The socket has nothing to read, or no room to write, now.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, WireError::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
 }
 
 impl ToWorker {
@@ -132,7 +143,9 @@ impl ToWorker {
 impl ToDispatcher {
     pub fn encode(&self) -> String {
         match self {
-            ToDispatcher::Ready => "READY".to_string(),
+            ToDispatcher::Ready { ack: false } => "READY".to_string(),
+            ToDispatcher::Ready { ack: true } => "READY ACK".to_string(),
+            ToDispatcher::Taken { conn } => format!("TAKEN {conn}"),
             ToDispatcher::Ended { conn } => format!("ENDED {conn}"),
             ToDispatcher::Draining => "DRAINING".to_string(),
         }
@@ -144,7 +157,15 @@ impl ToDispatcher {
         let second = f.next();
         let rest = f.next();
         match (first, second, rest) {
-            (Some("READY"), None, None) => Ok(ToDispatcher::Ready),
+            (Some("READY"), None, None) => Ok(ToDispatcher::Ready { ack: false }),
+            (Some("READY"), Some("ACK"), None) => Ok(ToDispatcher::Ready { ack: true }),
+            (Some("TAKEN"), Some(id), None) => id
+                .parse()
+                .map(|conn| ToDispatcher::Taken { conn })
+                .map_err(|_| WireError::Malformed {
+                    message: text.to_string(),
+                    reason: "connection id",
+                }),
             (Some("DRAINING"), None, None) => Ok(ToDispatcher::Draining),
             (Some("ENDED"), Some(id), None) => id
                 .parse()
@@ -319,7 +340,7 @@ mod tests {
         assert_eq!(ToWorker::decode(&h.encode()).expect("decodes"), h);
         assert_eq!(ToWorker::decode("DRAIN").expect("decodes"), ToWorker::Drain);
         for m in [
-            ToDispatcher::Ready,
+            ToDispatcher::Ready { ack: false },
             ToDispatcher::Ended { conn: 9 },
             ToDispatcher::Draining,
         ] {

@@ -1,0 +1,570 @@
+//! The dispatcher's running state, and how the pools' actions are carried out.
+//!
+//! One owner for each thing: the services and their generations ([`super::generation`]), the
+//! worker processes ([`super::workers`]), the listeners ([`super::accept`]), and here the
+//! accepted connections, each held (its socket, its addresses) until a pool says it is in a
+//! worker's hands ([`Action::Release`]) or is to be closed. Where a connection *is* (waiting,
+//! handed, taken) only the pool knows. Event-loop tokens are derived from stable ids and never
+//! reassigned: nothing is renumbered when the configuration changes.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::{Poll, Token};
+
+use super::accept::{Acceptor, Admitted, ListenerId, Stopped};
+use super::account::{self, RunAs};
+use super::generation::{GenPool, ServiceId, ServiceRt, Services};
+use super::policy::{
+    Action, ConnId, Event, KillReason, Pool, PoolLimits, PoolLog, WorkerId, WorkerIds,
+};
+use super::spawn::WorkerSpec;
+use super::workers::{Owner, Workers};
+use crate::config::service::Service;
+use crate::log_text::untrusted;
+use crate::mapping::table::MappingSet;
+
+/// What an event-loop token stands for. The kind is in the low bits, the stable id above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Signals,
+    Listener(ListenerId),
+    Worker(WorkerId),
+}
+
+impl Source {
+    pub fn token(self) -> Token {
+        let (id, kind) = match self {
+            Source::Signals => (0, 0),
+            Source::Listener(id) => (id, 1),
+            Source::Worker(id) => (id, 2),
+        };
+        Token(usize::try_from(id).unwrap_or(usize::MAX >> 2) << 2 | kind)
+    }
+
+    pub fn of(token: Token) -> Option<Source> {
+        let id = (token.0 >> 2) as u64;
+        match token.0 & 3 {
+            0 => Some(Source::Signals),
+            1 => Some(Source::Listener(id)),
+            2 => Some(Source::Worker(id)),
+            _ => None,
+        }
+    }
+}
+
+/// A connection the dispatcher holds.
+struct Held {
+    stream: TcpStream,
+    client: SocketAddr,
+    server: SocketAddr,
+    service: ServiceId,
+}
+
+/// The account a service's workers run as ([`super::account`] decides), or why they cannot
+/// be started.
+pub fn service_account(
+    service: &Service,
+    mail_user: Option<&str>,
+) -> Result<Option<RunAs>, String> {
+    account::decide(
+        service,
+        mail_user,
+        account::running_as_root(),
+        account::lookup,
+    )
+    .map_err(|e| e.to_string())
+}
+
+pub struct Runtime {
+    pub poll: Poll,
+    pub services: Services,
+    pub workers: Workers,
+    pub acceptor: Acceptor,
+    conns: HashMap<ConnId, Held>,
+    next_conn: ConnId,
+    pub ids: WorkerIds,
+    pub port_access: Option<MappingSet>,
+    pub tailor: PathBuf,
+    /// Connections handed off and confirmed.
+    pub handed: u64,
+    origin: Instant,
+    /// When the stop began and its bound.
+    pub stopping: Option<Instant>,
+    pub shutdown_bound: Duration,
+    /// The soft descriptor limit, and how many connections may be held (recomputed on reload).
+    pub nofile: u64,
+    pub budget: u64,
+    /// Some listener was left with clients possibly queued: try again on the next round.
+    pub accept_again: bool,
+}
+
+impl Runtime {
+    pub fn new(poll: Poll, tailor: PathBuf, port_access: Option<MappingSet>, nofile: u64) -> Self {
+        Runtime {
+            poll,
+            services: Services::default(),
+            workers: Workers::default(),
+            acceptor: Acceptor::default(),
+            conns: HashMap::new(),
+            next_conn: 1,
+            ids: WorkerIds::default(),
+            port_access,
+            tailor,
+            handed: 0,
+            origin: Instant::now(),
+            stopping: None,
+            shutdown_bound: Duration::from_secs(30),
+            nofile,
+            budget: 1,
+            accept_again: false,
+        }
+    }
+
+    /// Milliseconds since the dispatcher started: the pools' clock.
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Connections held now.
+    pub fn held(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Recomputes how many connections may be held (at start and after a reload).
+    pub fn recompute_budget(&mut self) {
+        let open = super::descriptors::open_now().unwrap_or(self.nofile);
+        self.budget = super::descriptors::budget(
+            self.nofile,
+            open,
+            self.conns.len() as u64,
+            self.workers.len() as u64,
+            self.services.max_workers(),
+        );
+    }
+
+    /// A new generation's pool for `config`.
+    pub fn new_pool(&self, config: Service, account: Option<RunAs>) -> GenPool {
+        GenPool {
+            generation: self.services.generation,
+            account,
+            pool: Pool::with_ids(PoolLimits::from_config(&config.limits), self.ids.clone()),
+            config: Rc::new(config),
+            last_saturation_log: None,
+        }
+    }
+
+    /// Adds a service with its pool (at start, or new in a reload); returns its id.
+    pub fn add_service(&mut self, config: Service, account: Option<RunAs>) -> ServiceId {
+        let id = self.services.new_id();
+        let name = config.name.clone();
+        let pool = self.new_pool(config, account);
+        self.services.by_id.insert(
+            id,
+            ServiceRt {
+                id,
+                name,
+                current: Some(pool),
+                old: Vec::new(),
+            },
+        );
+        id
+    }
+
+    /// Feeds one event to a pool and performs its actions (and those they lead to).
+    pub fn feed(&mut self, owner: Owner, event: Event) {
+        let mut queue = VecDeque::from([(owner, event)]);
+        while let Some((owner, ev)) = queue.pop_front() {
+            let now = self.now();
+            let Some(gp) = self.services.pool_of(owner) else {
+                continue;
+            };
+            let actions = gp.pool.handle(ev, now);
+            for a in actions {
+                for follow_up in self.perform(owner, a) {
+                    queue.push_back(follow_up);
+                }
+            }
+        }
+    }
+
+    /// Feeds an event to every pool (a tick, a stop).
+    pub fn feed_all(&mut self, event: &Event) {
+        for owner in self.services.all_pools() {
+            self.feed(owner, event.clone());
+        }
+    }
+
+    /// The current generation of a service, as an owner.
+    pub fn current_of(&self, service: ServiceId) -> Option<Owner> {
+        let s = self.services.by_id.get(&service)?;
+        s.current.as_ref().map(|g| Owner {
+            service,
+            generation: g.generation,
+        })
+    }
+
+    fn perform(&mut self, owner: Owner, action: Action) -> Vec<(Owner, Event)> {
+        let name = self
+            .services
+            .by_id
+            .get(&owner.service)
+            .map_or_else(String::new, |s| s.name.clone());
+        let mut follow = Vec::new();
+        match action {
+            Action::Spawn(id) => {
+                if let Some(ev) = self.spawn(owner, id) {
+                    follow.push((owner, ev));
+                }
+            }
+            Action::HandOff { conn, worker } => {
+                let ev = match self.conns.get(&conn) {
+                    Some(h) => self.workers.hand_off(
+                        self.poll.registry(),
+                        worker,
+                        conn,
+                        &h.stream,
+                        h.client,
+                        h.server,
+                    ),
+                    None => {
+                        log::error!("[SERVICE={name}] connection {conn} to hand off is not held (a bug); skipped");
+                        return follow;
+                    }
+                };
+                follow.push((owner, ev));
+            }
+            Action::Release(conn) => {
+                if self.conns.remove(&conn).is_some() {
+                    self.handed += 1;
+                }
+                self.accept_again = true;
+            }
+            Action::Close(conn) => {
+                self.conns.remove(&conn);
+                self.accept_again = true;
+            }
+            Action::Elsewhere(conn) => {
+                let service = self.conns.get(&conn).map(|h| h.service);
+                match service.and_then(|s| self.current_of(s)) {
+                    Some(current) if current != owner && self.stopping.is_none() => {
+                        follow.push((current, Event::ConnectionArrived(conn)));
+                    }
+                    _ => {
+                        log::debug!(
+                            "[SERVICE={name}] connection {conn} closed: no generation serves it"
+                        );
+                        self.conns.remove(&conn);
+                    }
+                }
+            }
+            Action::Retire { worker, reason } => {
+                log::info!("[SERVICE={name}] worker {worker} retires ({reason:?}); it exits when its connections end");
+                self.workers.drain(self.poll.registry(), worker);
+            }
+            Action::Kill { worker, reason } => {
+                let pid = self.workers.pid(worker).unwrap_or(0);
+                match &reason {
+                    KillReason::NotReady => log::error!(
+                        "[SERVICE={name}] worker {worker} (pid {pid}) did not say READY within {} s; killed",
+                        super::policy::READY_TIMEOUT / 1000
+                    ),
+                    KillReason::Unresponsive { for_ms } => log::error!(
+                        "[SERVICE={name}] worker {worker} (pid {pid}) unresponsive for {for_ms} ms; killed, its untaken connections go to other workers"
+                    ),
+                    KillReason::Violation(what) => log::error!(
+                        "[SERVICE={name}] worker {worker} (pid {pid}): protocol violation: {}; killed",
+                        untrusted(what)
+                    ),
+                    KillReason::ClosedControl => log::error!(
+                        "[SERVICE={name}] worker {worker} (pid {pid}) closed its control socket {} s ago and still runs; killed",
+                        super::policy::CLOSED_GRACE / 1000
+                    ),
+                }
+                self.workers.kill(worker);
+            }
+            Action::PauseAccepting => {
+                log::debug!("[SERVICE={name}] not accepting: no worker capacity");
+            }
+            Action::ResumeAccepting => {
+                // The listeners are edge-triggered: clients already queued raise no new event.
+                self.accept_again = true;
+            }
+            Action::Log(log) => self.phrase(owner, &name, log),
+        }
+        follow
+    }
+
+    fn phrase(&mut self, owner: Owner, name: &str, entry: PoolLog) {
+        match entry {
+            PoolLog::Saturated {
+                max_procs,
+                max_conns,
+            } => {
+                let now = self.now();
+                let Some(gp) = self.services.pool_of(owner) else {
+                    return;
+                };
+                if gp
+                    .last_saturation_log
+                    .is_none_or(|t| now.saturating_sub(t) >= 60_000)
+                {
+                    gp.last_saturation_log = Some(now);
+                    log::warn!(
+                        "[SERVICE={name}] MAX_PROCS={max_procs} workers with MAX_CONNS={max_conns} connections each are busy; new clients wait in the listen queue (raise MAX_PROCS or MAX_CONNS)"
+                    );
+                }
+            }
+            PoolLog::WorkerLost {
+                worker,
+                connections,
+            } => log::error!(
+                "[SERVICE={name}] worker {worker} died with {connections} connection(s) open"
+            ),
+            PoolLog::StartFailed { worker, retry_in } => log::error!(
+                "[SERVICE={name}] worker {worker} failed to start; next start in {} s",
+                retry_in / 1000
+            ),
+            PoolLog::NoDescriptors { worker, retry_in } => log::error!(
+                "[SERVICE={name}] worker {worker} could not be started for lack of descriptors; tried again in {} s (not counted as a failed start)",
+                retry_in / 1000
+            ),
+            PoolLog::Unresponsive { worker, untaken } => log::warn!(
+                "[SERVICE={name}] worker {worker} (pid {}) unresponsive: {untaken} connection(s) not taken within {} ms; it gets no more",
+                self.workers.pid(worker).unwrap_or(0),
+                super::policy::UNRESPONSIVE_AFTER
+            ),
+            PoolLog::Recovered { worker } => {
+                log::info!("[SERVICE={name}] worker {worker} responds again")
+            }
+            PoolLog::Requeued {
+                worker,
+                connections,
+            } => log::info!(
+                "[SERVICE={name}] {connections} connection(s) worker {worker} never took go to other workers"
+            ),
+        }
+    }
+
+    fn spawn(&mut self, owner: Owner, id: WorkerId) -> Option<Event> {
+        let Some(gp) = self.services.pool_of(owner) else {
+            return None;
+        };
+        let config = Rc::clone(&gp.config);
+        let account = gp.account;
+        let spec = WorkerSpec {
+            image: &config.image.value,
+            service: &config.name,
+            parameter: config.parameter.value.as_deref().unwrap_or(""),
+            stack_size: config.limits.stacksize.value,
+            max_conns: config.limits.max_conns.value,
+            debug: config.debug.value,
+            tailor: &self.tailor,
+            import_environment: &config.import_environment.value,
+            run_as: account,
+        };
+        // Each worker writes its own version of the service's LOGFILE, as the original does.
+        let keep = config.limits.history_to_retain.value;
+        let output = match &config.logfile.value {
+            Some(base) => match super::logfiles::open_version(base, keep) {
+                Ok((_, f)) => Some(f),
+                Err(e) => {
+                    log::error!(
+                        "[SERVICE={}] cannot open LOGFILE {}: {e}; worker output is discarded",
+                        config.name,
+                        base.display()
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let token = Source::Worker(id).token();
+        let registry = self.poll.registry();
+        match self
+            .workers
+            .start(registry, id, token, owner, &spec, output.as_ref())
+        {
+            Ok(pid) => {
+                log::info!("[SERVICE={}] worker {id} started, pid {pid}", config.name);
+                None
+            }
+            Err(e) => {
+                log::error!(
+                    "[SERVICE={}] cannot start {}: {}",
+                    config.name,
+                    config.image.value.display(),
+                    e.error
+                );
+                Some(Event::SpawnFailed {
+                    worker: id,
+                    lack_of_descriptors: e.lack_of_descriptors,
+                })
+            }
+        }
+    }
+
+    /// Accepts on every listener whose service's current pool has room, within the budget.
+    pub fn accept_all(&mut self) {
+        self.accept_again = false;
+        for (id, _, _) in self.acceptor.list() {
+            self.accept_on(id);
+        }
+    }
+
+    /// Accepts on one listener (its poll event, or a retry).
+    pub fn accept_on(&mut self, id: ListenerId) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let Some(service) = self.acceptor.get(id).map(|l| l.service) else {
+            return;
+        };
+        let Some(owner) = self.current_of(service) else {
+            return;
+        };
+        let name = self
+            .services
+            .by_id
+            .get(&service)
+            .map_or_else(String::new, |s| s.name.clone());
+        let now = self.now();
+        let mut admitted: Vec<Admitted> = Vec::new();
+        loop {
+            let budget = self.budget as usize;
+            let held = self.conns.len();
+            let accepting = self
+                .services
+                .pool_of(owner)
+                .is_some_and(|g| g.pool.accepting());
+            // Accept in small batches, so that each connection is booked (and the pool's room
+            // re-read) before the next is taken.
+            let mut room_left = if accepting {
+                budget.saturating_sub(held).min(16)
+            } else {
+                0
+            };
+            let stopped = self.acceptor.accept_from(
+                id,
+                &name,
+                self.port_access.as_ref(),
+                now,
+                || {
+                    let ok = room_left > 0;
+                    room_left = room_left.saturating_sub(1);
+                    ok
+                },
+                |a| admitted.push(a),
+            );
+            let got = !admitted.is_empty();
+            for a in admitted.drain(..) {
+                self.book(owner, a);
+            }
+            match stopped {
+                Stopped::Empty => return,
+                Stopped::NoRoom if got => continue,
+                Stopped::NoRoom | Stopped::Exhausted | Stopped::Errors => {
+                    // Clients may still be queued: the edge-triggered listener will not say so.
+                    self.accept_again = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Books an admitted connection and gives it to the pool.
+    fn book(&mut self, owner: Owner, a: Admitted) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        log::debug!(
+            "connection {conn} from {} accepted",
+            untrusted(&a.client.to_string())
+        );
+        self.conns.insert(
+            conn,
+            Held {
+                stream: a.stream,
+                client: a.client,
+                server: a.server,
+                service: owner.service,
+            },
+        );
+        self.feed(owner, Event::ConnectionArrived(conn));
+    }
+
+    /// Reads what a worker sent and gives it to its pool.
+    pub fn read_worker(&mut self, id: WorkerId) {
+        let Some(owner) = self.workers.owner(id) else {
+            return;
+        };
+        for ev in self.workers.read(self.poll.registry(), id) {
+            self.feed(owner, ev);
+        }
+    }
+
+    /// A worker's control socket has room again.
+    pub fn worker_writable(&mut self, id: WorkerId) {
+        let Some(owner) = self.workers.owner(id) else {
+            return;
+        };
+        if self.workers.on_writable(self.poll.registry(), id) {
+            self.feed(owner, Event::Writable(id));
+        }
+    }
+
+    /// Reaps every worker that has exited.
+    pub fn reap(&mut self) {
+        for (id, owner, pid, status) in self.workers.reap(self.poll.registry()) {
+            let how = match (status.code(), status.signal()) {
+                (Some(c), _) => format!("exit status {c}"),
+                (None, Some(sig)) => format!("signal {sig}"),
+                _ => "unknown status".to_string(),
+            };
+            let name = self
+                .services
+                .by_id
+                .get(&owner.service)
+                .map_or_else(String::new, |s| s.name.clone());
+            log::info!("[SERVICE={name}] worker {id} (pid {pid}) exited: {how}");
+            self.feed(
+                owner,
+                Event::WorkerExited {
+                    worker: id,
+                    clean: status.success(),
+                },
+            );
+        }
+        self.services.forget_finished();
+    }
+
+    /// SIGTERM or SIGINT: listeners closed, nothing started any more, every worker drains.
+    pub fn begin_stop(&mut self) {
+        log::info!(
+            "stopping: listeners closed, workers draining (at most {} s)",
+            self.shutdown_bound.as_secs()
+        );
+        self.stopping = Some(Instant::now() + self.shutdown_bound);
+        self.acceptor.close_all(self.poll.registry());
+        self.feed_all(&Event::Stop);
+        // Anything still held has no worker to go to.
+        self.conns.clear();
+    }
+
+    /// The shutdown bound has passed: whatever still runs is killed.
+    pub fn kill_all(&mut self) {
+        for (id, owner, pid) in self.workers.kill_all() {
+            let name = self
+                .services
+                .by_id
+                .get(&owner.service)
+                .map_or_else(String::new, |s| s.name.clone());
+            log::warn!(
+                "[SERVICE={name}] worker {id} (pid {pid}) still running after the shutdown bound; killed"
+            );
+        }
+    }
+}

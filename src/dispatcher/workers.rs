@@ -1,0 +1,295 @@
+//! The worker processes and their control channels: starting one, sending it `HANDOFF` and
+//! `DRAIN`, reading what it says, killing and reaping it.
+//!
+//! What a worker says is turned into the policy's [`Event`]s and nothing else: whether a
+//! message adds up (an `ENDED` for a connection it holds) is the policy's to judge; what
+//! cannot even be read (an unknown message, an empty packet, descriptors sent to the
+//! dispatcher, truncated data) is reported here as a [`Event::Violation`], its text escaped
+//! by [`untrusted`] because the worker wrote it. Sends never block: a full socket is reported
+//! (`SendFailed { blocked: true }`) and watched for room; a `DRAIN` that does not fit waits
+//! for room here, the only message this module holds back. This module decides nothing and
+//! keeps no connection: the caller owns the accepted sockets and lends them for a send.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::process::{Child, ExitStatus};
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
+use super::policy::{ConnId, Event, WorkerId};
+use super::spawn::{spawn_worker, WorkerSpec};
+use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError};
+use crate::log_text::untrusted;
+
+/// The service and configuration generation a worker belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub service: u64,
+    pub generation: u64,
+}
+
+struct WorkerProc {
+    owner: Owner,
+    child: Child,
+    ctrl: OwnedFd,
+    token: Token,
+    /// Watched for room: a hand-off or a `DRAIN` did not fit.
+    want_write: bool,
+    /// A `DRAIN` that did not fit yet.
+    drain_pending: bool,
+    /// End of file or a broken socket: nothing more is read from it.
+    closed: bool,
+}
+
+/// Why a worker could not be started.
+#[derive(Debug)]
+pub struct StartError {
+    pub error: std::io::Error,
+    /// Out of descriptors: the host's fault, not the image's.
+    pub lack_of_descriptors: bool,
+}
+
+/// Every running worker, of every service and generation, by its id.
+#[derive(Default)]
+pub struct Workers {
+    procs: HashMap<WorkerId, WorkerProc>,
+}
+
+impl Workers {
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn owner(&self, id: WorkerId) -> Option<Owner> {
+        self.procs.get(&id).map(|w| w.owner)
+    }
+
+    pub fn pid(&self, id: WorkerId) -> Option<u32> {
+        self.procs.get(&id).map(|w| w.child.id())
+    }
+
+    /// Starts a worker; its control socket is watched with `token`.
+    pub fn start(
+        &mut self,
+        registry: &Registry,
+        id: WorkerId,
+        token: Token,
+        owner: Owner,
+        spec: &WorkerSpec<'_>,
+        output: Option<&std::fs::File>,
+    ) -> Result<u32, StartError> {
+        let fail = |error: std::io::Error| StartError {
+            lack_of_descriptors: super::descriptors::is_exhaustion(&error),
+            error,
+        };
+        let (ctrl, theirs) = wire::control_pair().map_err(fail)?;
+        let child = spawn_worker(spec, &theirs, output).map_err(fail)?;
+        drop(theirs);
+        if let Err(e) =
+            registry.register(&mut SourceFd(&ctrl.as_raw_fd()), token, Interest::READABLE)
+        {
+            // Unwatched, it could never be heard: stop it now rather than hand it anything.
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(e));
+        }
+        let pid = child.id();
+        self.procs.insert(
+            id,
+            WorkerProc {
+                owner,
+                child,
+                ctrl,
+                token,
+                want_write: false,
+                drain_pending: false,
+                closed: false,
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Sends `conn` to the worker, lending it the socket; says how it went.
+    pub fn hand_off(
+        &mut self,
+        registry: &Registry,
+        id: WorkerId,
+        conn: ConnId,
+        stream: &TcpStream,
+        client: SocketAddr,
+        server: SocketAddr,
+    ) -> Event {
+        let failed = |blocked| Event::SendFailed {
+            worker: id,
+            conn,
+            blocked,
+        };
+        let Some(w) = self.procs.get_mut(&id) else {
+            return failed(false);
+        };
+        if w.closed {
+            return failed(false);
+        }
+        let msg = ToWorker::HandOff {
+            conn,
+            client,
+            server,
+        };
+        match wire::send_to_worker(w.ctrl.as_fd(), &msg, Some(stream.as_fd())) {
+            Ok(()) => Event::Sent { worker: id, conn },
+            Err(e) if e.is_would_block() => {
+                watch_for_room(registry, w);
+                failed(true)
+            }
+            Err(e) => {
+                log::warn!("worker {id} (pid {}): {e}", w.child.id());
+                failed(false)
+            }
+        }
+    }
+
+    /// Tells the worker to drain, now or as soon as its socket has room.
+    pub fn drain(&mut self, registry: &Registry, id: WorkerId) {
+        let Some(w) = self.procs.get_mut(&id) else {
+            return;
+        };
+        w.drain_pending = true;
+        send_drain(registry, w);
+    }
+
+    /// The worker's socket has room: sends a pending `DRAIN`; returns whether the worker
+    /// should now be told it is writable (nothing of ours is waiting any more).
+    pub fn on_writable(&mut self, registry: &Registry, id: WorkerId) -> bool {
+        let Some(w) = self.procs.get_mut(&id) else {
+            return false;
+        };
+        send_drain(registry, w);
+        if w.drain_pending || w.closed {
+            return false;
+        }
+        if w.want_write {
+            w.want_write = false;
+            let _ = registry.reregister(
+                &mut SourceFd(&w.ctrl.as_raw_fd()),
+                w.token,
+                Interest::READABLE,
+            );
+        }
+        true
+    }
+
+    /// Reads everything the worker has sent, as events.
+    pub fn read(&mut self, registry: &Registry, id: WorkerId) -> Vec<Event> {
+        let mut events = Vec::new();
+        let Some(w) = self.procs.get_mut(&id) else {
+            return events;
+        };
+        while !w.closed {
+            match wire::recv_from_worker(w.ctrl.as_fd()) {
+                Ok(Some(message)) => events.push(match message {
+                    ToDispatcher::Ready { ack } => Event::WorkerReady {
+                        worker: id,
+                        acks: ack,
+                    },
+                    ToDispatcher::Taken { conn } => Event::Taken { worker: id, conn },
+                    ToDispatcher::Ended { conn } => Event::Ended { worker: id, conn },
+                    ToDispatcher::Draining => Event::Draining(id),
+                }),
+                Ok(None) => {
+                    stop_reading(registry, w);
+                    events.push(Event::ControlClosed(id));
+                }
+                Err(e) if e.is_would_block() => break,
+                Err(e) => {
+                    // Nothing more it sends is believed; the policy has it killed.
+                    stop_reading(registry, w);
+                    events.push(Event::Violation {
+                        worker: id,
+                        what: untrusted(&violation_text(&e)).to_string(),
+                    });
+                }
+            }
+        }
+        events
+    }
+
+    /// Sends SIGKILL (the exit is reaped as usual).
+    pub fn kill(&mut self, id: WorkerId) {
+        if let Some(w) = self.procs.get_mut(&id) {
+            let _ = w.child.kill();
+        }
+    }
+
+    /// Every worker that has exited, forgotten here.
+    pub fn reap(&mut self, registry: &Registry) -> Vec<(WorkerId, Owner, u32, ExitStatus)> {
+        let exited: Vec<(WorkerId, ExitStatus)> = self
+            .procs
+            .iter_mut()
+            .filter_map(|(&id, w)| w.child.try_wait().ok().flatten().map(|st| (id, st)))
+            .collect();
+        exited
+            .into_iter()
+            .filter_map(|(id, status)| {
+                let w = self.procs.remove(&id)?;
+                let _ = registry.deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
+                Some((id, w.owner, w.child.id(), status))
+            })
+            .collect()
+    }
+
+    /// Kills and reaps every worker (the shutdown bound has passed); returns their ids and
+    /// pids.
+    pub fn kill_all(&mut self) -> Vec<(WorkerId, Owner, u32)> {
+        self.procs
+            .drain()
+            .map(|(id, mut w)| {
+                let _ = w.child.kill();
+                let _ = w.child.wait();
+                (id, w.owner, w.child.id())
+            })
+            .collect()
+    }
+}
+
+/// What a worker sent that cannot be read, for the log: the protocol error, named as one.
+fn violation_text(e: &WireError) -> String {
+    match e {
+        WireError::Io(io) => format!("its control socket failed: {io}"),
+        other => other.to_string(),
+    }
+}
+
+fn watch_for_room(registry: &Registry, w: &mut WorkerProc) {
+    if !w.want_write {
+        w.want_write = true;
+        let _ = registry.reregister(
+            &mut SourceFd(&w.ctrl.as_raw_fd()),
+            w.token,
+            Interest::READABLE | Interest::WRITABLE,
+        );
+    }
+}
+
+fn send_drain(registry: &Registry, w: &mut WorkerProc) {
+    if !w.drain_pending || w.closed {
+        return;
+    }
+    match wire::send_to_worker(w.ctrl.as_fd(), &ToWorker::Drain, None) {
+        Ok(()) => w.drain_pending = false,
+        Err(e) if e.is_would_block() => watch_for_room(registry, w),
+        // Gone or going: its exit is reaped as usual.
+        Err(_) => w.drain_pending = false,
+    }
+}
+
+fn stop_reading(registry: &Registry, w: &mut WorkerProc) {
+    w.closed = true;
+    let _ = registry.deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
+}
