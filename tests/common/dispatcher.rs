@@ -283,6 +283,29 @@ impl Dispatcher {
         }
     }
 
+    /// How many workers of `service` the log says were started (worker ids are the
+    /// dispatcher's, shared by every service, so they are not counted by number).
+    pub fn started(&self, service: &str) -> usize {
+        let head = format!("[SERVICE={service}] worker ");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&head) && l.contains(" started, pid "))
+            .count()
+    }
+
+    /// Waits until `n` workers of `service` were started; panics with the log after WAIT.
+    pub fn wait_for_started(&self, service: &str, n: usize) {
+        let end = Instant::now() + WAIT;
+        while self.started(service) < n {
+            assert!(
+                Instant::now() < end,
+                "{n} workers of {service} not started:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// How many lines of the log contain `text`.
     pub fn count_in_log(&self, text: &str) -> usize {
         self.log().lines().filter(|l| l.contains(text)).count()
