@@ -429,7 +429,7 @@ fn a_control_message_cannot_forge_a_line_of_the_dispatcher_log() {
         std::fs::write(&cnf, text).expect("dispatcher.cnf");
     });
     d.wait_for_log("[SERVICE=LMTPSS] worker 1 (pid");
-    d.wait_for_log("killing it");
+    d.wait_for_log("protocol violation");
     let log = d.log();
     let forged = "2000-01-01T00:00:00Z dispatcher[1] INFO: FORGED";
     assert!(

@@ -132,8 +132,8 @@ fn the_pid_file_and_every_log_file_are_created_0640_whatever_the_umask() {
             });
         }
     });
-    d.wait_for_log("[SERVICE=LMTPSN] worker 1 started");
-    d.wait_for_log("[SERVICE=LMTPSS] worker 1 started");
+    d.wait_for_started("LMTPSN", 1);
+    d.wait_for_started("LMTPSS", 1);
     let log = d.root.join("log");
     let mut checked = Vec::new();
     for entry in std::fs::read_dir(&log).expect("log directory").flatten() {

@@ -4,8 +4,8 @@
 //! What a worker says is turned into the policy's [`Event`]s and nothing else: whether a
 //! message adds up (an `ENDED` for a connection it holds) is the policy's to judge; what
 //! cannot even be read (an unknown message, an empty packet, descriptors sent to the
-//! dispatcher, truncated data) is reported here as a [`Event::Violation`], its text escaped
-//! by [`untrusted`] because the worker wrote it. Sends never block: a full socket is reported
+//! dispatcher, truncated data) is reported here as a [`Event::Violation`], with its text as
+//! the worker wrote it (whoever logs it escapes it, `crate::log_text::untrusted`). Sends never block: a full socket is reported
 //! (`SendFailed { blocked: true }`) and watched for room; a `DRAIN` that does not fit waits
 //! for room here, the only message this module holds back. This module decides nothing and
 //! keeps no connection: the caller owns the accepted sockets and lends them for a send.
@@ -21,7 +21,6 @@ use mio::{Interest, Registry, Token};
 use super::policy::{ConnId, Event, WorkerId};
 use super::spawn::{spawn_worker, WorkerSpec};
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError};
-use crate::log_text::untrusted;
 
 /// The service and configuration generation a worker belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,7 +211,8 @@ impl Workers {
                     stop_reading(registry, w);
                     events.push(Event::Violation {
                         worker: id,
-                        what: untrusted(&violation_text(&e)).to_string(),
+                        // Raw: escaped where it is logged.
+                        what: violation_text(&e),
                     });
                 }
             }
