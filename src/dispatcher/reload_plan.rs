@@ -42,7 +42,10 @@ pub type ServiceId = u64;
 pub struct ServiceShape {
     /// As written in `[SERVICE=name]`; compared ignoring ASCII case.
     pub name: String,
-    /// One address per `PORT`, in the order of `PORT`.
+    /// One address per `PORT`, in the order of `PORT`: the configured address
+    /// ([`super::listen::address`]), not the socket's `local_addr()`, which differs on a host
+    /// without IPv6 (the socket for `[::]:p` is bound to `0.0.0.0:p` there) and would make
+    /// an unchanged configuration look changed.
     pub listen: Vec<SocketAddr>,
 }
 
