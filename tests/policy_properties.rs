@@ -4,7 +4,7 @@
 //! the dispatcher's copy of a socket is released only once a worker has it, and nothing is
 //! started once a stop has begun.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use msdispatcher::dispatcher::policy::{
     Action, ConnId, Event, Pool, PoolLimits, PoolLog, RetireReason, WorkerId,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use msdispatcher::check;
 use msdispatcher::config::error::Diagnostics;
+use msdispatcher::config::installation;
 use msdispatcher::config::mappings;
 use msdispatcher::config::tailor::{self, Tailor};
 use msdispatcher::dispatcher::start::{self, StartOptions};
@@ -135,7 +136,7 @@ fn main() -> ExitCode {
     }
     let (path, origin) = locate_tailor(&args);
     let mut diags = Diagnostics::default();
-    let result = check::load_installation(&path, origin, &mut diags)
+    let result = installation::load(&path, origin, &mut diags)
         .map_err(|e| e.to_string())
         .and_then(|inst| check::check_accounts(&inst, &mut diags, false).map(|()| inst));
     eprint!("{}", check::format_warnings(&diags));

@@ -10,12 +10,14 @@
 //! * [`mappings`]: the `mappings` file (tables of pattern/template entries).
 //! * [`imta_cnf`]: `imta.cnf` channel blocks, with [`keywords`] saying how many arguments each
 //!   channel keyword takes, and [`channel_option`] for `IMTA_TABLE:<channel>_option`.
+//! * [`installation`]: all of the above loaded together, as the dispatcher and `--check` do.
 //! * [`error`], [`source`], [`lines`], [`integer`], [`option_file`]: what the readers share.
 
 pub mod channel_option;
 pub mod dispatcher_cnf;
 pub mod error;
 pub mod imta_cnf;
+pub mod installation;
 pub mod integer;
 pub mod keywords;
 pub mod lines;

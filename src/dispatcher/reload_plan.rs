@@ -28,6 +28,7 @@
 //!   state, whose addresses are distinct (each is a bound socket); were one listed twice, the
 //!   first would be the one kept and the other closed.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -41,7 +42,10 @@ pub type ServiceId = u64;
 pub struct ServiceShape {
     /// As written in `[SERVICE=name]`; compared ignoring ASCII case.
     pub name: String,
-    /// One address per `PORT`, in the order of `PORT`.
+    /// One address per `PORT`, in the order of `PORT`: the configured address
+    /// ([`super::listen::address`]), not the socket's `local_addr()`, which differs on a host
+    /// without IPv6 (the socket for `[::]:p` is bound to `0.0.0.0:p` there) and would make
+    /// an unchanged configuration look changed.
     pub listen: Vec<SocketAddr>,
 }
 
@@ -117,11 +121,12 @@ pub fn plan(old: &[(ServiceId, ServiceShape)], new: &[ServiceShape]) -> ReloadPl
     let mut wanted: Vec<(usize, SocketAddr)> = Vec::new();
     for (n, ns) in new.iter().enumerate() {
         for &address in &ns.listen {
-            if owner.contains_key(&address) {
-                p.duplicate_listeners.push((n, address));
-            } else {
-                owner.insert(address, n);
-                wanted.push((n, address));
+            match owner.entry(address) {
+                Entry::Occupied(_) => p.duplicate_listeners.push((n, address)),
+                Entry::Vacant(first) => {
+                    first.insert(n);
+                    wanted.push((n, address));
+                }
             }
         }
     }

@@ -14,6 +14,7 @@ use super::log::DispatcherLog;
 use super::pidfile::PidFile;
 use crate::check;
 use crate::config::error::Diagnostics;
+use crate::config::installation;
 use crate::config::tailor::TailorOrigin;
 
 /// How the dispatcher was asked to run.
@@ -29,7 +30,7 @@ pub struct StartOptions {
 /// it cannot start.
 pub fn start(opts: &StartOptions) -> Result<(), String> {
     let mut diags = Diagnostics::default();
-    let inst = check::load_installation(&opts.tailor, opts.tailor_origin, &mut diags)
+    let inst = installation::load(&opts.tailor, opts.tailor_origin, &mut diags)
         .map_err(|e| e.to_string())?;
     check::check_accounts(&inst, &mut diags, true)?;
     let mut listeners = Vec::new();
@@ -83,7 +84,7 @@ pub fn start(opts: &StartOptions) -> Result<(), String> {
         reload: Box::new(move || {
             let mut diags = Diagnostics::default();
             let inst =
-                check::load_installation(&tailor, origin, &mut diags).map_err(|e| e.to_string())?;
+                installation::load(&tailor, origin, &mut diags).map_err(|e| e.to_string())?;
             for w in &diags.warnings {
                 log::warn!("configuration: {w}");
             }
