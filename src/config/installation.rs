@@ -8,9 +8,9 @@
 //! nothing is at its path (`ENOENT`); one that is there but cannot be read or parsed is an
 //! error, so a broken `mappings` never means "no PORT_ACCESS".
 //!
-//! This module reads files; it opens no socket and starts nothing. The one thing it asks the
-//! dispatcher is whether a PORT_ACCESS table is in force ([`access::missing_table`]), so that
-//! the warning about services open to anyone reads the same at start and in `--check`.
+//! This module reads files; it opens no socket and starts nothing. Whether a PORT_ACCESS table
+//! is in force is the mapping engine's to say ([`port_access::missing_table`]), so that the
+//! warning about services open to anyone reads the same at start, on reload and in `--check`.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +22,7 @@ use super::mappings::{self, MappingFile};
 use super::service::{self, DispatcherConfig, Service};
 use super::source;
 use super::tailor::{Tailor, TailorOrigin};
-use crate::dispatcher::access;
+use crate::mapping::port_access;
 use crate::mapping::table::MappingSet;
 
 /// Image names that are LMTP servers and so need a channel with the `lmtp` keyword.
@@ -116,7 +116,7 @@ fn warn_open_services(
     set: Option<&MappingSet>,
     diags: &mut Diagnostics,
 ) {
-    let Some(reason) = access::missing_table(mappings_path, set) else {
+    let Some(reason) = port_access::missing_table(mappings_path, set) else {
         return;
     };
     for s in &dispatcher.services {

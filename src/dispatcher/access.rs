@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::Path;
 
 use crate::mapping::port_access::{self, Decision};
-use crate::mapping::table::{MappingSet, Table};
+use crate::mapping::table::MappingSet;
 
 /// Refusals written to the log in one minute before they are only counted.
 pub const REFUSALS_PER_MINUTE: u32 = 60;
@@ -34,29 +34,6 @@ pub fn judge(
         None => port_access::decide(&MappingSet::default(), &probe),
     };
     (probe, decision)
-}
-
-/// The PORT_ACCESS table of `set` if it can refuse anything (it has an entry). A table with
-/// no entries accepts every connection, as no table does, so it counts as none.
-fn judging_table(set: Option<&MappingSet>) -> Option<&Table> {
-    set.and_then(|s| s.table(port_access::TABLE))
-        .filter(|t| !t.entries.is_empty())
-}
-
-/// Why the configuration read from `mappings` (`set`: `None` when the file is absent) accepts
-/// every connection; `None` when a PORT_ACCESS table judges them.
-pub fn missing_table(mappings: &Path, set: Option<&MappingSet>) -> Option<String> {
-    if judging_table(set).is_some() {
-        return None;
-    }
-    let path = mappings.display();
-    Some(match set {
-        None => format!("there is no mappings file {path}"),
-        Some(s) if s.table(port_access::TABLE).is_some() => {
-            format!("the PORT_ACCESS table of {path} has no entries")
-        }
-        Some(_) => format!("{path} has no PORT_ACCESS table"),
-    })
 }
 
 /// The clients and servers of the probes that stand for "a stranger": documentation
@@ -83,12 +60,12 @@ pub fn check_reload(
     new: Option<&MappingSet>,
     ports: &[u16],
 ) -> Result<(), String> {
-    let Some(running) = running.filter(|r| judging_table(Some(r)).is_some()) else {
+    let Some(running) = running.filter(|r| port_access::judging_table(Some(r)).is_some()) else {
         return Ok(());
     };
     const HOW: &str = "(if the file is being rewritten, replace it in one rename; to open the \
                        service wider, restart the dispatcher)";
-    if let Some(reason) = missing_table(mappings, new) {
+    if let Some(reason) = port_access::missing_table(mappings, new) {
         return Err(format!(
             "{reason}, but a PORT_ACCESS table is in force: a reload never removes it {HOW}"
         ));

@@ -18,8 +18,9 @@
 //! log. The decision is a pure function of the table and the probe.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 
-use super::table::{InputFlags, MappingSet, Notes};
+use super::table::{InputFlags, MappingSet, Notes, Table};
 use super::template::Flags;
 
 /// The table the dispatcher consults.
@@ -152,6 +153,29 @@ fn reply_lines(text: &str) -> String {
         return String::new();
     }
     text.split('~').map(|l| format!("{l}\r\n")).collect()
+}
+
+/// The PORT_ACCESS table of `set` if it can refuse anything (it has an entry). A table with
+/// no entries accepts every connection, as no table does, so it counts as none.
+pub fn judging_table(set: Option<&MappingSet>) -> Option<&Table> {
+    set.and_then(|s| s.table(TABLE))
+        .filter(|t| !t.entries.is_empty())
+}
+
+/// Why the configuration read from `mappings` (`set`: `None` when the file is absent) accepts
+/// every connection; `None` when a PORT_ACCESS table judges them.
+pub fn missing_table(mappings: &Path, set: Option<&MappingSet>) -> Option<String> {
+    if judging_table(set).is_some() {
+        return None;
+    }
+    let path = mappings.display();
+    Some(match set {
+        None => format!("there is no mappings file {path}"),
+        Some(s) if s.table(TABLE).is_some() => {
+            format!("the PORT_ACCESS table of {path} has no entries")
+        }
+        Some(_) => format!("{path} has no PORT_ACCESS table"),
+    })
 }
 
 #[cfg(test)]
