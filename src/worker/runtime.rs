@@ -18,17 +18,9 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::threads::Threads;
+use crate::handoff::env;
+use crate::handoff::log_line::WorkerLog;
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError, CONTROL_FD};
-
-/// Environment variables the dispatcher sets for its workers.
-pub mod env {
-    pub const SERVICE: &str = "IMTA_SERVICE";
-    pub const PARAMETER: &str = "IMTA_PARAMETER";
-    pub const STACKSIZE: &str = "IMTA_STACKSIZE";
-    pub const MAX_CONNS: &str = "IMTA_MAX_CONNS";
-    pub const DEBUG: &str = "IMTA_DEBUG";
-    pub const TAILOR: &str = "IMTA_TAILOR";
-}
 
 /// A worker's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,12 +117,7 @@ pub fn init_logging(program: &'static str, config: &WorkerConfig) {
     } else {
         log::LevelFilter::Info
     };
-    if log::set_boxed_logger(Box::new(crate::dispatcher::log::WorkerLog {
-        program,
-        level,
-    }))
-    .is_ok()
-    {
+    if log::set_boxed_logger(Box::new(WorkerLog { program, level })).is_ok() {
         log::set_max_level(level);
     }
 }
