@@ -73,7 +73,7 @@ fn say(r: &mut BufReader<TcpStream>, text: &str) {
 #[test]
 fn handed_connection_is_served_and_its_end_reported() {
     let (mut child, ctrl) = start(20);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready));
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: false }));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut c = hand_off(&ctrl, &listener, 41);
     let greeting = line(&mut c);
@@ -99,7 +99,7 @@ fn handed_connection_is_served_and_its_end_reported() {
 #[test]
 fn draining_worker_finishes_an_open_session_before_exiting() {
     let (mut child, ctrl) = start(20);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready));
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: false }));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut c = hand_off(&ctrl, &listener, 1);
     line(&mut c);
@@ -120,7 +120,7 @@ fn draining_worker_finishes_an_open_session_before_exiting() {
 #[test]
 fn worker_whose_dispatcher_is_gone_exits_after_its_sessions() {
     let (mut child, ctrl) = start(20);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready));
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: false }));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut c = hand_off(&ctrl, &listener, 1);
     line(&mut c);
@@ -137,7 +137,7 @@ fn worker_whose_dispatcher_is_gone_exits_after_its_sessions() {
 #[test]
 fn worker_enforces_max_conns_on_its_side() {
     let (_child, ctrl) = start(1);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready));
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: false }));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut first = hand_off(&ctrl, &listener, 1);
     assert!(line(&mut first).contains("active=1"));

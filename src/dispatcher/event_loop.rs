@@ -554,7 +554,9 @@ impl Runtime {
             let old = w.old;
             match wire::recv_from_worker(w.ctrl.as_fd()) {
                 Ok(Some(_)) if old => {}
-                Ok(Some(ToDispatcher::Ready)) => self.feed(s, Event::WorkerReady(id)),
+                Ok(Some(ToDispatcher::Ready { .. })) => self.feed(s, Event::WorkerReady(id)),
+                // Bridge until the lead's event loop acts on hand-off acknowledgements.
+                Ok(Some(ToDispatcher::Taken { .. })) => {}
                 Ok(Some(ToDispatcher::Ended { .. })) => self.feed(s, Event::ConnectionEnded(id)),
                 Ok(Some(ToDispatcher::Draining)) => {}
                 Ok(None) => {

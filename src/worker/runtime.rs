@@ -150,7 +150,7 @@ pub fn run(
     let control = Arc::new(control);
     let active = Arc::new(Active::default());
     let threads = Threads::new(config.stack_size);
-    wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ready)?;
+    wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ready { ack: false })?;
     log::info!(
         "[SERVICE={}] worker ready ({}, up to {} connections)",
         config.service,
