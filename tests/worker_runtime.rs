@@ -1,5 +1,7 @@
 //! The worker runtime with a real process: the echo test image started the way the
 //! dispatcher starts workers, driven over its control socket with real TCP connections.
+//! The runtime says `READY ACK`, so every hand-off is confirmed with `TAKEN` before anything
+//! else is said about that connection.
 
 mod common;
 
@@ -44,8 +46,16 @@ fn next(ctrl: &OwnedFd) -> Option<ToDispatcher> {
     wire::recv_from_worker(ctrl.as_fd()).expect("receive")
 }
 
-/// Accepts a client connection and hands it to the worker; returns the client's stream.
+/// Accepts a client connection and hands it to the worker, which must confirm it with
+/// `TAKEN`; returns the client's stream.
 fn hand_off(ctrl: &OwnedFd, listener: &TcpListener, conn: u64) -> BufReader<TcpStream> {
+    let client = send_hand_off(ctrl, listener, conn);
+    assert_eq!(next(ctrl), Some(ToDispatcher::Taken { conn }));
+    client
+}
+
+/// Accepts a client connection and sends it to the worker; returns the client's stream.
+fn send_hand_off(ctrl: &OwnedFd, listener: &TcpListener, conn: u64) -> BufReader<TcpStream> {
     let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
     client.set_read_timeout(Some(WAIT)).expect("timeout");
     let (accepted, peer) = listener.accept().expect("accept");
@@ -73,7 +83,7 @@ fn say(r: &mut BufReader<TcpStream>, text: &str) {
 #[test]
 fn handed_connection_is_served_and_its_end_reported() {
     let (mut child, ctrl) = start(20);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: false }));
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut c = hand_off(&ctrl, &listener, 41);
     let greeting = line(&mut c);
@@ -99,7 +109,7 @@ fn handed_connection_is_served_and_its_end_reported() {
 #[test]
 fn draining_worker_finishes_an_open_session_before_exiting() {
     let (mut child, ctrl) = start(20);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: false }));
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut c = hand_off(&ctrl, &listener, 1);
     line(&mut c);
@@ -120,7 +130,7 @@ fn draining_worker_finishes_an_open_session_before_exiting() {
 #[test]
 fn worker_whose_dispatcher_is_gone_exits_after_its_sessions() {
     let (mut child, ctrl) = start(20);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: false }));
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut c = hand_off(&ctrl, &listener, 1);
     line(&mut c);
@@ -137,16 +147,74 @@ fn worker_whose_dispatcher_is_gone_exits_after_its_sessions() {
 #[test]
 fn worker_enforces_max_conns_on_its_side() {
     let (_child, ctrl) = start(1);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: false }));
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut first = hand_off(&ctrl, &listener, 1);
     assert!(line(&mut first).contains("active=1"));
+    // Taken (the dispatcher may close its copy), then closed and ended at once.
     let mut second = hand_off(&ctrl, &listener, 2);
     assert_eq!(line(&mut second), "", "closed without a greeting");
     assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 2 }));
     say(&mut first, "QUIT");
     line(&mut first);
     assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 1 }));
+}
+
+#[test]
+fn the_socket_is_taken_before_the_connection_is_served() {
+    let (_child, ctrl) = start(20);
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let c = send_hand_off(&ctrl, &listener, 7);
+    // The client closes at once: the worker's first word on this connection is still TAKEN.
+    c.get_ref()
+        .shutdown(std::net::Shutdown::Both)
+        .expect("shutdown");
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Taken { conn: 7 }));
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 7 }));
+}
+
+/// Sends `packet` to the worker as it is, with no descriptor (what a broken dispatcher
+/// could send).
+fn send_raw(ctrl: &OwnedFd, packet: &[u8]) {
+    nix::sys::socket::send(
+        std::os::fd::AsRawFd::as_raw_fd(ctrl),
+        packet,
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .expect("send");
+}
+
+/// A receive error ends taking connections, not the connections in hand.
+fn receive_error_drains_and_exits_non_zero(packet: &[u8]) {
+    let (mut child, ctrl) = start(20);
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut c = hand_off(&ctrl, &listener, 3);
+    line(&mut c);
+    send_raw(&ctrl, packet);
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Draining));
+    assert!(
+        child.wait_for(Duration::from_millis(300)).is_none(),
+        "the worker exited with a connection in hand"
+    );
+    say(&mut c, "still served");
+    assert_eq!(line(&mut c), "250 still served\r\n");
+    say(&mut c, "QUIT");
+    assert_eq!(line(&mut c), "221 bye\r\n");
+    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 3 }));
+    let status = child.wait_for(WAIT).expect("exits after its last session");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+}
+
+#[test]
+fn an_unknown_message_drains_the_worker_instead_of_dropping_its_sessions() {
+    receive_error_drains_and_exits_non_zero(b"HELLO");
+}
+
+#[test]
+fn an_empty_packet_drains_the_worker_instead_of_dropping_its_sessions() {
+    receive_error_drains_and_exits_non_zero(b"");
 }
 
 #[test]

@@ -26,8 +26,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use super::account::RunAs;
+use crate::handoff::env;
 use crate::handoff::wire::CONTROL_FD;
-use crate::worker::runtime::env;
 
 /// Variables of the dispatcher's environment every worker gets (when set): the search path,
 /// the time zone and the locale, which the C library reads. Anything else must be named in

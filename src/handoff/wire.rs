@@ -7,22 +7,29 @@
 //! is `docs/worker-protocol.md`.
 //!
 //! Dispatcher → worker: `HANDOFF <conn-id> <client-addr> <server-addr>` (+ one descriptor),
-//! `DRAIN`. Worker → dispatcher: `READY`, `ENDED <conn-id>`, `DRAINING`.
+//! `DRAIN`. Worker → dispatcher: `READY` or `READY ACK`, `TAKEN <conn-id>`,
+//! `ENDED <conn-id>`, `DRAINING`.
 //!
 //! Hygiene, as the issue asks: descriptors are received with `MSG_CMSG_CLOEXEC`; a truncated
-//! packet or truncated ancillary data (`MSG_TRUNC`, `MSG_CTRUNC`) is an error, and any
-//! descriptor that arrived with it is closed; a message that must carry exactly one descriptor
-//! and does not is an error; the sender's copy of a handed-off socket is the caller's to close
-//! (it is borrowed here). Sends on a non-blocking socket return `WouldBlock` instead of
-//! waiting, so the dispatcher is never blocked by a slow worker.
+//! packet or truncated ancillary data (`MSG_TRUNC`, `MSG_CTRUNC`) is an error, and every
+//! descriptor the kernel did install with it is closed (the control data is read with our own
+//! walk over it, because `nix` refuses to iterate truncated control data and the descriptors
+//! in it would leak); a message that must carry exactly one descriptor and does not is an
+//! error; the sender's copy of a handed-off socket is the caller's to close (it is borrowed
+//! here). Sends on a non-blocking socket return `WouldBlock` instead of waiting, so the
+//! dispatcher is never blocked by a slow worker.
+//!
+//! A receive returns `Ok(None)` only at end of file. On `SOCK_SEQPACKET` an empty packet also
+//! reads as 0 bytes; the two are told apart by asking `poll` whether the peer has hung up,
+//! and an empty packet is [`WireError::Empty`] (no message is empty, so it is a protocol
+//! error, not the end).
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
+    sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
 };
 
 /// The descriptor on which a worker finds its end of the control socket.
@@ -30,6 +37,10 @@ pub const CONTROL_FD: RawFd = 3;
 
 /// Longest message in bytes (a HANDOFF with two full IPv6 addresses is about 120).
 pub const MAX_MESSAGE: usize = 512;
+
+/// The most descriptors one received packet may bring; room for them is made in the control
+/// buffer. Protocol messages bring 0 or 1; more is an error (their descriptors are closed).
+const MAX_FDS: usize = 4;
 
 /// From the dispatcher to a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,9 +58,11 @@ pub enum ToWorker {
 /// From a worker to the dispatcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToDispatcher {
-    /// Started and ready for connections; `ack`: it confirms each hand-off with `TAKEN`.
+    /// Started and ready for connections: `READY`, or `READY ACK` (`ack`) from a worker that
+    /// confirms every hand-off with [`ToDispatcher::Taken`].
     Ready { ack: bool },
-    /// It has the socket of this connection.
+    /// The socket of the `HANDOFF` with this id has been received (sent by `READY ACK`
+    /// workers, before the connection is served).
     Taken { conn: u64 },
     /// The connection with this id has ended.
     Ended { conn: u64 },
@@ -69,10 +82,11 @@ pub enum WireError {
         message: String,
         reason: &'static str,
     },
-    #[error("control socket: an empty packet")]
-    Empty,
     #[error("control socket: message or descriptors truncated (flags {0:?})")]
     Truncated(MsgFlags),
+    /// A packet of 0 bytes, without descriptors: no message is empty.
+    #[error("control socket: an empty packet (no message is empty)")]
+    Empty,
     #[error("control socket: `{message}` came with {count} descriptors, expected {expected}")]
     Descriptors {
         message: String,
@@ -82,7 +96,8 @@ pub enum WireError {
 }
 
 impl WireError {
-    /// The socket has nothing to read, or no room to write, now.
+    /// The socket has nothing to read now, or no room to send now (a non-blocking socket):
+    /// not an error of the peer, try again when `poll` says so.
     pub fn is_would_block(&self) -> bool {
         matches!(self, WireError::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
@@ -156,24 +171,18 @@ impl ToDispatcher {
         let first = f.next();
         let second = f.next();
         let rest = f.next();
+        let conn_id = |id: &str| {
+            id.parse().map_err(|_| WireError::Malformed {
+                message: text.to_string(),
+                reason: "connection id",
+            })
+        };
         match (first, second, rest) {
             (Some("READY"), None, None) => Ok(ToDispatcher::Ready { ack: false }),
             (Some("READY"), Some("ACK"), None) => Ok(ToDispatcher::Ready { ack: true }),
-            (Some("TAKEN"), Some(id), None) => id
-                .parse()
-                .map(|conn| ToDispatcher::Taken { conn })
-                .map_err(|_| WireError::Malformed {
-                    message: text.to_string(),
-                    reason: "connection id",
-                }),
             (Some("DRAINING"), None, None) => Ok(ToDispatcher::Draining),
-            (Some("ENDED"), Some(id), None) => id
-                .parse()
-                .map(|conn| ToDispatcher::Ended { conn })
-                .map_err(|_| WireError::Malformed {
-                    message: text.to_string(),
-                    reason: "connection id",
-                }),
+            (Some("TAKEN"), Some(id), None) => conn_id(id).map(|conn| ToDispatcher::Taken { conn }),
+            (Some("ENDED"), Some(id), None) => conn_id(id).map(|conn| ToDispatcher::Ended { conn }),
             _ => Err(WireError::Unknown(text.to_string())),
         }
     }
@@ -245,40 +254,105 @@ struct Packet {
 /// Receives one packet; `None` at end of file (the other side is gone).
 fn recv_packet(ctrl: BorrowedFd<'_>) -> Result<Option<Packet>, WireError> {
     let mut buf = [0u8; MAX_MESSAGE];
-    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-    let (bytes, flags, raw_fds) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            ctrl.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(std::io::Error::from)?;
-        let mut raw = Vec::new();
-        if let Ok(iter) = msg.cmsgs() {
-            for c in iter {
-                if let ControlMessageOwned::ScmRights(fds) = c {
-                    raw.extend(fds);
-                }
-            }
-        }
-        (msg.bytes, msg.flags, raw)
-    };
-    // SAFETY: the kernel just installed these descriptors in our table for us (SCM_RIGHTS);
-    // nothing else refers to them, so each becomes owned exactly once here.
-    let fds: Vec<OwnedFd> = raw_fds
-        .into_iter()
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect();
+    let (bytes, flags, fds) = recv_raw(ctrl, &mut buf)?;
     if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) {
+        // `fds` (what the kernel did install) is dropped here: closed.
         return Err(WireError::Truncated(flags));
     }
     if bytes == 0 && fds.is_empty() {
-        return Ok(None);
+        return if peer_has_hung_up(ctrl)? {
+            Ok(None)
+        } else {
+            Err(WireError::Empty)
+        };
     }
     let text = packet_text(&buf[..bytes]);
     Ok(Some(Packet { text, fds }))
+}
+
+/// After a read of 0 bytes: is that end of file? A `SOCK_SEQPACKET` read returns 0 both for an
+/// empty packet and when the peer has closed and nothing is queued; only the second sets
+/// `POLLHUP`/`POLLRDHUP`. (An empty packet sent just before the peer closed reads as end of
+/// file: the peer is gone either way.)
+fn peer_has_hung_up(ctrl: BorrowedFd<'_>) -> Result<bool, WireError> {
+    // libc, not nix: nix names no POLLRDHUP and reads revents holding it as none at all.
+    let hung_up = libc::POLLHUP | libc::POLLRDHUP;
+    let mut fd = libc::pollfd {
+        fd: ctrl.as_raw_fd(),
+        events: libc::POLLIN | hung_up,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, ours for the call; timeout 0 never blocks.
+    if unsafe { libc::poll(&mut fd, 1, 0) } < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(fd.revents & hung_up != 0)
+}
+
+/// One `recvmsg` with `MSG_CMSG_CLOEXEC`: bytes read, flags, and every descriptor the kernel
+/// installed, owned. Done with `libc` rather than `nix::sys::socket::recvmsg` because `nix`
+/// will not iterate control data marked `MSG_CTRUNC`, and the descriptors the kernel did
+/// install before it ran out of room would then never be closed.
+fn recv_raw(
+    ctrl: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> Result<(usize, MsgFlags, Vec<OwnedFd>), WireError> {
+    // u64 words: the control buffer must be aligned for `cmsghdr`.
+    const SPACE: usize = cmsg_space(MAX_FDS);
+    let mut control = [0u64; SPACE.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (null name, no buffers); the fields set below point
+    // at `iov` and `control`, which outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let n = loop {
+        // SAFETY: `msg` describes buffers we own for the duration of the call; the kernel
+        // writes at most their lengths.
+        let n = unsafe { libc::recvmsg(ctrl.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e.into());
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: `msg` was filled by the kernel: `msg_control`/`msg_controllen` describe the
+    // control data it wrote (with MSG_CTRUNC: the headers that fit, each `cmsg_len` covering
+    // only what it wrote). The CMSG_* macros stay within `msg_controllen`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let header = libc::CMSG_LEN(0) as usize;
+                let len = ((*c).cmsg_len as usize).saturating_sub(header);
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    let fd = std::ptr::read_unaligned(data.add(i));
+                    // SAFETY: the kernel installed this descriptor in our table for this
+                    // message (SCM_RIGHTS); nothing else refers to it, so it becomes owned
+                    // exactly once, here.
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let bytes = usize::try_from(n).unwrap_or(0);
+    Ok((bytes, MsgFlags::from_bits_truncate(msg.msg_flags), fds))
+}
+
+/// Bytes of control buffer for `n` descriptors in one `SCM_RIGHTS` message.
+const fn cmsg_space(n: usize) -> usize {
+    // SAFETY: CMSG_SPACE only computes a length from its argument; it touches no memory.
+    unsafe { libc::CMSG_SPACE((n * std::mem::size_of::<RawFd>()) as u32) as usize }
 }
 
 /// A packet's bytes as the text the decoders read. The protocol is ASCII: a byte that is not
@@ -341,6 +415,8 @@ mod tests {
         assert_eq!(ToWorker::decode("DRAIN").expect("decodes"), ToWorker::Drain);
         for m in [
             ToDispatcher::Ready { ack: false },
+            ToDispatcher::Ready { ack: true },
+            ToDispatcher::Taken { conn: 8 },
             ToDispatcher::Ended { conn: 9 },
             ToDispatcher::Draining,
         ] {
@@ -356,6 +432,103 @@ mod tests {
         assert!(ToWorker::decode("HELLO").is_err());
         assert!(ToDispatcher::decode("ENDED").is_err());
         assert!(ToDispatcher::decode("READY now").is_err());
+        assert!(ToDispatcher::decode("READY ACK more").is_err());
+        assert!(ToDispatcher::decode("TAKEN").is_err());
+        let e = ToDispatcher::decode("TAKEN x").expect_err("bad id");
+        assert!(e.to_string().contains("connection id"), "{e}");
+        assert_eq!(ToDispatcher::Ready { ack: true }.encode(), "READY ACK");
+        assert_eq!(ToDispatcher::Taken { conn: 7 }.encode(), "TAKEN 7");
+    }
+
+    /// Sends one packet with `fds` as SCM_RIGHTS, whatever their number (the protocol's own
+    /// send refuses wrong counts, a hostile or broken peer does not).
+    fn send_raw(ctrl: BorrowedFd<'_>, text: &[u8], fds: &[RawFd]) {
+        let iov = [IoSlice::new(text)];
+        let rights = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+        sendmsg::<()>(ctrl.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).expect("sendmsg");
+    }
+
+    /// A pipe whose write end is sent around: when every copy of the write end is closed, a
+    /// read from the read end says end of file; while one copy is open anywhere in this
+    /// process, it says `WouldBlock`. That proves a leak or its absence whatever other tests
+    /// running in parallel threads open and close.
+    fn pipe_probe() -> (std::fs::File, OwnedFd) {
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .expect("pipe");
+        (std::fs::File::from(r), w)
+    }
+
+    fn all_copies_closed(read_end: &mut std::fs::File) -> bool {
+        let mut byte = [0u8; 1];
+        match read_end.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => panic!("nothing was written to the probe pipe"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("reading the probe pipe: {e}"),
+        }
+    }
+
+    #[test]
+    fn truncated_control_data_closes_every_descriptor_that_came() {
+        let (a, b) = control_pair().expect("pair");
+        let (mut probe, w) = pipe_probe();
+        // Eight copies; the receiver has room for four: the kernel installs four and sets
+        // MSG_CTRUNC. Those four must be closed, not leaked.
+        let copies = [w.as_raw_fd(); 8];
+        send_raw(a.as_fd(), b"DRAIN", &copies);
+        drop(w);
+        let e = recv_from_dispatcher(b.as_fd()).expect_err("truncated");
+        assert!(
+            matches!(e, WireError::Truncated(f) if f.contains(MsgFlags::MSG_CTRUNC)),
+            "{e}"
+        );
+        assert!(
+            all_copies_closed(&mut probe),
+            "a descriptor received with truncated control data is still open"
+        );
+    }
+
+    #[test]
+    fn descriptors_with_a_message_that_takes_none_are_closed() {
+        let (a, b) = control_pair().expect("pair");
+        let (mut probe, w) = pipe_probe();
+        send_raw(b.as_fd(), b"READY", &[w.as_raw_fd(), w.as_raw_fd()]);
+        drop(w);
+        let e = recv_from_worker(a.as_fd()).expect_err("descriptors");
+        assert!(matches!(e, WireError::Descriptors { count: 2, .. }), "{e}");
+        assert!(
+            all_copies_closed(&mut probe),
+            "a received descriptor leaked"
+        );
+    }
+
+    #[test]
+    fn an_empty_packet_is_an_error_and_not_the_end() {
+        let (a, b) = control_pair().expect("pair");
+        send_raw(b.as_fd(), b"", &[]);
+        send_to_dispatcher(b.as_fd(), &ToDispatcher::Draining).expect("send");
+        let e = recv_from_worker(a.as_fd()).expect_err("empty packet");
+        assert!(matches!(e, WireError::Empty), "{e}");
+        assert_eq!(
+            recv_from_worker(a.as_fd()).expect("the next message"),
+            Some(ToDispatcher::Draining)
+        );
+        // The other direction, to a worker's blocking end.
+        send_raw(a.as_fd(), b"", &[]);
+        let e = recv_from_dispatcher(b.as_fd()).expect_err("empty packet");
+        assert!(matches!(e, WireError::Empty), "{e}");
+        drop(a);
+        assert!(recv_from_dispatcher(b.as_fd()).expect("eof").is_none());
+    }
+
+    #[test]
+    fn nothing_to_read_on_a_non_blocking_end_is_would_block() {
+        let (a, _b) = control_pair().expect("pair");
+        let e = recv_from_worker(a.as_fd()).expect_err("nothing sent");
+        assert!(e.is_would_block(), "{e}");
+        assert!(!WireError::Empty.is_would_block());
     }
 
     #[test]

@@ -158,7 +158,7 @@ pub fn load(kind: ImageKind, parameter: &str, debug: bool) -> Result<Settings, S
     let exe = std::env::current_exe().ok();
     let (tailor_path, _) = tailor::locate(
         None,
-        std::env::var_os(crate::worker::runtime::env::TAILOR).as_deref(),
+        std::env::var_os(crate::handoff::env::TAILOR).as_deref(),
         exe.as_deref(),
     );
     let mut diags = Diagnostics::default();

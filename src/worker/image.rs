@@ -40,7 +40,10 @@ pub fn main_for(
     match runtime::run(control, &config, handler) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            log::error!(
+                "[SERVICE={}] worker exiting with an error: {e}",
+                config.service
+            );
             ExitCode::FAILURE
         }
     }

@@ -2,14 +2,22 @@
 //! thread of its own.
 //!
 //! The runtime reads its settings from the environment the dispatcher gives it (see
-//! [`WorkerConfig::from_env`] and `docs/worker-protocol.md`), says `READY`, then handles
-//! `HANDOFF` and `DRAIN` from the control socket on descriptor 3. Each connection runs on a
-//! thread of its own whose stack is the service's `STACKSIZE` (threads are reused, see
-//! [`super::threads`]); when it ends, the runtime says `ENDED`.
+//! [`WorkerConfig::from_env`] and `docs/worker-protocol.md`), says `READY ACK`, then handles
+//! `HANDOFF` and `DRAIN` from the control socket on descriptor 3. Each handed socket is
+//! confirmed with `TAKEN` as soon as it has arrived, before anything else is done with it, so
+//! the dispatcher knows it may close its copy. Each connection runs on a thread of its own
+//! whose stack is the service's `STACKSIZE` (threads are reused, see [`super::threads`]);
+//! when it ends, the runtime says `ENDED`.
 //! It never holds more than `MAX_CONNS` connections: one beyond that (the dispatcher's
-//! policy should never send it) is closed at once and reported ended. After `DRAIN`, or when
-//! the dispatcher goes away (end of file on the control socket), it takes nothing new and
-//! returns once the last connection has ended, and the image exits.
+//! policy should never send it) is taken, closed at once and reported ended.
+//!
+//! The runtime drains (takes nothing new, tells every session through the [`DrainSignal`]
+//! in its [`Connection`], returns once the last connection has ended) after `DRAIN`, when the
+//! dispatcher goes away (end of file on the control socket), and also when receiving fails
+//! (a malformed message, a descriptor that could not be received at the worker's own
+//! descriptor limit): connections in hand are finished, never dropped with the process. In
+//! that last case it says `DRAINING` on its own and returns the error once the sessions are
+//! done, so the image exits non-zero and the dispatcher replaces it.
 //!
 //! What a connection means is the image's business: it passes a [`Handler`].
 
@@ -17,18 +25,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 
+pub use super::drain::DrainSignal;
 use super::threads::Threads;
+use crate::handoff::env;
+use crate::handoff::log_line::WorkerLog;
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError, CONTROL_FD};
-
-/// Environment variables the dispatcher sets for its workers.
-pub mod env {
-    pub const SERVICE: &str = "IMTA_SERVICE";
-    pub const PARAMETER: &str = "IMTA_PARAMETER";
-    pub const STACKSIZE: &str = "IMTA_STACKSIZE";
-    pub const MAX_CONNS: &str = "IMTA_MAX_CONNS";
-    pub const DEBUG: &str = "IMTA_DEBUG";
-    pub const TAILOR: &str = "IMTA_TAILOR";
-}
 
 /// A worker's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,10 @@ pub struct Connection {
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub stream: TcpStream,
+    /// The worker's drain state: a handler that serves many requests on one connection
+    /// looks at it between requests and marks itself idle while it waits (see
+    /// [`DrainSignal`]); one that ignores it is simply waited for.
+    pub drain: DrainSignal,
 }
 
 /// What an image does with a connection. Called on the connection's own thread.
@@ -125,12 +130,7 @@ pub fn init_logging(program: &'static str, config: &WorkerConfig) {
     } else {
         log::LevelFilter::Info
     };
-    if log::set_boxed_logger(Box::new(crate::dispatcher::log::WorkerLog {
-        program,
-        level,
-    }))
-    .is_ok()
-    {
+    if log::set_boxed_logger(Box::new(WorkerLog { program, level })).is_ok() {
         log::set_max_level(level);
     }
 }
@@ -153,8 +153,9 @@ pub fn control_socket() -> Result<OwnedFd, WorkerError> {
     Ok(unsafe { OwnedFd::from_raw_fd(CONTROL_FD) })
 }
 
-/// Serves connections from the dispatcher until told to drain (or the dispatcher is gone) and
-/// the last connection has ended.
+/// Serves connections from the dispatcher until told to drain (or the dispatcher is gone, or
+/// the control socket fails) and the last connection has ended. An error is returned only
+/// after the sessions in hand have finished.
 pub fn run(
     control: OwnedFd,
     config: &WorkerConfig,
@@ -162,27 +163,34 @@ pub fn run(
 ) -> Result<(), WorkerError> {
     let control = Arc::new(control);
     let active = Arc::new(Active::default());
+    let drain = DrainSignal::new();
     let threads = Threads::new(config.stack_size);
-    wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ready { ack: false })?;
+    wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ready { ack: true })?;
     log::info!(
         "[SERVICE={}] worker ready ({}, up to {} connections)",
         config.service,
         config.parameter,
         config.max_conns
     );
-    loop {
-        match wire::recv_from_dispatcher(control.as_fd())? {
+    let failure = loop {
+        let received = match wire::recv_from_dispatcher(control.as_fd()) {
+            Ok(r) => r,
+            Err(e) => break Some(e),
+        };
+        match received {
             None => {
                 log::info!(
                     "the dispatcher has gone away; finishing {} connection(s)",
                     active.get()
                 );
-                break;
+                break None;
             }
             Some((ToWorker::Drain, _)) => {
-                wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Draining)?;
+                if let Err(e) = wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Draining) {
+                    log::warn!("cannot say DRAINING: {e}");
+                }
                 log::info!("draining: {} connection(s) left", active.get());
-                break;
+                break None;
             }
             Some((
                 ToWorker::HandOff {
@@ -192,6 +200,12 @@ pub fn run(
                 },
                 Some(fd),
             )) => {
+                // First of all: the dispatcher holds its copy of the socket until it reads this.
+                if let Err(e) =
+                    wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Taken { conn })
+                {
+                    log::warn!("cannot say TAKEN {conn}: {e}");
+                }
                 let stream = TcpStream::from(fd);
                 if active.add() > config.max_conns {
                     log::warn!(
@@ -207,13 +221,31 @@ pub fn run(
                     client,
                     server,
                     stream,
+                    drain: drain.clone(),
                 };
                 spawn_connection(&threads, &handler, &control, &active, connection);
             }
             Some((ToWorker::HandOff { conn, .. }, None)) => {
                 // recv_from_dispatcher already refuses this; kept for completeness.
-                log::error!("HANDOFF {conn} came without its socket");
+                break Some(WireError::Descriptors {
+                    message: format!("HANDOFF {conn}"),
+                    count: 0,
+                    expected: 1,
+                });
             }
+        }
+    };
+    drain.start();
+    if let Some(e) = &failure {
+        // Connections in hand are finished, not dropped with the process; the dispatcher
+        // sends nothing more once it reads DRAINING, and replaces this worker when it exits.
+        log::error!(
+            "[SERVICE={}] {e}; draining: finishing {} connection(s), then exiting",
+            config.service,
+            active.get()
+        );
+        if let Err(e) = wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Draining) {
+            log::warn!("cannot say DRAINING: {e}");
         }
     }
     active.wait_until_zero();
@@ -221,7 +253,10 @@ pub fn run(
         "[SERVICE={}] worker exiting: no connections left",
         config.service
     );
-    Ok(())
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 fn spawn_connection(
