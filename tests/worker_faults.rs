@@ -425,11 +425,13 @@ fn next_text(ctrl: &OwnedFd) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-#[test]
-fn a_worker_at_its_descriptor_limit_finishes_the_sessions_in_hand() {
+/// Hands connections to an echo image limited to `limit` descriptors until one is not
+/// served, then checks that the sessions already in hand are served to their end and that
+/// the image exits only after them. What went wrong, if anything.
+fn sessions_in_hand_survive_a_descriptor_limit_of(limit: u64) -> Vec<String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("echo.log");
-    let (mut child, ctrl) = echo_with_nofile(16, &log);
+    let (mut child, ctrl) = echo_with_nofile(limit, &log);
     let ready = next_text(&ctrl);
     assert!(ready.starts_with("READY"), "{ready}");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -470,7 +472,7 @@ fn a_worker_at_its_descriptor_limit_finishes_the_sessions_in_hand() {
     let mut failures = Vec::new();
     if let Some(status) = child.wait_for(Duration::from_millis(300)) {
         failures.push(format!(
-            "the image exited ({status}) with {} sessions in hand after {refused}",
+            "RLIMIT_NOFILE={limit}: the image exited ({status}) with {} sessions in hand after {refused}",
             sessions.len()
         ));
     }
@@ -487,18 +489,32 @@ fn a_worker_at_its_descriptor_limit_finishes_the_sessions_in_hand() {
                 Some((a, b))
             });
         if echoed != Some(("250 still here\r\n".into(), "221 bye\r\n".into())) {
-            failures.push(format!("session {n} after the limit: {echoed:?}"));
+            failures.push(format!(
+                "RLIMIT_NOFILE={limit}: session {n} after the limit: {echoed:?}"
+            ));
         }
     }
     // Whatever it decided about the failed receive, it exits once told to drain (or has).
     let _ = wire::send_to_worker(ctrl.as_fd(), &ToWorker::Drain, None);
     if child.wait_for(WAIT).is_none() {
-        failures.push("the image did not exit after its sessions ended and DRAIN".into());
+        failures.push(format!(
+            "RLIMIT_NOFILE={limit}: the image did not exit after its sessions ended and DRAIN"
+        ));
     }
-    assert!(
-        failures.is_empty(),
-        "{}\n--- the image's log:\n{}",
-        failures.join("\n"),
-        worker_log()
-    );
+    if !failures.is_empty() {
+        failures.push(format!("--- the image's log:\n{}", worker_log()));
+    }
+    failures
+}
+
+#[test]
+fn a_worker_at_its_descriptor_limit_finishes_the_sessions_in_hand() {
+    // The echo image uses two descriptors a session (the socket and a clone for writing), so
+    // at one of two neighbouring limits the last free descriptor is taken by the clone, at
+    // the other by the receive of a HANDOFF (MSG_CTRUNC): the case that matters. Try both.
+    let failures: Vec<String> = [16, 17]
+        .into_iter()
+        .flat_map(sessions_in_hand_survive_a_descriptor_limit_of)
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
