@@ -75,7 +75,7 @@ fn a_stopped_worker_is_given_no_client_and_is_replaced() {
         .expect("the first client is greeted");
     let pids = ready_echo_workers(&d, 2);
     let stopped = *pids.iter().find(|&&p| p != busy).expect("a second worker");
-    let _reaper = KillPids(vec![stopped]);
+    let _reaper = KillPids::new(&[stopped]);
     let starts_before = starts(&d);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped), Signal::SIGSTOP)
         .expect("stop the idle worker");
@@ -345,7 +345,7 @@ fn a_worker_that_closes_its_control_socket_is_replaced_and_killed() {
         d.log()
     );
     let closer = d.workers("faulty_image")[0];
-    let _reaper = KillPids(vec![closer]);
+    let _reaper = KillPids::new(&[closer]);
     let mut failures = Vec::new();
     let mut first = connect(&d, RELAY);
     let g = greeting_within(&mut first, Duration::from_secs(5));

@@ -262,17 +262,35 @@ pub fn nofile_limits(pid: u32) -> Option<(String, String)> {
     Some((f.next()?.to_string(), f.next()?.to_string()))
 }
 
-/// Kills these pids (SIGKILL, which also ends a stopped process) when it goes: a worker the
-/// test stopped must not outlive the test, whatever the dispatcher did with it.
-pub struct KillPids(pub Vec<i32>);
+/// When a process started (`/proc/<pid>/stat` field 22, clock ticks after boot), which tells
+/// a process from a later one that reuses its pid.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: the command may hold spaces and parentheses.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills these processes (SIGKILL, which also ends a stopped one) when it goes: a worker the
+/// test stopped must not outlive the test, whatever the dispatcher did with it. Each is
+/// killed only if its pid still names the process seen at [`KillPids::new`].
+pub struct KillPids(Vec<(i32, Option<u64>)>);
+
+impl KillPids {
+    pub fn new(pids: &[i32]) -> KillPids {
+        KillPids(pids.iter().map(|&p| (p, start_time(p))).collect())
+    }
+}
 
 impl Drop for KillPids {
     fn drop(&mut self) {
-        for &pid in &self.0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        for &(pid, started) in &self.0 {
+            if started.is_some() && start_time(pid) == started {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
 }
