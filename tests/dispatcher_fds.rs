@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::dispatcher::{Client, Dispatcher, WAIT};
-use common::faulty::{self, connect, greeting_within, log_lines, wait_until, RELAY};
+use common::faulty::{self, log_lines, wait_until};
 
 /// The limit: 24 descriptors, soft and hard.
 const LIMIT: u64 = 24;
@@ -42,20 +42,18 @@ fn ready_workers(d: &Dispatcher, n: usize) {
 }
 
 /// Connects [`BURST`] clients at once and then no more; reads each one's greeting within
-/// [`BURST_BOUND`] from the burst. Returns the clients and how many were not greeted, with
-/// what they saw.
+/// [`BURST_BOUND`]. Returns the clients and, for each one not greeted, what it saw.
 fn burst(d: &Dispatcher) -> (Vec<Client>, Vec<String>) {
-    let mut clients: Vec<Client> = (0..BURST).map(|_| connect(d, RELAY)).collect();
-    let end = Instant::now() + BURST_BOUND;
+    let mut clients = Vec::new();
     let mut missing = Vec::new();
-    for (n, c) in clients.iter_mut().enumerate() {
-        let left = end
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        let g = greeting_within(c, left);
+    for (n, (c, g)) in faulty::burst_greetings(d, BURST, BURST_BOUND)
+        .into_iter()
+        .enumerate()
+    {
         if !g.greeted() {
             missing.push(format!("client {} of {BURST}: {g:?}", n + 1));
         }
+        clients.push(c);
     }
     (clients, missing)
 }

@@ -198,15 +198,10 @@ fn back_off_does_not_strand_clients(mode: &str) {
         "the first worker runs\n{}",
         d.log()
     );
-    let mut clients: Vec<Client> = (0..6).map(|_| connect(&d, RELAY)).collect();
-    let end = Instant::now() + Duration::from_secs(5);
     let mut failures = Vec::new();
     let mut pids = BTreeSet::new();
-    for (n, c) in clients.iter_mut().enumerate() {
-        let left = end
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        let g = greeting_within(c, left);
+    let greeted = faulty::burst_greetings(&d, 6, Duration::from_secs(5));
+    for (n, (_, g)) in greeted.iter().enumerate() {
         match g.pid() {
             Some(pid) if g.greeted() => {
                 pids.insert(pid);

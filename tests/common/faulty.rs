@@ -142,6 +142,23 @@ pub fn greeting_within(c: &mut Client, limit: Duration) -> Greeting {
     got
 }
 
+/// Connects `n` clients at once (their connections wait in the listen queue if need be), then
+/// reads each one's greeting, all within `bound` from the last connect.
+pub fn burst_greetings(d: &Dispatcher, n: usize, bound: Duration) -> Vec<(Client, Greeting)> {
+    let clients: Vec<Client> = (0..n).map(|_| connect(d, RELAY)).collect();
+    let end = Instant::now() + bound;
+    clients
+        .into_iter()
+        .map(|mut c| {
+            let left = end
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let g = greeting_within(&mut c, left);
+            (c, g)
+        })
+        .collect()
+}
+
 /// Sends `text` and waits up to `limit` for the reply line.
 pub fn reply_within(c: &mut Client, text: &str, limit: Duration) -> Greeting {
     use std::io::Write;
