@@ -22,11 +22,16 @@
 //! | `send-fd` | after the first `HANDOFF`, `READY` with 8 descriptors attached |
 //! | `garbage` | after the first `HANDOFF`, text that is no message and forges a log line |
 //! | `close-control` | after the first `HANDOFF`, closes descriptor 3 and keeps running |
+//! | `ready-twice` | after the first `HANDOFF`, a second `READY` |
+//! | `taken-twice` | says `READY ACK`; for each `HANDOFF`, `TAKEN <id>` twice |
+//! | `taken-unknown` | says `READY ACK`; for each `HANDOFF`, also `TAKEN <id+100000>` |
+//! | `drain-untaken` | says `READY ACK`; on the first `HANDOFF`, `DRAINING` instead of `TAKEN`, drops the socket unserved and exits |
 //!
-//! The lying modes (`ended-twice` to `close-control`) say plain `READY`, so that their lie is
-//! the only thing wrong with them. Given `:DIR`, only the first start of the service lies (it
-//! leaves a file `started` in DIR); later starts are `normal-plain`, so a test can tell the
-//! liar from its replacements. `READY ACK` and `TAKEN` are sent as raw text, so the image
+//! The lying modes (`ended-twice` to `ready-twice`) say plain `READY`, so that their lie is
+//! the only thing wrong with them; the last three need `READY ACK` to lie about `TAKEN`.
+//! Given `:DIR`, only the first start of the service misbehaves (it leaves a file `started`
+//! in DIR); later starts are `normal-plain` (`normal-ack` after an acknowledging mode), so a
+//! test can tell the liar from its replacements. `READY ACK` and `TAKEN` are sent as raw text, so the image
 //! builds whether or not the wire module knows them.
 //!
 //! So that a test that fails cannot leave it behind, the image exits when its parent (the
@@ -46,7 +51,7 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 /// The longest this process lives, whatever happens (a stopped or orphaned test worker).
 const LIFETIME: Duration = Duration::from_secs(180);
 
-/// Added to a handed id by `ended-unknown`.
+/// Added to a handed id by `ended-unknown` and `taken-unknown`.
 const UNKNOWN_OFFSET: u64 = 100_000;
 
 /// Text of the `garbage` mode: no message, and a newline that would start a forged line in
@@ -63,11 +68,18 @@ enum Mode {
     SendFd,
     Garbage,
     CloseControl,
+    ReadyTwice,
+    TakenTwice,
+    TakenUnknown,
+    DrainUntaken,
 }
 
 impl Mode {
     fn says_ack(self) -> bool {
-        self == Mode::NormalAck
+        matches!(
+            self,
+            Mode::NormalAck | Mode::TakenTwice | Mode::TakenUnknown | Mode::DrainUntaken
+        )
     }
 }
 
@@ -94,10 +106,15 @@ fn mode_from_parameter(parameter: &str) -> Result<Mode, String> {
         }
     };
     let lie = |mode: Mode| -> Result<Mode, String> {
-        match &dir {
-            Some(d) if !first(d)? => Ok(Mode::NormalPlain),
-            _ => Ok(mode),
-        }
+        let replacement = match &dir {
+            Some(d) => !first(d)?,
+            None => false,
+        };
+        Ok(match replacement {
+            false => mode,
+            true if mode.says_ack() => Mode::NormalAck,
+            true => Mode::NormalPlain,
+        })
     };
     match name {
         "normal-ack" => Ok(Mode::NormalAck),
@@ -123,6 +140,10 @@ fn mode_from_parameter(parameter: &str) -> Result<Mode, String> {
         "send-fd" => lie(Mode::SendFd),
         "garbage" => lie(Mode::Garbage),
         "close-control" => lie(Mode::CloseControl),
+        "ready-twice" => lie(Mode::ReadyTwice),
+        "taken-twice" => lie(Mode::TakenTwice),
+        "taken-unknown" => lie(Mode::TakenUnknown),
+        "drain-untaken" => lie(Mode::DrainUntaken),
         other => Err(format!("unknown MODE {other}")),
     }
 }
@@ -246,6 +267,9 @@ fn main() -> std::process::ExitCode {
         closed: AtomicBool::new(false),
     });
     let sessions = Arc::new(Sessions::default());
+    // Tests wait for this line (tests/common/faulty.rs, `first_faulty_worker`); written
+    // before the message, so that it is there even if the dispatcher kills this process for it.
+    eprintln!("faulty {pid}: saying READY");
     if mode.says_ack() {
         control.raw(b"READY ACK", &[]);
     } else {
@@ -272,8 +296,22 @@ fn main() -> std::process::ExitCode {
             Some((ToWorker::HandOff { conn, .. }, fd)) => {
                 let Some(fd) = fd else { continue };
                 handed += 1;
+                if mode == Mode::DrainUntaken && handed == 1 {
+                    // As if DRAIN had crossed this HANDOFF: the dispatcher still holds its
+                    // copy of a connection not taken and must give it to another worker.
+                    control.send(&ToDispatcher::Draining);
+                    drop(fd);
+                    break;
+                }
                 if mode.says_ack() {
                     control.raw(format!("TAKEN {conn}").as_bytes(), &[]);
+                }
+                match mode {
+                    Mode::TakenTwice => control.raw(format!("TAKEN {conn}").as_bytes(), &[]),
+                    Mode::TakenUnknown => {
+                        control.raw(format!("TAKEN {}", conn + UNKNOWN_OFFSET).as_bytes(), &[])
+                    }
+                    _ => {}
                 }
                 let report_end = match mode {
                     Mode::EndedTwice => {
@@ -314,6 +352,7 @@ fn misbehave_once(mode: Mode, control: &Control) {
     match mode {
         Mode::EmptyPacket => control.raw(b"", &[]),
         Mode::Garbage => control.raw(GARBAGE.as_bytes(), &[]),
+        Mode::ReadyTwice => control.send(&ToDispatcher::Ready),
         Mode::SendFd => match std::fs::File::open("/dev/null") {
             // The same descriptor eight times: the kernel installs eight in the receiver.
             Ok(null) => control.raw(b"READY", &[null.as_raw_fd(); 8]),

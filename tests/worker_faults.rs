@@ -193,11 +193,7 @@ fn back_off_does_not_strand_clients(mode: &str) {
         "MIN_PROCS=1\nMAX_PROCS=3\nMIN_CONNS=2\nMAX_CONNS=20",
         &format!("{mode}:@STATE@"),
     );
-    assert!(
-        wait_until(WAIT, || d.workers("faulty_image").len() == 1),
-        "the first worker runs\n{}",
-        d.log()
-    );
+    let first = faulty::first_faulty_worker(&d);
     let mut failures = Vec::new();
     let mut pids = BTreeSet::new();
     let greeted = faulty::burst_greetings(&d, 6, Duration::from_secs(5));
@@ -209,9 +205,9 @@ fn back_off_does_not_strand_clients(mode: &str) {
             _ => failures.push(format!("client {} of 6: {g:?} within 5 s", n + 1)),
         }
     }
-    if pids.len() > 1 {
+    if pids.iter().any(|&p| p != first) {
         failures.push(format!(
-            "served by several processes {pids:?}, though later starts fail"
+            "served by {pids:?}, not only by the first worker {first}, though later starts fail"
         ));
     }
     verdict(&d, &failures);
@@ -237,13 +233,8 @@ fn a_lying_worker_is_killed_and_replaced(mode: &str, check_fds: bool) {
         "MIN_PROCS=1\nMAX_PROCS=3\nMIN_CONNS=1\nMAX_CONNS=2",
         &format!("{mode}:@STATE@"),
     );
-    assert!(
-        wait_until(WAIT, || d.workers("faulty_image").len() == 1),
-        "the first worker runs\n{}",
-        d.log()
-    );
     // Its READY is in when a client of its own is served; count descriptors before that.
-    let liar = d.workers("faulty_image")[0];
+    let liar = faulty::first_faulty_worker(&d);
     let dispatcher = d.child.pid();
     std::thread::sleep(Duration::from_millis(300));
     let baseline = faulty::fd_count(dispatcher) as i64 - d.workers("faulty_image").len() as i64;
@@ -329,17 +320,57 @@ fn a_worker_that_sends_descriptors_is_killed_and_none_of_them_leaks() {
 }
 
 #[test]
+fn a_worker_that_says_ready_twice_is_killed() {
+    a_lying_worker_is_killed_and_replaced("ready-twice", false);
+}
+
+#[test]
+fn a_worker_that_takes_a_connection_twice_is_killed() {
+    a_lying_worker_is_killed_and_replaced("taken-twice", false);
+}
+
+#[test]
+fn a_worker_that_takes_a_connection_it_was_never_handed_is_killed() {
+    a_lying_worker_is_killed_and_replaced("taken-unknown", false);
+}
+
+#[test]
+fn a_connection_not_taken_by_a_worker_that_drains_goes_to_another_worker() {
+    // The first worker says DRAINING instead of TAKEN on its first hand-off and drops the
+    // socket unserved, as if DRAIN had crossed the HANDOFF: the dispatcher still holds its
+    // copy and hands the client to another worker.
+    let d = faulty::start_faulty(
+        "MIN_PROCS=1\nMAX_PROCS=2\nMIN_CONNS=1\nMAX_CONNS=5",
+        "drain-untaken:@STATE@",
+    );
+    let drainer = faulty::first_faulty_worker(&d);
+    let mut failures = Vec::new();
+    let mut c = connect(&d, RELAY);
+    match greeting_within(&mut c, Duration::from_secs(5)) {
+        g if g.greeted() && g.pid() != Some(drainer) => {}
+        g => failures.push(format!(
+            "the client handed to the draining worker: {g:?} within 5 s (wanted another worker's greeting)"
+        )),
+    }
+    if !wait_until(Duration::from_secs(5), || !pid_alive(drainer)) {
+        failures.push(format!("the drained worker (pid {drainer}) has not exited"));
+    }
+    for word in ["protocol violation", "killed"] {
+        let lines = log_lines(&d, word);
+        if !lines.is_empty() {
+            failures.push(format!("DRAINING is no fault: {lines:?}"));
+        }
+    }
+    verdict(&d, &failures);
+}
+
+#[test]
 fn a_worker_that_closes_its_control_socket_is_replaced_and_killed() {
     let d = faulty::start_faulty(
         "MIN_PROCS=1\nMAX_PROCS=1\nMIN_CONNS=1\nMAX_CONNS=5",
         "close-control:@STATE@",
     );
-    assert!(
-        wait_until(WAIT, || d.workers("faulty_image").len() == 1),
-        "the first worker runs\n{}",
-        d.log()
-    );
-    let closer = d.workers("faulty_image")[0];
+    let closer = faulty::first_faulty_worker(&d);
     let _reaper = KillPids::new(&[closer]);
     let mut failures = Vec::new();
     let mut first = connect(&d, RELAY);

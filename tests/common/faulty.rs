@@ -64,6 +64,27 @@ pub fn start_faulty(limits: &str, mode: &str) -> Dispatcher {
     start(limits, "faulty_image", &format!("MODE={mode}"))
 }
 
+/// Waits until the first worker of the faulty image is saying READY (its LOGFILE says so)
+/// and returns its pid. Give the dispatcher a moment to read the message before relying on
+/// it.
+pub fn first_faulty_worker(d: &Dispatcher) -> i32 {
+    let mut pid = None;
+    let found = wait_until(super::dispatcher::WAIT, || {
+        pid = d
+            .service_log("tcp_lmtpss_server.log")
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("faulty ")?
+                    .strip_suffix(": saying READY")?
+                    .parse()
+                    .ok()
+            });
+        pid.is_some()
+    });
+    assert!(found, "the first faulty worker said READY\n{}", d.log());
+    pid.unwrap_or_default()
+}
+
 /// Makes `cmd` start with `RLIMIT_NOFILE` soft `soft` and hard `hard`.
 pub fn with_nofile(cmd: &mut Command, soft: u64, hard: u64) {
     let limit = libc::rlimit {
