@@ -31,8 +31,10 @@
 //! the only thing wrong with them; the last three need `READY ACK` to lie about `TAKEN`.
 //! Given `:DIR`, only the first start of the service misbehaves (it leaves a file `started`
 //! in DIR); later starts are `normal-plain` (`normal-ack` after an acknowledging mode), so a
-//! test can tell the liar from its replacements. `READY ACK` and `TAKEN` are sent as raw text, so the image
-//! builds whether or not the wire module knows them.
+//! test can tell the liar from its replacements.
+//!
+//! Everything it sends is written as text, not through the wire module's message types, so
+//! the image builds whether or not that module knows `READY ACK` and `TAKEN`.
 //!
 //! So that a test that fails cannot leave it behind, the image exits when its parent (the
 //! dispatcher) is gone, and in any case after [`LIFETIME`].
@@ -45,7 +47,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use msdispatcher::handoff::wire::{self, ToDispatcher, ToWorker, CONTROL_FD};
+use msdispatcher::handoff::wire::{self, ToWorker, CONTROL_FD};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 /// The longest this process lives, whatever happens (a stopped or orphaned test worker).
@@ -181,13 +183,9 @@ impl Control {
         }
     }
 
-    fn send(&self, message: &ToDispatcher) {
-        if self.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        if let Err(e) = wire::send_to_dispatcher(self.fd(), message) {
-            eprintln!("faulty {}: send failed: {e}", std::process::id());
-        }
+    /// Sends one message as its text (`READY`, `ENDED 7`).
+    fn text(&self, message: &str) {
+        self.raw(message.as_bytes(), &[]);
     }
 
     fn close(&self) {
@@ -271,9 +269,9 @@ fn main() -> std::process::ExitCode {
     // before the message, so that it is there even if the dispatcher kills this process for it.
     eprintln!("faulty {pid}: saying READY");
     if mode.says_ack() {
-        control.raw(b"READY ACK", &[]);
+        control.text("READY ACK");
     } else {
-        control.send(&ToDispatcher::Ready);
+        control.text("READY");
     }
     let mut handed = 0u64;
     loop {
@@ -290,7 +288,7 @@ fn main() -> std::process::ExitCode {
                 break;
             }
             Some((ToWorker::Drain, _)) => {
-                control.send(&ToDispatcher::Draining);
+                control.text("DRAINING");
                 break;
             }
             Some((ToWorker::HandOff { conn, .. }, fd)) => {
@@ -299,12 +297,12 @@ fn main() -> std::process::ExitCode {
                 if mode == Mode::DrainUntaken && handed == 1 {
                     // As if DRAIN had crossed this HANDOFF: the dispatcher still holds its
                     // copy of a connection not taken and must give it to another worker.
-                    control.send(&ToDispatcher::Draining);
+                    control.text("DRAINING");
                     drop(fd);
                     break;
                 }
                 if mode.says_ack() {
-                    control.raw(format!("TAKEN {conn}").as_bytes(), &[]);
+                    control.text(&format!("TAKEN {conn}"));
                 }
                 match mode {
                     Mode::TakenTwice => control.raw(format!("TAKEN {conn}").as_bytes(), &[]),
@@ -315,14 +313,12 @@ fn main() -> std::process::ExitCode {
                 }
                 let report_end = match mode {
                     Mode::EndedTwice => {
-                        control.send(&ToDispatcher::Ended { conn });
-                        control.send(&ToDispatcher::Ended { conn });
+                        control.text(&format!("ENDED {conn}"));
+                        control.text(&format!("ENDED {conn}"));
                         false
                     }
                     Mode::EndedUnknown => {
-                        control.send(&ToDispatcher::Ended {
-                            conn: conn + UNKNOWN_OFFSET,
-                        });
+                        control.text(&format!("ENDED {}", conn + UNKNOWN_OFFSET));
                         true
                     }
                     _ => true,
@@ -334,7 +330,7 @@ fn main() -> std::process::ExitCode {
                     // Freed before the report, as the protocol asks.
                     s.remove();
                     if report_end {
-                        c.send(&ToDispatcher::Ended { conn });
+                        c.text(&format!("ENDED {conn}"));
                     }
                 });
                 if handed == 1 {
@@ -351,8 +347,8 @@ fn main() -> std::process::ExitCode {
 fn misbehave_once(mode: Mode, control: &Control) {
     match mode {
         Mode::EmptyPacket => control.raw(b"", &[]),
-        Mode::Garbage => control.raw(GARBAGE.as_bytes(), &[]),
-        Mode::ReadyTwice => control.send(&ToDispatcher::Ready),
+        Mode::Garbage => control.text(GARBAGE),
+        Mode::ReadyTwice => control.text("READY"),
         Mode::SendFd => match std::fs::File::open("/dev/null") {
             // The same descriptor eight times: the kernel installs eight in the receiver.
             Ok(null) => control.raw(b"READY", &[null.as_raw_fd(); 8]),
