@@ -25,7 +25,7 @@ use super::policy::{
 use super::spawn::WorkerSpec;
 use super::workers::{Owner, Workers};
 use crate::config::service::Service;
-use crate::log_text::untrusted;
+use crate::log_text::{untrusted, Throttle};
 use crate::mapping::table::MappingSet;
 
 /// What an event-loop token stands for. The kind is in the low bits, the stable id above.
@@ -101,6 +101,8 @@ pub struct Runtime {
     pub budget: u64,
     /// Some listener was left with clients possibly queued: try again on the next round.
     pub accept_again: bool,
+    /// Starts failing for lack of descriptors are retried every second: logged once a minute.
+    no_descriptors_log: Throttle,
 }
 
 impl Runtime {
@@ -122,6 +124,7 @@ impl Runtime {
             nofile,
             budget: 1,
             accept_again: false,
+            no_descriptors_log: Throttle::new(Duration::from_secs(60)),
         }
     }
 
@@ -329,10 +332,14 @@ impl Runtime {
                 "[SERVICE={name}] worker {worker} failed to start; next start in {} s",
                 retry_in / 1000
             ),
-            PoolLog::NoDescriptors { worker, retry_in } => log::error!(
-                "[SERVICE={name}] worker {worker} could not be started for lack of descriptors; tried again in {} s (not counted as a failed start)",
-                retry_in / 1000
-            ),
+            PoolLog::NoDescriptors { worker, retry_in } => {
+                if self.no_descriptors_log.allows(name) {
+                    log::error!(
+                        "[SERVICE={name}] worker {worker} could not be started for lack of descriptors; tried again every {} s (not counted as a failed start; logged once a minute)",
+                        retry_in / 1000
+                    );
+                }
+            }
             PoolLog::Unresponsive { worker, untaken } => log::warn!(
                 "[SERVICE={name}] worker {worker} (pid {}) unresponsive: {untaken} connection(s) not taken within {} ms; it gets no more",
                 self.workers.pid(worker).unwrap_or(0),
@@ -387,19 +394,22 @@ impl Runtime {
         let registry = self.poll.registry();
         match self
             .workers
-            .start(registry, id, token, owner, &spec, output.as_ref())
+            .start(registry, id, token, owner, &spec, output)
         {
             Ok(pid) => {
                 log::info!("[SERVICE={}] worker {id} started, pid {pid}", config.name);
                 None
             }
             Err(e) => {
-                log::error!(
-                    "[SERVICE={}] cannot start {}: {}",
-                    config.name,
-                    config.image.value.display(),
-                    e.error
-                );
+                // Out of descriptors: said (once a minute) by the pool's NoDescriptors line.
+                if !e.lack_of_descriptors {
+                    log::error!(
+                        "[SERVICE={}] cannot start {}: {}",
+                        config.name,
+                        config.image.value.display(),
+                        e.error
+                    );
+                }
                 Some(Event::SpawnFailed {
                     worker: id,
                     lack_of_descriptors: e.lack_of_descriptors,

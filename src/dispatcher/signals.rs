@@ -5,6 +5,7 @@
 //! file; SIGUSR2 asks for a status report; SIGHUP reloads the configuration. Nothing here acts
 //! on a signal: [`Signals::take`] says which arrived, the loop decides.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct Arrived {
 pub struct Signals {
     /// Readable when a signal arrived: register it with the loop's poll.
     pub wake: UnixStream,
+    /// The end the handlers write to; kept open for the dispatcher's life.
+    _ping: UnixStream,
     stop: Arc<AtomicBool>,
     child: Arc<AtomicBool>,
     reopen: Arc<AtomicBool>,
@@ -34,11 +37,14 @@ impl Signals {
         let (wake, ping) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         ping.set_nonblocking(true)?;
+        // One descriptor written by every handler (not a copy per signal: a dispatcher near
+        // its descriptor limit needs each one).
+        let ping_fd = ping.as_raw_fd();
         let flag = |sigs: &[i32]| -> std::io::Result<Arc<AtomicBool>> {
             let f = Arc::new(AtomicBool::new(false));
             for &s in sigs {
                 signal_hook::flag::register(s, Arc::clone(&f))?;
-                signal_hook::low_level::pipe::register(s, ping.try_clone()?)?;
+                signal_hook::low_level::pipe::register_raw(s, ping_fd)?;
             }
             Ok(f)
         };
@@ -50,6 +56,7 @@ impl Signals {
             status: flag(&[SIGUSR2])?,
             reload: flag(&[SIGHUP])?,
             wake,
+            _ping: ping,
         })
     }
 

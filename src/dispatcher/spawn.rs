@@ -53,15 +53,18 @@ pub struct WorkerSpec<'a> {
 
 /// Starts one worker. `control` is the worker's end of the control socket (it stays open in
 /// the caller; close it after this returns). `output` receives the worker's standard output
-/// and error; without it they go to /dev/null.
+/// and error (taken, not copied: a start costs as few descriptors as it can, for a dispatcher
+/// near its limit); without it they go to /dev/null.
 pub fn spawn_worker(
     spec: &WorkerSpec<'_>,
     control: &OwnedFd,
-    output: Option<&File>,
+    output: Option<File>,
 ) -> std::io::Result<Child> {
-    let (stdout, stderr) = match output {
-        Some(f) => (Stdio::from(f.try_clone()?), Stdio::from(f.try_clone()?)),
-        None => (Stdio::null(), Stdio::null()),
+    // Standard error is made a copy of standard output in the child (below), so one
+    // descriptor serves both.
+    let stdout = match output {
+        Some(f) => Stdio::from(f),
+        None => Stdio::null(),
     };
     let fd = control.as_raw_fd();
     let run_as = spec.run_as;
@@ -85,7 +88,7 @@ pub fn spawn_worker(
         .env(env::TAILOR, spec.tailor)
         .stdin(Stdio::null())
         .stdout(stdout)
-        .stderr(stderr)
+        .stderr(Stdio::inherit())
         // A group of its own: a terminal's Ctrl-C, or a service manager signalling the
         // dispatcher's group, reaches only the dispatcher, which then drains its workers.
         .process_group(0);
@@ -102,6 +105,9 @@ pub fn spawn_worker(
                 }
             } else if libc::dup2(fd, CONTROL_FD) == -1 {
                 // dup2 leaves the new descriptor inheritable.
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::dup2(1, 2) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             close_above_control_at_exec(highest_fd);

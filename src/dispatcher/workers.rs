@@ -81,7 +81,7 @@ impl Workers {
         token: Token,
         owner: Owner,
         spec: &WorkerSpec<'_>,
-        output: Option<&std::fs::File>,
+        output: Option<std::fs::File>,
     ) -> Result<u32, StartError> {
         let fail = |error: std::io::Error| StartError {
             lack_of_descriptors: super::descriptors::is_exhaustion(&error),
