@@ -888,14 +888,13 @@ impl Pool {
         if self.waiting.len() as u64 > starting * l.max_conns {
             return true;
         }
-        // Ahead of need: every serving worker busy enough, none on its way.
-        starting == 0
-            && serving > 0
-            && self
-                .workers
-                .values()
-                .filter(|w| w.state == State::Ready && w.taking())
-                .all(|w| w.active() >= l.min_conns)
+        // Ahead of need: every worker taking connections busy enough, none on its way.
+        let mut takers = self
+            .workers
+            .values()
+            .filter(|w| w.state == State::Ready && w.taking())
+            .peekable();
+        starting == 0 && takers.peek().is_some() && takers.all(|w| w.active() >= l.min_conns)
     }
 
     /// Connections the pool could still take: free slots on serving workers, slots of workers
