@@ -187,7 +187,7 @@ impl World {
         let serving = self
             .workers
             .values()
-            .filter(|w| !w.retiring && !w.killed && !w.unresponsive)
+            .filter(|w| !w.retiring && !w.unresponsive)
             .count() as u64;
         prop_assert!(serving <= l.max_procs, "MAX_PROCS exceeded: {}", serving);
         let retiring = self

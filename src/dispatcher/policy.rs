@@ -300,9 +300,17 @@ impl Worker {
         self.conns.len() as u64
     }
 
-    /// Takes connections now or soon: not retiring, not distrusted, not being killed.
+    /// Holds one of the `MAX_PROCS` places: not retiring, and not distrusted (an unresponsive
+    /// worker is replaced before it is gone). A worker being killed for another reason, or
+    /// that closed its control socket, keeps its place until it has exited, so that an image
+    /// that fails at once is restarted at the back-off's pace, not as fast as it fails.
     fn serving(&self) -> bool {
-        self.state != State::Retiring && self.unresponsive_since.is_none() && !self.killed
+        self.state != State::Retiring && self.unresponsive_since.is_none()
+    }
+
+    /// May be handed connections (or will, once ready).
+    fn taking(&self) -> bool {
+        self.serving() && !self.killed && self.closed_since.is_none()
     }
 
     /// The oldest hand-off still waiting for its confirmation.
@@ -558,14 +566,16 @@ impl Pool {
     }
 
     /// `DRAINING` or a closed control socket: nothing more for this worker, and what it never
-    /// took goes elsewhere (it took, and confirmed, everything it will ever take).
+    /// took goes elsewhere (it took, and confirmed, everything it will ever take). One that
+    /// drains is retiring; one whose socket closed keeps its place until it exits.
     fn stops_taking(&mut self, id: WorkerId, now: Millis, closed: bool, out: &mut Vec<Action>) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
-        w.state = State::Retiring;
         if closed {
             w.closed_since.get_or_insert(now);
+        } else {
+            w.state = State::Retiring;
         }
         // A plain-READY worker's hand-offs are confirmed when sent: none is left unconfirmed.
         self.requeue_untaken(id, now, out);
@@ -734,8 +744,7 @@ impl Pool {
         }
     }
 
-    /// Workers that take connections now or soon: starting, or ready and not retiring, and
-    /// trusted.
+    /// Workers holding one of the `MAX_PROCS` places ([`Worker::serving`]).
     fn serving_count(&self) -> u64 {
         self.workers.values().filter(|w| w.serving()).count() as u64
     }
@@ -810,7 +819,7 @@ impl Pool {
         let ready = || {
             self.workers.iter().filter(|(_, w)| {
                 w.state == State::Ready
-                    && w.serving()
+                    && w.taking()
                     && w.blocked_since.is_none()
                     && w.active() < l.max_conns
             })
@@ -873,20 +882,19 @@ impl Pool {
         let starting = self
             .workers
             .values()
-            .filter(|w| w.state == State::Starting && w.serving())
+            .filter(|w| w.state == State::Starting && w.taking())
             .count() as u64;
         // Connections waiting beyond what the starting workers will take.
         if self.waiting.len() as u64 > starting * l.max_conns {
             return true;
         }
-        // Ahead of need: every serving worker busy enough, none on its way.
-        starting == 0
-            && serving > 0
-            && self
-                .workers
-                .values()
-                .filter(|w| w.state == State::Ready && w.serving())
-                .all(|w| w.active() >= l.min_conns)
+        // Ahead of need: every worker taking connections busy enough, none on its way.
+        let mut takers = self
+            .workers
+            .values()
+            .filter(|w| w.state == State::Ready && w.taking())
+            .peekable();
+        starting == 0 && takers.peek().is_some() && takers.all(|w| w.active() >= l.min_conns)
     }
 
     /// Connections the pool could still take: free slots on serving workers, slots of workers
@@ -896,7 +904,7 @@ impl Pool {
         let free: u64 = self
             .workers
             .values()
-            .filter(|w| w.serving())
+            .filter(|w| w.taking())
             .map(|w| l.max_conns.saturating_sub(w.active()))
             .sum();
         let startable = l.max_procs.saturating_sub(self.serving_count()) * l.max_conns;
@@ -1697,5 +1705,34 @@ mod tests {
             killed(&p.handle(Event::Tick, 10 + CLOSED_GRACE)),
             [(1, KillReason::ClosedControl)]
         );
+    }
+
+    #[test]
+    fn an_image_that_fails_at_once_is_restarted_at_the_back_off_pace_not_as_fast_as_it_fails() {
+        let mut p = Pool::new(PoolLimits {
+            min_procs: 1,
+            ..limits()
+        });
+        assert_eq!(spawned(&p.handle(Event::Tick, 0)), [1]);
+        // Its control socket closes (it is exiting), then a protocol violation on the next:
+        // no replacement until each one is reaped.
+        assert!(spawned(&p.handle(Event::ControlClosed(1), 1)).is_empty());
+        let a = p.handle(
+            Event::WorkerExited {
+                worker: 1,
+                clean: false,
+            },
+            2,
+        );
+        assert!(spawned(&a).is_empty(), "backs off: {a:?}");
+        assert_eq!(spawned(&p.handle(Event::Tick, 1_002)), [2]);
+        let a = p.handle(
+            Event::Violation {
+                worker: 2,
+                what: "HELLO".into(),
+            },
+            1_003,
+        );
+        assert!(spawned(&a).is_empty(), "not before it is gone: {a:?}");
     }
 }
