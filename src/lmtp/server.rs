@@ -87,13 +87,15 @@ impl Handler for LmtpServer {
             store: self.store.as_ref(),
             conn: c.id,
             client: c.client,
+            drain: &c.drain,
         };
         let end = session::run(&c.stream, &ctx);
         match end {
             End::Quit | End::Closed => {
                 log::debug!("connection {} from {}: {end:?}", c.id, c.client)
             }
-            End::Timeout | End::Oversize | End::Junk => {}
+            // These log their own line.
+            End::Timeout | End::Oversize | End::Junk | End::Draining => {}
             End::Error(e) => log::warn!("connection {} from {}: {e}", c.id, c.client),
         }
     }

@@ -14,14 +14,30 @@
 //! not arrive within `DATA_RECEIVE_TIME` and its allowance (the deadlines are the
 //! [`Wire`]'s), gets `421 4.4.2` and the connection is closed.
 //!
+//! When the worker drains (the dispatcher stops or reloads, or recycles the worker), a
+//! session finishes the transaction in progress, then ends: the next command that would
+//! start another transaction, and any command but `QUIT` while none is open, is answered
+//! `421 4.3.2` and the connection closed; a session waiting idle for its client with no
+//! transaction open is answered at once (it marks itself idle on the worker's
+//! [`DrainSignal`], which wakes it). Relays cache LMTP connections and send transaction after
+//! transaction on one session, so without this a draining worker would never finish. One
+//! exception: a session that has completed no transaction yet (handed just before `DRAIN`, as
+//! the last connection of a worker recycled by `MAX_LIFE_CONNS` is, or a relay's session
+//! between its `LHLO` and its `MAIL`) is owed one: it may still open it within the drain's
+//! grace ([`OWED_GRACE`]) and complete it, bounded by the command deadlines like any other.
+//!
 //! Everything a client wrote that reaches a log line (addresses, arguments, whole command
 //! lines in a trace, replies that quote them) goes through [`untrusted`], so a client cannot
 //! forge log lines or hide text in them.
 
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::time::SystemTime;
 
 use crate::log_text::untrusted;
+use crate::worker::drain::DrainSignal;
+#[cfg(doc)]
+use crate::worker::drain::OWED_GRACE;
 
 use super::address::{printable, Recipient};
 use super::body::Body;
@@ -38,6 +54,8 @@ pub struct Context<'a> {
     pub store: &'a dyn Store,
     pub conn: u64,
     pub client: SocketAddr,
+    /// The worker's drain state (see the module comment).
+    pub drain: &'a DrainSignal,
 }
 
 /// A mail transaction in progress.
@@ -87,6 +105,8 @@ pub enum End {
     Oversize,
     /// Closed by us after [`JUNK_COMMAND_LIMIT`] commands that delivered nothing.
     Junk,
+    /// Closed by us with `421 4.3.2` because the worker is draining.
+    Draining,
     Error(String),
 }
 
@@ -99,9 +119,12 @@ pub const JUNK_COMMAND_LIMIT: u32 = 100;
 
 struct Session<'a> {
     ctx: &'a Context<'a>,
+    /// The socket `wire` reads, for marking the session idle on the drain signal.
+    stream: &'a TcpStream,
     wire: Wire<&'a TcpStream>,
     lhlo: Option<String>,
     tx: Option<Transaction>,
+    /// Transactions whose message data was read (delivered or refused).
     transactions: u64,
     /// Commands since the last message data that delivered nothing; at most
     /// [`JUNK_COMMAND_LIMIT`].
@@ -119,6 +142,7 @@ pub fn run(stream: &TcpStream, ctx: &Context<'_>) -> End {
     let _ = stream.set_nodelay(true);
     let mut s = Session {
         ctx,
+        stream,
         wire: Wire::timed(stream, settings.terminators, settings.time_limits()),
         lhlo: None,
         tx: None,
@@ -164,10 +188,31 @@ impl Session<'_> {
             }
             // Every command counts but an accepted MAIL or RCPT, and DATA that reads a message.
             self.junk += 1;
-            let line = match self.wire.read_line(MAX_COMMAND_LINE) {
+            // With no transaction open the session is idle while it waits, and a drain ends
+            // it (waking it if need be); within a transaction it is never disturbed.
+            let (drain, stream) = (self.ctx.drain, self.stream);
+            let idle = if self.tx.is_none() {
+                match drain.idle(stream.as_fd(), self.owed()) {
+                    Some(mark) => Some(mark),
+                    None => return self.shutting_down(),
+                }
+            } else {
+                None
+            };
+            let read = self.wire.read_line(MAX_COMMAND_LINE);
+            let was_idle = idle.is_some();
+            drop(idle);
+            let line = match read {
                 Ok(l) => l,
+                // Woken by the drain (or the client left just then: the 421 is harmless).
+                Err(WireError::Closed) if was_idle && drain.refuses(self.owed()) => {
+                    return self.shutting_down()
+                }
                 Err(e) => return self.stopped(e, Waiting::Command),
             };
+            if self.tx.is_none() && drain.refuses(self.owed()) && !is_quit(&line) {
+                return self.shutting_down();
+            }
             let text = match line {
                 Line::TooLong => {
                     self.reply(Reply::new(
@@ -238,6 +283,31 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// Whether the session is owed a transaction when the worker drains: it has completed
+    /// none yet, so that a connection handed just before `DRAIN` is served.
+    fn owed(&self) -> bool {
+        self.transactions == 0
+    }
+
+    /// Ends a session of a draining worker (RFC 5321 4.2.3 and 3.8: 421 may answer any
+    /// command; the client tries again later, on a new connection to another worker).
+    fn shutting_down(&mut self) -> End {
+        let host = self.ctx.settings.host.clone();
+        self.reply(Reply::new(
+            421,
+            "4.3.2",
+            format!("{host} Service shutting down, try again later; closing connection"),
+        ));
+        log::info!(
+            "connection {} from {}: the worker is draining: answered 421 after {} \
+             transaction(s); closing the connection",
+            self.ctx.conn,
+            self.ctx.client,
+            self.transactions
+        );
+        End::Draining
     }
 
     /// Ends a session that sent [`JUNK_COMMAND_LIMIT`] commands that delivered nothing.
@@ -619,6 +689,17 @@ impl Session<'_> {
                 )),
             })
             .collect()
+    }
+}
+
+/// Whether a command line is `QUIT` (which a draining session still answers 221).
+fn is_quit(line: &Line) -> bool {
+    match line {
+        Line::Text(t) => matches!(
+            command::parse(&String::from_utf8_lossy(t)),
+            Ok(Command::Quit)
+        ),
+        Line::TooLong | Line::BareLf => false,
     }
 }
 

@@ -14,10 +14,22 @@
 //! shutting happen under one lock, so a session that is busy (has not marked itself idle, or
 //! has dropped its [`Idle`] mark) is never disturbed, and a socket is never shut after its
 //! session let go of it.
+//!
+//! A session that has not yet served a request is *owed* one: the drain may have come just
+//! after its connection was handed (the last connection of a worker recycled by
+//! `MAX_LIFE_CONNS` always is), or while its client was between the greeting and its first
+//! request. Such a session may still begin its request within [`OWED_GRACE`] of the start of
+//! the drain; an owed session still idle when the grace ends ([`DrainSignal::end_grace`]) is
+//! woken like the others.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How long after the start of the drain a session that has served no request yet may still
+/// begin one: a few round trips of a relay that connected just before the drain.
+pub const OWED_GRACE: Duration = Duration::from_secs(1);
 
 /// The drain state of one worker process; clones share it.
 #[derive(Clone, Default)]
@@ -29,10 +41,12 @@ pub struct DrainSignal {
 struct State {
     /// Set once, never cleared: a worker that drains does not come back.
     draining: bool,
-    /// The sockets of the sessions idle now, by the key of their [`Idle`] mark. Each
-    /// descriptor is open while it is here: it is borrowed by the live `Idle`, which removes
-    /// it (under this lock) before the borrow ends.
-    idle: HashMap<u64, RawFd>,
+    /// The [`OWED_GRACE`] is over: owed sessions are refused too. Only set while draining.
+    grace_over: bool,
+    /// The sockets of the sessions idle now, and whether each is owed a request, by the key
+    /// of their [`Idle`] mark. Each descriptor is open while it is here: it is borrowed by the
+    /// live `Idle`, which removes it (under this lock) before the borrow ends.
+    idle: HashMap<u64, (RawFd, bool)>,
     /// The key of the next [`Idle`] mark; never reused.
     next_key: u64,
 }
@@ -62,16 +76,24 @@ impl DrainSignal {
         self.lock().draining
     }
 
-    /// Marks the session on `socket` idle until the returned mark is dropped; `None` when the
-    /// worker is draining already (the session should end now rather than wait).
-    pub fn idle<'a>(&'a self, socket: BorrowedFd<'a>) -> Option<Idle<'a>> {
+    /// Whether a session with no request in progress must end now instead of beginning one:
+    /// when the worker drains, unless the session is `owed` a request and the grace is not
+    /// over.
+    pub fn refuses(&self, owed: bool) -> bool {
+        self.lock().refuses(owed)
+    }
+
+    /// Marks the session on `socket` idle until the returned mark is dropped; `owed`: it has
+    /// served no request yet. `None` when the session should end now rather than wait
+    /// ([`DrainSignal::refuses`]).
+    pub fn idle<'a>(&'a self, socket: BorrowedFd<'a>, owed: bool) -> Option<Idle<'a>> {
         let mut state = self.lock();
-        if state.draining {
+        if state.refuses(owed) {
             return None;
         }
         let key = state.next_key;
         state.next_key += 1;
-        state.idle.insert(key, socket.as_raw_fd());
+        state.idle.insert(key, (socket.as_raw_fd(), owed));
         Some(Idle {
             signal: self,
             key,
@@ -79,24 +101,48 @@ impl DrainSignal {
         })
     }
 
-    /// Starts the drain and wakes every idle session; `true` the first time.
+    /// Starts the drain and wakes every idle session that is owed nothing; `true` the first
+    /// time. The caller ends the grace with [`DrainSignal::end_grace`] [`OWED_GRACE`] later.
     pub fn start(&self) -> bool {
         let mut state = self.lock();
         if state.draining {
             return false;
         }
         state.draining = true;
-        for fd in state.idle.values() {
+        state.wake_refused();
+        true
+    }
+
+    /// Ends the grace of owed sessions (starting the drain if it was not): every idle
+    /// session is woken, every session refused its next request.
+    pub fn end_grace(&self) {
+        let mut state = self.lock();
+        state.draining = true;
+        state.grace_over = true;
+        state.wake_refused();
+    }
+}
+
+impl State {
+    fn refuses(&self, owed: bool) -> bool {
+        self.draining && (!owed || self.grace_over)
+    }
+
+    /// Shuts the reading side of every idle session's socket that [`State::refuses`].
+    fn wake_refused(&self) {
+        for &(fd, owed) in self.idle.values() {
+            if !self.refuses(owed) {
+                continue;
+            }
             // SAFETY: the descriptor is registered only while its `Idle` mark lives, and the
             // mark borrows the socket and unregisters it under this lock before the borrow
             // ends: it is open and is the session's socket.
-            let socket = unsafe { BorrowedFd::borrow_raw(*fd) };
+            let socket = unsafe { BorrowedFd::borrow_raw(fd) };
             // Fails only for a socket that is no longer connected; its session's read ends
             // by itself then.
             let _ =
                 nix::sys::socket::shutdown(socket.as_raw_fd(), nix::sys::socket::Shutdown::Read);
         }
-        true
     }
 }
 
@@ -105,6 +151,7 @@ impl std::fmt::Debug for DrainSignal {
         let state = self.lock();
         f.debug_struct("DrainSignal")
             .field("draining", &state.draining)
+            .field("grace_over", &state.grace_over)
             .field("idle_sessions", &state.idle.len())
             .finish()
     }
@@ -140,7 +187,7 @@ mod tests {
         let drain = DrainSignal::new();
         let d = drain.clone();
         let reader = std::thread::spawn(move || {
-            let idle = d.idle(server.as_fd()).expect("not draining yet");
+            let idle = d.idle(server.as_fd(), false).expect("not draining yet");
             let started = std::time::Instant::now();
             let n = (&server).read(&mut [0u8; 16]).expect("read");
             drop(idle);
@@ -161,7 +208,7 @@ mod tests {
     fn a_busy_session_is_not_disturbed_and_marking_idle_when_draining_fails() {
         let (mut client, server) = pair();
         let drain = DrainSignal::new();
-        drop(drain.idle(server.as_fd()).expect("idle"));
+        drop(drain.idle(server.as_fd(), false).expect("idle"));
         drain.start();
         assert!(drain.is_draining());
         client.write_all(b"still read\r\n").expect("write");
@@ -170,6 +217,34 @@ mod tests {
             .read_exact(&mut buf)
             .expect("the busy session reads on");
         assert_eq!(&buf, b"still read\r\n");
-        assert!(drain.idle(server.as_fd()).is_none());
+        assert!(drain.idle(server.as_fd(), false).is_none());
+    }
+
+    #[test]
+    fn an_owed_session_is_woken_only_when_the_grace_ends() {
+        let (mut client, server) = pair();
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let drain = DrainSignal::new();
+        let idle = drain.idle(server.as_fd(), true).expect("idle");
+        drain.start();
+        assert!(!drain.refuses(true) && drain.refuses(false));
+        client.write_all(b"x").expect("write");
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            (&server).read(&mut byte).expect("read"),
+            1,
+            "not shut by the start"
+        );
+        drain.end_grace();
+        assert_eq!(
+            (&server).read(&mut byte).expect("read"),
+            0,
+            "shut when the grace ended"
+        );
+        drop(idle);
+        assert!(drain.refuses(true));
+        assert!(drain.idle(server.as_fd(), true).is_none());
     }
 }

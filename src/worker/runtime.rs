@@ -120,6 +120,16 @@ impl Active {
             n = self.changed.wait(n).unwrap_or_else(|p| p.into_inner());
         }
     }
+
+    /// Waits at most `limit` for the count to reach zero; whether it did.
+    fn wait_until_zero_for(&self, limit: std::time::Duration) -> bool {
+        let n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        let (n, _) = self
+            .changed
+            .wait_timeout_while(n, limit, |n| *n > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        *n == 0
+    }
 }
 
 /// Installs the worker log: lines with time, program name and pid on standard error (the
@@ -248,7 +258,10 @@ pub fn run(
             log::warn!("cannot say DRAINING: {e}");
         }
     }
-    active.wait_until_zero();
+    if !active.wait_until_zero_for(super::drain::OWED_GRACE) {
+        drain.end_grace();
+        active.wait_until_zero();
+    }
     log::info!(
         "[SERVICE={}] worker exiting: no connections left",
         config.service
