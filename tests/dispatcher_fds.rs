@@ -12,7 +12,11 @@ use std::time::Duration;
 use common::dispatcher::{Client, Dispatcher, WAIT};
 use common::faulty::{self, log_lines, wait_until};
 
-/// The limit: 24 descriptors, soft and hard.
+/// The limit: 24 descriptors, soft and hard. It is tight on purpose: at b770c84 the
+/// dispatcher holds 17 descriptors below 24 at rest with one worker (6 of them are copies of
+/// one socket, one per signal), and starting a worker takes up to 8 more at once (the control
+/// pair, the LOGFILE and its two copies for standard output and error, `/dev/null`, and the
+/// pipe through which the standard library reports a failed exec).
 const LIMIT: u64 = 24;
 
 /// More clients than the dispatcher can hold with [`LIMIT`] descriptors.
@@ -58,6 +62,18 @@ fn burst(d: &Dispatcher) -> (Vec<Client>, Vec<String>) {
     (clients, missing)
 }
 
+/// Fails with every message in `failures`, the dispatcher's descriptors as they are now (what
+/// holds the budget) and its log.
+fn verdict(d: &Dispatcher, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{}\n--- the dispatcher's descriptors now:\n{}\n--- dispatcher.log:\n{}",
+        failures.join("\n"),
+        faulty::fd_listing(d.child.pid()),
+        d.log()
+    );
+}
+
 /// The dispatcher's descriptors less one control socket per worker: what must come back.
 fn own_fds(d: &Dispatcher) -> i64 {
     faulty::fd_count(d.child.pid()) as i64 - d.workers("echo_image").len() as i64
@@ -76,18 +92,13 @@ fn a_burst_past_the_descriptor_limit_is_served_and_no_start_counts_as_a_crash() 
             missing.join("\n")
         ));
     }
-    for text in ["failed to start", "cannot start"] {
-        let lines = log_lines(&d, text);
-        if !lines.is_empty() {
-            failures.push(format!("a start counted as a crash: {lines:#?}"));
-        }
+    // A start that fails for want of descriptors may be retried, but not counted as the
+    // image crashing (which is what this line of the policy says).
+    let crashes = log_lines(&d, "failed to start");
+    if !crashes.is_empty() {
+        failures.push(format!("a start counted as a crash: {crashes:#?}"));
     }
-    assert!(
-        failures.is_empty(),
-        "{}\n--- dispatcher.log:\n{}",
-        failures.join("\n"),
-        d.log()
-    );
+    verdict(&d, &failures);
 }
 
 #[test]
@@ -101,13 +112,15 @@ fn clients_queued_during_a_cold_start_burst_are_served_without_a_new_arrival() {
         LIMIT,
     );
     let (_clients, missing) = burst(&d);
-    assert!(
-        missing.is_empty(),
-        "{} of {BURST} clients not greeted within {BURST_BOUND:?}:\n{}\n--- dispatcher.log:\n{}",
-        missing.len(),
-        missing.join("\n"),
-        d.log()
-    );
+    let mut failures = Vec::new();
+    if !missing.is_empty() {
+        failures.push(format!(
+            "{} of {BURST} clients not greeted within {BURST_BOUND:?}:\n{}",
+            missing.len(),
+            missing.join("\n")
+        ));
+    }
+    verdict(&d, &failures);
 }
 
 #[test]
