@@ -14,6 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use common::dispatcher::{field, Client, Dispatcher, Layout};
+use common::load::log_from;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -30,12 +31,6 @@ fn start(limits: &str, configure: impl FnOnce(&mut std::process::Command)) -> Di
         cmd.args(["--shutdown-timeout", BOUND]);
         configure(cmd);
     })
-}
-
-/// The log after its `stopping:` line (empty while there is none).
-fn after_stopping(log: &str) -> String {
-    log.find("stopping:")
-        .map_or_else(String::new, |at| log[at..].to_string())
 }
 
 /// The next line from the server, or why there is none (`Ok("")` at end of file).
@@ -84,7 +79,7 @@ fn no_worker_is_started_once_a_stop_has_begun() {
 
     let status = d.child.wait_for(PROMPT);
     let log = d.log();
-    let late = after_stopping(&log);
+    let late = log_from(&log, "stopping:");
     assert!(
         !late.contains(" started, pid "),
         "a worker was started after the stop began:\n{late}"

@@ -4,6 +4,7 @@
 
 pub mod dispatcher;
 pub mod lmtp;
+pub mod load;
 pub mod peers;
 
 use std::path::{Path, PathBuf};
