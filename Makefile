@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make run` and `make test` (see README.md).
 CARGO ?= cargo
 
-.PHONY: all build deps test run bench fuzz clean
+.PHONY: all build deps test stress run bench fuzz clean
 
 all: build
 
@@ -20,6 +20,12 @@ test: deps
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) fmt --all -- --check
 
+# The heavy load and stop scenarios (tests/stress_runtime.rs: Postfix relaying under SIGTERM, a
+# reload storm under load), each under a few minutes, one at a time on a release build; all of
+# them well under 15 minutes. Not part of `make test`; CI runs it after.
+stress: deps
+	$(CARGO) test --release --locked --test stress_runtime -- --ignored --test-threads=1
+
 # Lays out the demo installation in run/, checks it, and runs the dispatcher on it in the
 # foreground (Ctrl-C stops it).
 run: build
@@ -33,6 +39,7 @@ bench: build deps
 	$(CARGO) bench --locked --bench mapping
 	$(CARGO) bench --locked --bench handoff
 	$(CARGO) bench --locked --bench lmtp
+	$(CARGO) bench --locked --bench refused_flood
 
 # Coverage-guided fuzzing of every reader and parser of untrusted input (docs/fuzzing.md), on
 # the nightly toolchain: each target of fuzz/ runs FUZZ_SECONDS from its committed corpus, which

@@ -5,6 +5,7 @@
 pub mod dispatcher;
 pub mod faulty;
 pub mod lmtp;
+pub mod load;
 pub mod peers;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,293 @@
+//! Load and what it leaves behind, for the stress scenarios (`tests/stress_runtime.rs`) and
+//! the refused-flood bench (`benches/refused_flood.rs`): the LMTP installation with a shutdown
+//! bound of the test's choosing, a Postfix relay that also takes SMTP (so that `smtp-source`
+//! can feed it at speed), a flood of connections from one address, and the counts a scenario
+//! is judged by (descriptors and workers from `/proc`, copies of a message in the store).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use super::dispatcher::{free_ports, Layout};
+use super::fixtures;
+use super::peers::{run_bounded, Postfix};
+
+/// The installation `Dispatcher::start_lmtp` runs (the LMTP images, the seed's `imta.cnf`,
+/// the Maildir store in `<root>/store/`, the mbox spool in `<root>/mail/`, 127.0.0.1
+/// admitted for `smtp-source`), laid out but not started, so that the caller chooses the
+/// dispatcher's command line (its shutdown bound). The same preparation as `start_lmtp`'s.
+pub fn lmtp_layout(limits: &str, options: &str) -> Layout {
+    Layout::new(limits, ["tcp_lmtp_server", "tcp_lmtpn_server"], |root| {
+        let mappings = root.join("config/mappings");
+        let text = std::fs::read_to_string(&mappings).expect("read mappings");
+        let text = text.replacen(
+            "  TCP|*|*|*|*",
+            "  TCP|*|*|127.0.0.1|* $Y\n  TCP|*|*|*|*",
+            1,
+        );
+        std::fs::write(&mappings, text).expect("write mappings");
+        std::fs::copy(
+            fixtures().join("seed/imta.cnf"),
+            root.join("config/imta.cnf"),
+        )
+        .expect("copy the seed imta.cnf");
+        let store = format!("STORE_ROOT={}/store/\n{options}\n", root.display());
+        let spool = format!("MAIL_SPOOL={}/mail/\n{options}\n", root.display());
+        std::fs::write(root.join("config/tcp_lmtpss_option"), store).expect("option file");
+        std::fs::write(root.join("config/tcp_lmtpsn_option"), spool).expect("option file");
+    })
+}
+
+/// A throwaway Postfix relaying to our LMTP service (its own `lmtp` client, connection
+/// caching on demand, as Postfix ships it) that also accepts SMTP on `smtp`, a loopback port
+/// of its own, from 127.0.0.1 (`mynetworks`).
+pub struct Relay {
+    pub postfix: Postfix,
+    pub smtp: SocketAddr,
+    conf: PathBuf,
+}
+
+impl Relay {
+    pub fn start(dir: &Path, lmtp: SocketAddr) -> Relay {
+        let postfix = Postfix::start(dir, lmtp);
+        let conf = dir.join("conf");
+        let [port] = free_ports::<1>();
+        let smtp = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        // Stated rather than left to the default: the stop scenario is about cached sessions.
+        postconf(&conf, "lmtp_connection_cache_on_demand = yes");
+        let mut master = std::fs::read_to_string(conf.join("master.cf")).expect("master.cf");
+        master.push_str(&format!("{smtp} inet n - n - - smtpd\n"));
+        std::fs::write(conf.join("master.cf"), master).expect("write master.cf");
+        let mut reload = Command::new("postfix");
+        reload.arg("-c").arg(&conf).arg("reload");
+        let out = run_bounded(reload, "postfix reload", Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "postfix reload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let greeted = wait_until(Duration::from_secs(20), || {
+            let Ok(mut s) = std::net::TcpStream::connect(smtp) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut greeting = [0u8; 3];
+            s.read_exact(&mut greeting).is_ok() && &greeting == b"220"
+        });
+        assert!(
+            greeted,
+            "Postfix's smtpd does not answer on {smtp}:\n{}",
+            postfix.log()
+        );
+        Relay {
+            postfix,
+            smtp,
+            conf,
+        }
+    }
+
+    /// Holds or releases delivery (`defer_transports = lmtp`): held, what is submitted waits
+    /// in the queue, so that released, Postfix has a backlog for our service at once, and
+    /// caches its sessions (it caches on demand: when more mail waits for the destination).
+    pub fn hold_delivery(&self, hold: bool) {
+        postconf(
+            &self.conf,
+            if hold {
+                "defer_transports = lmtp"
+            } else {
+                "defer_transports ="
+            },
+        );
+        let mut reload = Command::new("postfix");
+        reload.arg("-c").arg(&self.conf).arg("reload");
+        let out = run_bounded(reload, "postfix reload", Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "postfix reload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !hold {
+            self.flush();
+        }
+    }
+
+    /// How many messages wait in Postfix's queue (`postqueue -j`: one JSON line each).
+    pub fn queued(&self) -> usize {
+        let mut cmd = Command::new("postqueue");
+        cmd.arg("-c").arg(&self.conf).arg("-j");
+        let out = run_bounded(cmd, "postqueue", Duration::from_secs(60));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .count()
+    }
+
+    /// `postqueue -f`: every deferred message is tried again now.
+    pub fn flush(&self) {
+        let mut cmd = Command::new("postqueue");
+        cmd.arg("-c").arg(&self.conf).arg("-f");
+        let out = run_bounded(cmd, "postqueue", Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "postqueue -f: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `postconf -c <conf> -e <setting>`.
+fn postconf(conf: &Path, setting: &str) {
+    let mut cmd = Command::new("postconf");
+    cmd.arg("-c").arg(conf).arg("-e").arg(setting);
+    let out = run_bounded(cmd, "postconf", Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "postconf -e {setting}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Postfix's `smtp-source` speaking SMTP (not LMTP) to `addr`, bounded by `limit`.
+pub fn smtp_source_smtp(addr: SocketAddr, args: &[&str], limit: Duration) -> Output {
+    let mut cmd = Command::new("smtp-source");
+    cmd.args(args).arg(addr.to_string());
+    run_bounded(cmd, "smtp-source", limit)
+}
+
+/// Polls `done` every 50 ms until it holds or `limit` passes; whether it held.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How many descriptors process `pid` has open (`/proc/<pid>/fd`).
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// The message files of the Maildir `dir` (`new/` and `cur/`).
+pub fn message_files(dir: &Path) -> Vec<PathBuf> {
+    ["new", "cur"]
+        .iter()
+        .filter_map(|sub| std::fs::read_dir(dir.join(sub)).ok())
+        .flat_map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())))
+        .collect()
+}
+
+/// The queue id Postfix gave a message, from its `Received:` line (`... (Postfix) with ESMTP
+/// id 4C1A598C4A3`): the same for every copy of one queued message, whoever delivered it.
+pub fn postfix_queue_id(message: &str) -> Option<String> {
+    let at = message.find("(Postfix) with ")?;
+    let rest = &message[at..];
+    let id = rest.split(" id ").nth(1)?;
+    id.split(|c: char| c.is_whitespace() || c == ';')
+        .next()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// How many times each key (`key` of each file's text) occurs in `files`; files without a key
+/// are counted under `""`.
+pub fn copies(files: &[PathBuf], key: impl Fn(&str) -> Option<String>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for f in files {
+        let text = std::fs::read(f).map(|b| String::from_utf8_lossy(&b).into_owned());
+        let k = text.ok().and_then(|t| key(&t)).unwrap_or_default();
+        *out.entry(k).or_insert(0) += 1;
+    }
+    out
+}
+
+/// What a flood of connections achieved.
+#[derive(Debug, Default, Clone)]
+pub struct Flood {
+    /// Connections established.
+    pub connected: usize,
+    /// Of those, how many got the refusal text (a line starting with `refusal`).
+    pub refused: usize,
+    /// Connect attempts that failed (the listen queue full, or the cap reached).
+    pub failed: usize,
+    pub elapsed: Duration,
+}
+
+/// `total` connections from `from` to `to`, as fast as `threads` threads can open them, each
+/// read up to its first line (the refusal, which must start with `refusal`) and closed.
+/// Bounded by `total` and by `cap`: whatever is left when the cap passes is not attempted.
+pub fn flood(
+    from: Ipv4Addr,
+    to: SocketAddr,
+    total: usize,
+    threads: usize,
+    cap: Duration,
+    refusal: &'static str,
+) -> Flood {
+    let start = Instant::now();
+    let end = start + cap;
+    let per = total.div_ceil(threads.max(1));
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|t| {
+            let mine = per.min(total.saturating_sub(t * per));
+            std::thread::spawn(move || {
+                let mut f = Flood::default();
+                for _ in 0..mine {
+                    if Instant::now() >= end {
+                        break;
+                    }
+                    match try_connect_from(from, to) {
+                        Some(mut s) => {
+                            f.connected += 1;
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                            let mut buf = [0u8; 64];
+                            let n = s.read(&mut buf).unwrap_or(0);
+                            if buf[..n].starts_with(refusal.as_bytes()) {
+                                f.refused += 1;
+                            }
+                        }
+                        None => f.failed += 1,
+                    }
+                }
+                f
+            })
+        })
+        .collect();
+    let mut sum = Flood::default();
+    for h in handles {
+        let f = h.join().unwrap_or_default();
+        sum.connected += f.connected;
+        sum.refused += f.refused;
+        sum.failed += f.failed;
+    }
+    sum.elapsed = start.elapsed();
+    sum
+}
+
+/// A connection from `from`, or `None` if it cannot be made (unlike
+/// `dispatcher::connect_from`, which panics: in a flood a failed connect is a number).
+fn try_connect_from(from: Ipv4Addr, to: SocketAddr) -> Option<std::net::TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    socket.bind(&SocketAddr::from((from, 0)).into()).ok()?;
+    socket
+        .connect_timeout(&to.into(), Duration::from_secs(5))
+        .ok()?;
+    Some(socket.into())
+}
+
+/// Lines of `log` from the first one containing `mark` on (empty if none does).
+pub fn log_from(log: &str, mark: &str) -> String {
+    log.find(mark)
+        .map_or_else(String::new, |at| log[at..].to_string())
+}
