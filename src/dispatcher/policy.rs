@@ -47,8 +47,10 @@
 //! * A message that does not add up (a second `READY`, `TAKEN` or `ENDED` for a connection not
 //!   handed to that worker, `TAKEN` from a worker that did not offer it) is a protocol
 //!   violation: the worker is killed and replaced.
-//! * A worker that says `DRAINING` or closes its control socket takes nothing more; one that
-//!   closed it and is still running [`CLOSED_GRACE`] later is killed.
+//! * A worker that says `DRAINING` or closes its control socket takes nothing more. One that
+//!   closed it keeps its `MAX_PROCS` place until it exits, at most [`CLOSED_PLACE`] (so an
+//!   image failing at once is restarted at the back-off's pace), and is killed if still
+//!   running [`CLOSED_GRACE`] later.
 //! * Once the pool is told to stop or wind down (a reload made a new generation), it starts
 //!   nothing, tells every worker to drain, and gives back the connections that still wait.
 
@@ -81,6 +83,9 @@ pub const UNRESPONSIVE_AFTER: Millis = 500;
 pub const KILL_UNRESPONSIVE_AFTER: Millis = 1_000;
 /// A worker that closed its control socket and still runs this long after is killed.
 pub const CLOSED_GRACE: Millis = 10_000;
+/// A worker that closed its control socket keeps its `MAX_PROCS` place this long (an exiting
+/// worker is gone by then; one that is not is replaced).
+pub const CLOSED_PLACE: Millis = 1_000;
 /// The longest a connection waits for a worker being started while a ready one has room.
 pub const START_WAIT: Millis = 1_000;
 /// The wait before a start that failed for lack of descriptors is tried again.
@@ -688,11 +693,17 @@ impl Pool {
                 kills.push((id, KillReason::NotReady));
                 continue;
             }
-            if w.closed_since
-                .is_some_and(|c| now.saturating_sub(c) >= CLOSED_GRACE)
-            {
-                kills.push((id, KillReason::ClosedControl));
-                continue;
+            if let Some(closed) = w.closed_since {
+                let since = now.saturating_sub(closed);
+                if since >= CLOSED_GRACE {
+                    kills.push((id, KillReason::ClosedControl));
+                    continue;
+                }
+                // Not exiting, as a worker that closes its socket normally does at once: its
+                // place goes to a replacement.
+                if since >= CLOSED_PLACE && w.state != State::Retiring {
+                    w.state = State::Retiring;
+                }
             }
             let late = |since: Option<Millis>| {
                 since.is_some_and(|t| now.saturating_sub(t) >= UNRESPONSIVE_AFTER)
@@ -1734,5 +1745,19 @@ mod tests {
             1_003,
         );
         assert!(spawned(&a).is_empty(), "not before it is gone: {a:?}");
+    }
+
+    #[test]
+    fn a_worker_that_closed_its_socket_and_lives_on_is_replaced_after_closed_place() {
+        let mut p = Pool::new(PoolLimits {
+            min_procs: 1,
+            max_procs: 1,
+            ..limits()
+        });
+        p.handle(Event::Tick, 0);
+        ready_acking(&mut p, 1, 0);
+        p.handle(Event::ControlClosed(1), 10);
+        assert!(spawned(&p.handle(Event::Tick, 10 + CLOSED_PLACE - 1)).is_empty());
+        assert_eq!(spawned(&p.handle(Event::Tick, 10 + CLOSED_PLACE)), [2]);
     }
 }
