@@ -155,8 +155,8 @@ fn main() {
     );
     println!();
     println!(
-        "workers started during the flood alone: {started_by_flood} (must be 0); relay run \
-         {t_flooded:.1} s in all, the floods {:.1} s of it",
+        "workers started during the flood alone: {started_by_flood} (must be 0); relay runs \
+         during the floods {t_flooded:.1} s in all, the floods {:.1} s in all",
         during.elapsed.as_secs_f64()
     );
 }
