@@ -160,6 +160,23 @@ pub fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// CPU seconds (user + system) process `pid` has used (`/proc/<pid>/stat`, fields 14 and 15).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    // The command may hold spaces and parentheses: the fields start after the last `)`.
+    let rest = stat.rfind(')').map_or("", |close| &stat[close + 2..]);
+    let field = |n: usize| -> u64 {
+        rest.split_whitespace()
+            .nth(n)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("field {} of {stat:?}", n + 3))
+    };
+    // SAFETY: sysconf reads a constant of the system; it has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (field(11) + field(12)) as f64 / hz
+}
+
 /// The message files of the Maildir `dir` (`new/` and `cur/`).
 pub fn message_files(dir: &Path) -> Vec<PathBuf> {
     ["new", "cur"]
