@@ -76,18 +76,9 @@ fn sigterm_under_relay_load_stops_promptly_and_stores_every_message_once() {
     let submit = Instant::now();
     let fed = load::smtp_source_smtp(
         relay.smtp,
-        &[
-            "-s",
-            "20",
-            "-m",
-            &MESSAGES.to_string(),
-            "-l",
-            "1024",
-            "-f",
-            "source@relay.example",
-            "-t",
-            "stress@example.com",
-        ],
+        &source_args(20, MESSAGES, "stress")
+            .each_ref()
+            .map(String::as_str),
         Duration::from_secs(300),
     );
     assert!(
@@ -252,18 +243,9 @@ fn reload_storm_under_load_loses_nothing_and_leaves_nothing_behind() {
     let feeder = std::thread::spawn(move || {
         peers::smtp_source(
             store,
-            &[
-                "-s",
-                "4",
-                "-m",
-                &MESSAGES.to_string(),
-                "-l",
-                "1024",
-                "-f",
-                "source@relay.example",
-                "-t",
-                "storm@example.com",
-            ],
+            &source_args(4, MESSAGES, "storm")
+                .each_ref()
+                .map(String::as_str),
             Duration::from_secs(300),
         )
     });
@@ -330,14 +312,7 @@ fn reload_storm_under_load_loses_nothing_and_leaves_nothing_behind() {
 fn maildir_warm_up(d: &Dispatcher) {
     let out = peers::smtp_source(
         d.addr(0),
-        &[
-            "-m",
-            "1",
-            "-f",
-            "warm@relay.example",
-            "-t",
-            "warm@example.com",
-        ],
+        &source_args(1, 1, "warm").each_ref().map(String::as_str),
         Duration::from_secs(60),
     );
     assert!(
@@ -345,6 +320,23 @@ fn maildir_warm_up(d: &Dispatcher) {
         "warm-up delivery: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `smtp-source` arguments: `sessions` in parallel, `messages` of 1 KiB from
+/// source@relay.example, one recipient each, `<to>@example.com`.
+fn source_args(sessions: usize, messages: usize, to: &str) -> [String; 10] {
+    [
+        "-s".to_string(),
+        sessions.to_string(),
+        "-m".to_string(),
+        messages.to_string(),
+        "-l".to_string(),
+        "1024".to_string(),
+        "-f".to_string(),
+        "source@relay.example".to_string(),
+        "-t".to_string(),
+        format!("{to}@example.com"),
+    ]
 }
 
 fn last_lines(text: &str, n: usize) -> String {

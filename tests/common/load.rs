@@ -58,18 +58,15 @@ impl Relay {
         let [port] = free_ports::<1>();
         let smtp = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         // Stated rather than left to the default: the stop scenario is about cached sessions.
-        postconf(&conf, "lmtp_connection_cache_on_demand = yes");
+        postfix_tool(
+            &conf,
+            "postconf",
+            &["-e", "lmtp_connection_cache_on_demand = yes"],
+        );
         let mut master = std::fs::read_to_string(conf.join("master.cf")).expect("master.cf");
         master.push_str(&format!("{smtp} inet n - n - - smtpd\n"));
         std::fs::write(conf.join("master.cf"), master).expect("write master.cf");
-        let mut reload = Command::new("postfix");
-        reload.arg("-c").arg(&conf).arg("reload");
-        let out = run_bounded(reload, "postfix reload", Duration::from_secs(60));
-        assert!(
-            out.status.success(),
-            "postfix reload: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        postfix_tool(&conf, "postfix", &["reload"]);
         let greeted = wait_until(Duration::from_secs(20), || {
             let Ok(mut s) = std::net::TcpStream::connect(smtp) else {
                 return false;
@@ -94,22 +91,13 @@ impl Relay {
     /// in the queue, so that released, Postfix has a backlog for our service at once, and
     /// caches its sessions (it caches on demand: when more mail waits for the destination).
     pub fn hold_delivery(&self, hold: bool) {
-        postconf(
-            &self.conf,
-            if hold {
-                "defer_transports = lmtp"
-            } else {
-                "defer_transports ="
-            },
-        );
-        let mut reload = Command::new("postfix");
-        reload.arg("-c").arg(&self.conf).arg("reload");
-        let out = run_bounded(reload, "postfix reload", Duration::from_secs(60));
-        assert!(
-            out.status.success(),
-            "postfix reload: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let setting = if hold {
+            "defer_transports = lmtp"
+        } else {
+            "defer_transports ="
+        };
+        postfix_tool(&self.conf, "postconf", &["-e", setting]);
+        postfix_tool(&self.conf, "postfix", &["reload"]);
         if !hold {
             self.flush();
         }
@@ -117,9 +105,7 @@ impl Relay {
 
     /// How many messages wait in Postfix's queue (`postqueue -j`: one JSON line each).
     pub fn queued(&self) -> usize {
-        let mut cmd = Command::new("postqueue");
-        cmd.arg("-c").arg(&self.conf).arg("-j");
-        let out = run_bounded(cmd, "postqueue", Duration::from_secs(60));
+        let out = postfix_tool(&self.conf, "postqueue", &["-j"]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.starts_with('{'))
@@ -128,27 +114,22 @@ impl Relay {
 
     /// `postqueue -f`: every deferred message is tried again now.
     pub fn flush(&self) {
-        let mut cmd = Command::new("postqueue");
-        cmd.arg("-c").arg(&self.conf).arg("-f");
-        let out = run_bounded(cmd, "postqueue", Duration::from_secs(60));
-        assert!(
-            out.status.success(),
-            "postqueue -f: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        postfix_tool(&self.conf, "postqueue", &["-f"]);
     }
 }
 
-/// `postconf -c <conf> -e <setting>`.
-fn postconf(conf: &Path, setting: &str) {
-    let mut cmd = Command::new("postconf");
-    cmd.arg("-c").arg(conf).arg("-e").arg(setting);
-    let out = run_bounded(cmd, "postconf", Duration::from_secs(30));
+/// `<tool> -c <conf> <args>` (postfix, postconf, postqueue), which must succeed; its output.
+fn postfix_tool(conf: &Path, tool: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(tool);
+    cmd.arg("-c").arg(conf).args(args);
+    let out = run_bounded(cmd, tool, Duration::from_secs(60));
     assert!(
         out.status.success(),
-        "postconf -e {setting}: {}",
+        "{tool} {}: {}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+    out
 }
 
 /// Postfix's `smtp-source` speaking SMTP (not LMTP) to `addr`, bounded by `limit`.
@@ -177,6 +158,23 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
         .count()
+}
+
+/// CPU seconds (user + system) process `pid` has used (`/proc/<pid>/stat`, fields 14 and 15).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    // The command may hold spaces and parentheses: the fields start after the last `)`.
+    let rest = stat.rfind(')').map_or("", |close| &stat[close + 2..]);
+    let field = |n: usize| -> u64 {
+        rest.split_whitespace()
+            .nth(n)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("field {} of {stat:?}", n + 3))
+    };
+    // SAFETY: sysconf reads a constant of the system; it has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (field(11) + field(12)) as f64 / hz
 }
 
 /// The message files of the Maildir `dir` (`new/` and `cur/`).
