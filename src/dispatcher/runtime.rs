@@ -358,9 +358,7 @@ impl Runtime {
     }
 
     fn spawn(&mut self, owner: Owner, id: WorkerId) -> Option<Event> {
-        let Some(gp) = self.services.pool_of(owner) else {
-            return None;
-        };
+        let gp = self.services.pool_of(owner)?;
         let config = Rc::clone(&gp.config);
         let account = gp.account;
         let spec = WorkerSpec {
