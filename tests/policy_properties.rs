@@ -415,7 +415,10 @@ proptest! {
         step(&mut pool, &mut world, Event::Tick, 0, &l)?;
         let ids: Vec<WorkerId> = world.workers.keys().copied().collect();
         for &w in &ids {
-            world.workers.get_mut(&w).map(|x| { x.ready = true; x.acks = true; });
+            if let Some(x) = world.workers.get_mut(&w) {
+                x.ready = true;
+                x.acks = true;
+            }
             step(&mut pool, &mut world, Event::WorkerReady { worker: w, acks: true }, 0, &l)?;
         }
         // The first worker never takes anything; the others take everything at once.
@@ -451,7 +454,10 @@ proptest! {
             }
             let starting: Vec<WorkerId> = world.workers.iter().filter(|(_, x)| !x.ready).map(|(w, _)| *w).collect();
             for w in starting {
-                world.workers.get_mut(&w).map(|x| { x.ready = true; x.acks = true; });
+                if let Some(x) = world.workers.get_mut(&w) {
+                x.ready = true;
+                x.acks = true;
+            }
                 step(&mut pool, &mut world, Event::WorkerReady { worker: w, acks: true }, now, &l)?;
             }
         }
