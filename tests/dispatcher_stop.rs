@@ -66,7 +66,7 @@ enum Loss {
 /// as A's session has ended, well before the bound.
 fn stop_with_a_lost_worker(loss: Loss) {
     let mut d = start("MIN_PROCS=2\nMAX_PROCS=3\nMIN_CONNS=1\nMAX_CONNS=5", |_| {});
-    d.wait_for_log("[SERVICE=LMTPSS] worker 2 started");
+    d.wait_for_started("LMTPSS", 2);
     let mut a = Client::connect(RELAY, d.addr(0));
     let pid_a: i32 = field(&a.line(), "pid").parse().expect("pid");
     let log = d.log();

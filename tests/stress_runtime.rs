@@ -233,8 +233,8 @@ fn reload_storm_under_load_loses_nothing_and_leaves_nothing_behind() {
     const MIN_PROCS: usize = 2;
     let d = Dispatcher::start_lmtp(LIMITS, "CREATE_MAILBOXES=1");
     let pid = d.child.pid();
-    d.wait_for_log("[SERVICE=LMTPSS] worker 2 started");
-    d.wait_for_log("[SERVICE=LMTPSN] worker 2 started");
+    d.wait_for_started("LMTPSS", 2);
+    d.wait_for_started("LMTPSN", 2);
     // A first delivery, so that whatever the dispatcher opens once (log files) is open.
     maildir_warm_up(&d);
     let fds_before = load::fd_count(pid);
