@@ -526,7 +526,13 @@ impl Runtime {
 
     /// Reaps every worker that has exited.
     pub fn reap(&mut self) {
-        for (id, owner, pid, status) in self.workers.reap(self.poll.registry()) {
+        for (id, status) in self.workers.exited() {
+            // What it said before it exited (its last ENDED) is read first: the loop may see
+            // the exit before the socket's last packets.
+            self.read_worker(id);
+            let Some((owner, pid)) = self.workers.forget(self.poll.registry(), id) else {
+                continue;
+            };
             let how = match (status.code(), status.signal()) {
                 (Some(c), _) => format!("exit status {c}"),
                 (None, Some(sig)) => format!("signal {sig}"),

@@ -227,21 +227,20 @@ impl Workers {
         }
     }
 
-    /// Every worker that has exited, forgotten here.
-    pub fn reap(&mut self, registry: &Registry) -> Vec<(WorkerId, Owner, u32, ExitStatus)> {
-        let exited: Vec<(WorkerId, ExitStatus)> = self
-            .procs
+    /// The workers that have exited (not forgotten yet: what they sent before exiting may
+    /// still be unread, see [`Workers::forget`]).
+    pub fn exited(&mut self) -> Vec<(WorkerId, ExitStatus)> {
+        self.procs
             .iter_mut()
             .filter_map(|(&id, w)| w.child.try_wait().ok().flatten().map(|st| (id, st)))
-            .collect();
-        exited
-            .into_iter()
-            .filter_map(|(id, status)| {
-                let w = self.procs.remove(&id)?;
-                let _ = registry.deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
-                Some((id, w.owner, w.child.id(), status))
-            })
             .collect()
+    }
+
+    /// Forgets an exited worker; its owner and pid.
+    pub fn forget(&mut self, registry: &Registry, id: WorkerId) -> Option<(Owner, u32)> {
+        let w = self.procs.remove(&id)?;
+        let _ = registry.deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
+        Some((w.owner, w.child.id()))
     }
 
     /// Kills and reaps every worker (the shutdown bound has passed); returns their ids and
