@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::dispatcher::Dispatcher;
+use common::dispatcher::{Dispatcher, Layout};
 use common::load::{self, Relay};
 use common::{peers, ChildGuard};
 use nix::sys::signal::Signal;
@@ -61,7 +61,7 @@ fn sigterm_under_relay_load_stops_promptly_and_stores_every_message_once() {
     const MESSAGES: usize = 16_000;
     // Stopped when this many are stored: mid-load, with Postfix's queue still full.
     const STOP_AT: usize = 2000;
-    let layout = load::lmtp_layout(LIMITS, "CREATE_MAILBOXES=1");
+    let layout = Layout::lmtp(LIMITS, "CREATE_MAILBOXES=1");
     let mut d = Dispatcher::launch(layout, |cmd| {
         cmd.args(["--shutdown-timeout", &SHUTDOWN_BOUND.as_secs().to_string()])
             .process_group(0);

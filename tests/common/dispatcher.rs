@@ -60,6 +60,31 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The installation [`Dispatcher::start_lmtp`] runs, laid out but not started (for a
+    /// caller that chooses the dispatcher's command line).
+    pub fn lmtp(limits: &str, options: &str) -> Layout {
+        Layout::new(limits, ["tcp_lmtp_server", "tcp_lmtpn_server"], |root| {
+            let mappings = root.join("config/mappings");
+            let text = std::fs::read_to_string(&mappings).expect("read mappings");
+            let text = text.replacen(
+                "  TCP|*|*|*|*",
+                "  TCP|*|*|127.0.0.1|* $Y\n  TCP|*|*|*|*",
+                1,
+            );
+            std::fs::write(&mappings, text).expect("write mappings");
+            std::fs::copy(
+                fixtures().join("seed/imta.cnf"),
+                root.join("config/imta.cnf"),
+            )
+            .expect("copy the seed imta.cnf");
+            // demo-layout.sh made both: the store the mail account's, the spool 1777.
+            let store = format!("STORE_ROOT={}/store/\n{options}\n", root.display());
+            let spool = format!("MAIL_SPOOL={}/mail/\n{options}\n", root.display());
+            std::fs::write(root.join("config/tcp_lmtpss_option"), store).expect("option file");
+            std::fs::write(root.join("config/tcp_lmtpsn_option"), spool).expect("option file");
+        })
+    }
+
     /// Lays out an installation with scripts/demo-layout.sh (the workers' account:
     /// [`mail_account`]), the seed's services on free ports with `limits` as global options
     /// and `images` as the two services' IMAGE (the echo test image copied into `lib/`),
@@ -168,26 +193,7 @@ impl Dispatcher {
     /// admits 127.0.0.1, because the interoperability tools (`smtp-source`) cannot choose
     /// their source address.
     pub fn start_lmtp(limits: &str, options: &str) -> Dispatcher {
-        Dispatcher::start_with(limits, ["tcp_lmtp_server", "tcp_lmtpn_server"], |root| {
-            let mappings = root.join("config/mappings");
-            let text = std::fs::read_to_string(&mappings).expect("read mappings");
-            let text = text.replacen(
-                "  TCP|*|*|*|*",
-                "  TCP|*|*|127.0.0.1|* $Y\n  TCP|*|*|*|*",
-                1,
-            );
-            std::fs::write(&mappings, text).expect("write mappings");
-            std::fs::copy(
-                fixtures().join("seed/imta.cnf"),
-                root.join("config/imta.cnf"),
-            )
-            .expect("copy the seed imta.cnf");
-            // demo-layout.sh made both: the store the mail account's, the spool 1777.
-            let store = format!("STORE_ROOT={}/store/\n{options}\n", root.display());
-            let spool = format!("MAIL_SPOOL={}/mail/\n{options}\n", root.display());
-            std::fs::write(root.join("config/tcp_lmtpss_option"), store).expect("option file");
-            std::fs::write(root.join("config/tcp_lmtpsn_option"), spool).expect("option file");
-        })
+        Dispatcher::launch(Layout::lmtp(limits, options), |_| {})
     }
 
     /// Lays out the installation with `images` as the two services' IMAGE, lets `prepare`

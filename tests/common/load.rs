@@ -12,35 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use super::dispatcher::{free_ports, Layout};
-use super::fixtures;
+use super::dispatcher::free_ports;
 use super::peers::{run_bounded, Postfix};
-
-/// The installation `Dispatcher::start_lmtp` runs (the LMTP images, the seed's `imta.cnf`,
-/// the Maildir store in `<root>/store/`, the mbox spool in `<root>/mail/`, 127.0.0.1
-/// admitted for `smtp-source`), laid out but not started, so that the caller chooses the
-/// dispatcher's command line (its shutdown bound). The same preparation as `start_lmtp`'s.
-pub fn lmtp_layout(limits: &str, options: &str) -> Layout {
-    Layout::new(limits, ["tcp_lmtp_server", "tcp_lmtpn_server"], |root| {
-        let mappings = root.join("config/mappings");
-        let text = std::fs::read_to_string(&mappings).expect("read mappings");
-        let text = text.replacen(
-            "  TCP|*|*|*|*",
-            "  TCP|*|*|127.0.0.1|* $Y\n  TCP|*|*|*|*",
-            1,
-        );
-        std::fs::write(&mappings, text).expect("write mappings");
-        std::fs::copy(
-            fixtures().join("seed/imta.cnf"),
-            root.join("config/imta.cnf"),
-        )
-        .expect("copy the seed imta.cnf");
-        let store = format!("STORE_ROOT={}/store/\n{options}\n", root.display());
-        let spool = format!("MAIL_SPOOL={}/mail/\n{options}\n", root.display());
-        std::fs::write(root.join("config/tcp_lmtpss_option"), store).expect("option file");
-        std::fs::write(root.join("config/tcp_lmtpsn_option"), spool).expect("option file");
-    })
-}
 
 /// A throwaway Postfix relaying to our LMTP service (its own `lmtp` client, connection
 /// caching on demand, as Postfix ships it) that also accepts SMTP on `smtp`, a loopback port
