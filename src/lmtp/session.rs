@@ -161,12 +161,43 @@ pub fn run(stream: &TcpStream, ctx: &Context<'_>) -> End {
         ),
     ));
     let end = s.serve();
-    if let Err(e) = s.wire.flush() {
+    let flushed = s.wire.flush();
+    if end == End::Draining && flushed.is_ok() {
+        linger(stream);
+    }
+    if let Err(e) = flushed {
         if end == End::Quit {
             return End::Error(e.to_string());
         }
     }
     end
+}
+
+/// How long a session closed by the drain waits for its client to take the last replies.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes a session ended by us while its client may still be sending (a `QUIT` pipelined
+/// behind the end of a message, the rest of a pipelined transaction after a refused `MAIL`):
+/// closing with unread input makes the kernel reset the connection and drop the replies not
+/// yet delivered, among them the 250 of the message just stored, and the relay would send it
+/// again. So: our side is shut for writing (the replies are followed by a clean end of file),
+/// and what the client still sends is read and dropped until it closes too, at most
+/// [`LINGER`].
+fn linger(stream: &TcpStream) {
+    use std::io::Read;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let end = std::time::Instant::now() + LINGER;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match (&*stream).read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 impl Session<'_> {
