@@ -46,7 +46,8 @@
 //!   again, or retired if a replacement has taken its place.
 //! * A message that does not add up (a second `READY`, `TAKEN` or `ENDED` for a connection not
 //!   handed to that worker, `TAKEN` from a worker that did not offer it) is a protocol
-//!   violation: the worker is killed and replaced.
+//!   violation: the worker is killed and replaced; the connections it had not confirmed are
+//!   closed, not handed again (what it sent after the violation is not read).
 //! * A worker that says `DRAINING` or closes its control socket takes nothing more. One that
 //!   closed it keeps its `MAX_PROCS` place until it exits, at most [`CLOSED_PLACE`] (so an
 //!   image failing at once is restarted at the back-off's pace), and is killed if still
@@ -298,6 +299,9 @@ struct Worker {
     said_ready: bool,
     /// Asked to be killed; asked once.
     killed: bool,
+    /// Killed for breaking the protocol: what it sent after is unread, so it may have taken
+    /// a connection without our knowing; none of its connections is handed again.
+    violated: bool,
 }
 
 impl Worker {
@@ -623,6 +627,7 @@ impl Pool {
         if let Some(w) = self.workers.get_mut(&id) {
             if !w.killed {
                 w.killed = true;
+                w.violated = matches!(reason, KillReason::Violation(_));
                 out.push(Action::Kill { worker: id, reason });
             }
         }
@@ -632,7 +637,17 @@ impl Pool {
         if !self.workers.contains_key(&id) {
             return;
         }
-        // The process is gone: what it never took cannot be served twice any more.
+        // The process is gone: what it never took cannot be served twice any more. Unless it
+        // broke the protocol: its confirmations may have been left unread, so those clients
+        // are closed (they try again) rather than risk a second greeting on a live session.
+        if self.workers.get(&id).is_some_and(|w| w.violated) {
+            if let Some(w) = self.workers.get_mut(&id) {
+                for c in w.unconfirmed() {
+                    w.conns.remove(&c);
+                    out.push(Action::Close(c));
+                }
+            }
+        }
         self.requeue_untaken(id, now, out);
         let Some(w) = self.workers.remove(&id) else {
             return;
@@ -801,6 +816,7 @@ impl Pool {
                     closed_since: None,
                     said_ready: false,
                     killed: false,
+                    violated: false,
                 },
             );
             out.push(Action::Spawn(id));
@@ -1759,5 +1775,28 @@ mod tests {
         p.handle(Event::ControlClosed(1), 10);
         assert!(spawned(&p.handle(Event::Tick, 10 + CLOSED_PLACE - 1)).is_empty());
         assert_eq!(spawned(&p.handle(Event::Tick, 10 + CLOSED_PLACE)), [2]);
+    }
+
+    #[test]
+    fn the_untaken_connections_of_a_violator_are_closed_not_handed_again() {
+        let mut p = Pool::new(limits());
+        p.handle(Event::ConnectionArrived(1), 0);
+        ready_acking(&mut p, 1, 0);
+        p.handle(
+            Event::Violation {
+                worker: 1,
+                what: "HELLO".into(),
+            },
+            1,
+        );
+        let a = p.handle(
+            Event::WorkerExited {
+                worker: 1,
+                clean: false,
+            },
+            2,
+        );
+        assert!(a.contains(&Action::Close(1)), "{a:?}");
+        assert!(handed(&a).is_empty(), "{a:?}");
     }
 }
