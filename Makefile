@@ -24,6 +24,7 @@ test: deps
 # reload storm under load), each under a few minutes, one at a time on a release build; all of
 # them well under 15 minutes. Not part of `make test`; CI runs it after.
 stress: deps
+	$(CARGO) build --release --locked --bins --examples
 	$(CARGO) test --release --locked --test stress_runtime -- --ignored --test-threads=1
 
 # Lays out the demo installation in run/, checks it, and runs the dispatcher on it in the
