@@ -10,7 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::dispatcher::{Client, Dispatcher, WAIT};
-use common::faulty::{self, log_lines, wait_until};
+use common::faulty::{self, log_lines};
+use common::{fd_count, wait_until};
 
 /// The limit: 24 descriptors, soft and hard. It is tight on purpose: at b770c84 the
 /// dispatcher holds 17 descriptors below 24 at rest with one worker (6 of them are copies of
@@ -74,9 +75,20 @@ fn verdict(d: &Dispatcher, failures: &[String]) {
     );
 }
 
+/// The failure for the clients of a burst that were not greeted, if any.
+fn not_greeted(missing: &[String]) -> Option<String> {
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{} of {BURST} clients not greeted within {BURST_BOUND:?}:\n{}",
+            missing.len(),
+            missing.join("\n")
+        )
+    })
+}
+
 /// The dispatcher's descriptors less one control socket per worker: what must come back.
 fn own_fds(d: &Dispatcher) -> i64 {
-    faulty::fd_count(d.child.pid()) as i64 - d.workers("echo_image").len() as i64
+    fd_count(d.child.pid()) as i64 - d.workers("echo_image").len() as i64
 }
 
 #[test]
@@ -84,14 +96,7 @@ fn a_burst_past_the_descriptor_limit_is_served_and_no_start_counts_as_a_crash() 
     let d = start(LIMITS, LIMIT, LIMIT);
     ready_workers(&d, 1);
     let (_clients, missing) = burst(&d);
-    let mut failures = Vec::new();
-    if !missing.is_empty() {
-        failures.push(format!(
-            "{} of {BURST} clients not greeted within {BURST_BOUND:?}:\n{}",
-            missing.len(),
-            missing.join("\n")
-        ));
-    }
+    let mut failures: Vec<String> = not_greeted(&missing).into_iter().collect();
     // A start that fails for want of descriptors may be retried, but not counted as the
     // image crashing (which is what this line of the policy says).
     let crashes = log_lines(&d, "failed to start");
@@ -112,14 +117,7 @@ fn clients_queued_during_a_cold_start_burst_are_served_without_a_new_arrival() {
         LIMIT,
     );
     let (_clients, missing) = burst(&d);
-    let mut failures = Vec::new();
-    if !missing.is_empty() {
-        failures.push(format!(
-            "{} of {BURST} clients not greeted within {BURST_BOUND:?}:\n{}",
-            missing.len(),
-            missing.join("\n")
-        ));
-    }
+    let failures: Vec<String> = not_greeted(&missing).into_iter().collect();
     verdict(&d, &failures);
 }
 

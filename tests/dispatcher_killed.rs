@@ -12,17 +12,13 @@ use std::time::{Duration, Instant};
 
 use common::dispatcher::{Dispatcher, WAIT};
 use common::lmtp::{maildir, Lmtp};
-use common::ChildGuard;
+use common::{pid_alive, ChildGuard};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 const RELAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const LIMITS: &str = "MIN_PROCS=1\nMAX_PROCS=2\nMIN_CONNS=1\nMAX_CONNS=20";
 const MESSAGE: &[u8] = b"From: <a@relay.example>\r\nSubject: orphan\r\n\r\nBody.\r\n";
-
-fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-}
 
 #[test]
 fn a_killed_dispatcher_leaves_its_workers_to_finish_and_a_new_one_starts() {
@@ -48,7 +44,7 @@ fn a_killed_dispatcher_leaves_its_workers_to_finish_and_a_new_one_starts() {
     let r = c.cmd("MAIL FROM:<a@relay.example>");
     assert_eq!(r.code, 421, "{r:?}");
     let end = Instant::now() + WAIT;
-    while workers.iter().any(|&p| alive(p)) {
+    while workers.iter().any(|&p| pid_alive(p)) {
         assert!(
             Instant::now() < end,
             "workers {workers:?} outlived their dispatcher"

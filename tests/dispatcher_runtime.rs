@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::dispatcher::{field, Client, Dispatcher, WAIT};
+use common::pid_alive;
 use nix::sys::signal::Signal;
 
 const RELAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -24,10 +25,6 @@ impl Drop for KillOnDrop {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGKILL);
         }
     }
-}
-
-fn pid_alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
 #[test]

@@ -86,12 +86,12 @@ fn sigterm_under_relay_load_stops_promptly_and_stores_every_message_once() {
         "smtp-source into Postfix: {}",
         String::from_utf8_lossy(&fed.stderr)
     );
-    let queued = load::wait_until(Duration::from_secs(120), || relay.queued() >= MESSAGES);
+    let queued = common::wait_until(Duration::from_secs(120), || relay.queued() >= MESSAGES);
     assert!(queued, "{} of {MESSAGES} queued", relay.queued());
     let submitted_in = submit.elapsed();
     relay.hold_delivery(false);
     let release = Instant::now();
-    let mid_load = load::wait_until(Duration::from_secs(180), || {
+    let mid_load = common::wait_until(Duration::from_secs(180), || {
         load::message_files(&inbox).len() >= STOP_AT
     });
     assert!(
@@ -130,12 +130,12 @@ fn sigterm_under_relay_load_stops_promptly_and_stores_every_message_once() {
         again.pid(),
         d.ports[1]
     );
-    let up = load::wait_until(Duration::from_secs(30), || d.log().contains(&listening));
+    let up = common::wait_until(Duration::from_secs(30), || d.log().contains(&listening));
     assert!(up, "the dispatcher did not start again:\n{}", d.log());
     // Flushed every few seconds: a message deferred while the dispatcher was away may have
     // been deferred after an earlier flush.
     let mut last_flush: Option<Instant> = None;
-    let all_in = load::wait_until(Duration::from_secs(120), || {
+    let all_in = common::wait_until(Duration::from_secs(120), || {
         if last_flush.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             relay.flush();
             last_flush = Some(Instant::now());
@@ -237,7 +237,7 @@ fn reload_storm_under_load_loses_nothing_and_leaves_nothing_behind() {
     d.wait_for_started("LMTPSN", 2);
     // A first delivery, so that whatever the dispatcher opens once (log files) is open.
     maildir_warm_up(&d);
-    let fds_before = load::fd_count(pid);
+    let fds_before = common::fd_count(pid);
 
     let store = d.addr(0);
     let feeder = std::thread::spawn(move || {
@@ -262,11 +262,11 @@ fn reload_storm_under_load_loses_nothing_and_leaves_nothing_behind() {
             d.workers("tcp_lmtpn_server").len(),
         )
     };
-    let settled = load::wait_until(Duration::from_secs(60), || {
-        worker_counts() == (MIN_PROCS, MIN_PROCS) && load::fd_count(pid) == fds_before
+    let settled = common::wait_until(Duration::from_secs(60), || {
+        worker_counts() == (MIN_PROCS, MIN_PROCS) && common::fd_count(pid) == fds_before
     });
     let (ss, sn) = worker_counts();
-    let fds_after = load::fd_count(pid);
+    let fds_after = common::fd_count(pid);
     let reloads = d.count_in_log("SIGHUP: reloading the configuration");
     let log = d.log();
     // A worker lost or not started, a control message refused: nothing of the kind is due to

@@ -16,11 +16,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::dispatcher::{Client, Dispatcher, WAIT};
-use common::faulty::{
-    self, connect, greeting_within, log_lines, pid_alive, wait_until, Greeting, KillPids, Tally,
-    RELAY,
-};
+use common::faulty::{self, connect, greeting_within, log_lines, Greeting, KillPids, Tally, RELAY};
 use common::ChildGuard;
+use common::{fd_count, pid_alive, wait_until};
 use msdispatcher::handoff::wire::{self, ToWorker};
 use nix::sys::signal::Signal;
 
@@ -237,7 +235,7 @@ fn a_lying_worker_is_killed_and_replaced(mode: &str, check_fds: bool) {
     let liar = faulty::first_faulty_worker(&d);
     let dispatcher = d.child.pid();
     std::thread::sleep(Duration::from_millis(300));
-    let baseline = faulty::fd_count(dispatcher) as i64 - d.workers("faulty_image").len() as i64;
+    let baseline = fd_count(dispatcher) as i64 - d.workers("faulty_image").len() as i64;
     let listing_before = faulty::fd_listing(dispatcher);
 
     let mut failures = Vec::new();
@@ -281,12 +279,12 @@ fn a_lying_worker_is_killed_and_replaced(mode: &str, check_fds: bool) {
         drop(fresh);
         drop(tally);
         let settled = wait_until(Duration::from_secs(5), || {
-            faulty::fd_count(dispatcher) as i64 - d.workers("faulty_image").len() as i64 == baseline
+            fd_count(dispatcher) as i64 - d.workers("faulty_image").len() as i64 == baseline
         });
         if !settled {
             failures.push(format!(
                 "the dispatcher's descriptors, less one per worker, are {} (were {baseline} before the lie)\nbefore:\n{listing_before}\nnow:\n{}",
-                faulty::fd_count(dispatcher) as i64 - d.workers("faulty_image").len() as i64,
+                fd_count(dispatcher) as i64 - d.workers("faulty_image").len() as i64,
                 faulty::fd_listing(dispatcher)
             ));
         }

@@ -69,7 +69,7 @@ pub fn start_faulty(limits: &str, mode: &str) -> Dispatcher {
 /// it.
 pub fn first_faulty_worker(d: &Dispatcher) -> i32 {
     let mut pid = None;
-    let found = wait_until(super::dispatcher::WAIT, || {
+    let found = super::wait_until(super::dispatcher::WAIT, || {
         pid = d
             .service_log("tcp_lmtpss_server.log")
             .lines()
@@ -245,32 +245,6 @@ impl Tally {
             .filter(|(c, p)| *p == Some(pid) && !is_closed(c.reader.get_ref()))
             .count()
     }
-}
-
-/// Whether a process of this pid exists (a zombie not yet reaped still does).
-pub fn pid_alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-}
-
-/// Polls `cond` every 20 ms for up to `limit`; whether it became true.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// How many descriptors a process has open (`/proc/<pid>/fd`).
-pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 /// The descriptors of a process as `/proc` names them (`3 -> socket:[123]`), for a failure

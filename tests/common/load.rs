@@ -40,7 +40,7 @@ impl Relay {
         master.push_str(&format!("{smtp} inet n - n - - smtpd\n"));
         std::fs::write(conf.join("master.cf"), master).expect("write master.cf");
         postfix_tool(&conf, "postfix", &["reload"]);
-        let greeted = wait_until(Duration::from_secs(20), || {
+        let greeted = super::wait_until(Duration::from_secs(20), || {
             let Ok(mut s) = std::net::TcpStream::connect(smtp) else {
                 return false;
             };
@@ -110,27 +110,6 @@ pub fn smtp_source_smtp(addr: SocketAddr, args: &[&str], limit: Duration) -> Out
     let mut cmd = Command::new("smtp-source");
     cmd.args(args).arg(addr.to_string());
     run_bounded(cmd, "smtp-source", limit)
-}
-
-/// Polls `done` every 50 ms until it holds or `limit` passes; whether it held.
-pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// How many descriptors process `pid` has open (`/proc/<pid>/fd`).
-pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
-        .count()
 }
 
 /// CPU seconds (user + system) process `pid` has used (`/proc/<pid>/stat`, fields 14 and 15).
