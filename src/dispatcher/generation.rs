@@ -79,6 +79,13 @@ impl Services {
         self.next_id
     }
 
+    /// A service's name for log lines (empty once it is forgotten).
+    pub fn name(&self, id: ServiceId) -> String {
+        self.by_id
+            .get(&id)
+            .map_or_else(String::new, |s| s.name.clone())
+    }
+
     pub fn get_mut(&mut self, id: ServiceId) -> Option<&mut ServiceRt> {
         self.by_id.get_mut(&id)
     }

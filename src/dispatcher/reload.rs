@@ -159,11 +159,7 @@ pub fn apply(rt: &mut Runtime, new: Reloaded) {
     }
     for (n, address, socket) in opened {
         let Some(&sid) = id_of.get(&n) else { continue };
-        let name = rt
-            .services
-            .by_id
-            .get(&sid)
-            .map_or_else(String::new, |s| s.name.clone());
+        let name = rt.services.name(sid);
         match rt
             .acceptor
             .add(rt.poll.registry(), sid, address, socket, |id| {

@@ -212,11 +212,7 @@ impl Runtime {
     }
 
     fn perform(&mut self, owner: Owner, action: Action) -> Vec<(Owner, Event)> {
-        let name = self
-            .services
-            .by_id
-            .get(&owner.service)
-            .map_or_else(String::new, |s| s.name.clone());
+        let name = self.services.name(owner.service);
         let mut follow = Vec::new();
         match action {
             Action::Spawn(id) => {
@@ -435,11 +431,7 @@ impl Runtime {
         let Some(owner) = self.current_of(service) else {
             return;
         };
-        let name = self
-            .services
-            .by_id
-            .get(&service)
-            .map_or_else(String::new, |s| s.name.clone());
+        let name = self.services.name(service);
         let now = self.now();
         let mut admitted: Vec<Admitted> = Vec::new();
         loop {
@@ -538,11 +530,7 @@ impl Runtime {
                 (None, Some(sig)) => format!("signal {sig}"),
                 _ => "unknown status".to_string(),
             };
-            let name = self
-                .services
-                .by_id
-                .get(&owner.service)
-                .map_or_else(String::new, |s| s.name.clone());
+            let name = self.services.name(owner.service);
             log::info!("[SERVICE={name}] worker {id} (pid {pid}) exited: {how}");
             self.feed(
                 owner,
@@ -571,11 +559,7 @@ impl Runtime {
     /// The shutdown bound has passed: whatever still runs is killed.
     pub fn kill_all(&mut self) {
         for (id, owner, pid) in self.workers.kill_all() {
-            let name = self
-                .services
-                .by_id
-                .get(&owner.service)
-                .map_or_else(String::new, |s| s.name.clone());
+            let name = self.services.name(owner.service);
             log::warn!(
                 "[SERVICE={name}] worker {id} (pid {pid}) still running after the shutdown bound; killed"
             );
