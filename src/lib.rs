@@ -10,6 +10,8 @@
 //! * [`handoff`]: the dispatcher↔worker protocol, with socket passing.
 //! * [`mapping`]: the mapping engine (patterns, templates, tables) and the PORT_ACCESS decision.
 //! * [`worker`]: the runtime every worker image links.
+//! * [`net_address`]: client and server addresses as probes, logs and trace headers write
+//!   them (IPv4-mapped IPv6 as IPv4; RFC 5321 address literals).
 //! * [`safe_fs`]: opening files for writing without following planted links or files.
 //! * [`log_text`]: untrusted text in log lines, escaped.
 //! * [`fuzzing`]: the fuzz targets' entry points, which `make fuzz` runs and `make test` replays.
@@ -27,6 +29,7 @@ pub mod handoff;
 pub mod lmtp;
 pub mod log_text;
 pub mod mapping;
+pub mod net_address;
 pub mod safe_fs;
 pub mod test_mapping;
 pub mod worker;

@@ -78,14 +78,10 @@ pub fn probe(server: SocketAddr, client: SocketAddr) -> String {
     )
 }
 
+/// An address as the probe writes it: IPv6 compressed without brackets, an IPv4 client of a
+/// dual-stack socket as plain IPv4.
 fn address_text(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v6.to_string(),
-        },
-        IpAddr::V4(v4) => v4.to_string(),
-    }
+    crate::net_address::unmapped(ip).to_string()
 }
 
 /// Decides on a probe string.
