@@ -22,6 +22,7 @@ use super::access::{self, RefusalLog};
 use crate::log_text::untrusted;
 use crate::mapping::port_access::Verdict;
 use crate::mapping::table::MappingSet;
+use crate::net_address;
 
 /// A listening socket, numbered once for the dispatcher's life.
 pub type ListenerId = u64;
@@ -247,10 +248,12 @@ impl Acceptor {
             access::refuse(stream, &decision);
             return None;
         }
+        // Admitted with the addresses as every later log line (and the HANDOFF) shows them:
+        // an IPv4 client of the dual-stack listener as IPv4 (the probe above already is).
         Some(Admitted {
             stream,
-            client,
-            server,
+            client: net_address::canonical(client),
+            server: net_address::canonical(server),
         })
     }
 }

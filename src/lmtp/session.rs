@@ -35,6 +35,7 @@ use std::os::fd::AsFd;
 use std::time::SystemTime;
 
 use crate::log_text::untrusted;
+use crate::net_address::address_literal;
 use crate::worker::drain::DrainSignal;
 #[cfg(doc)]
 use crate::worker::drain::OWED_GRACE;
@@ -53,6 +54,8 @@ pub struct Context<'a> {
     pub settings: &'a Settings,
     pub store: &'a dyn Store,
     pub conn: u64,
+    /// The client, its address as the worker runtime canonicalized it (an IPv4 client of the
+    /// dual-stack listener as IPv4), so log lines can show it as it is.
     pub client: SocketAddr,
     /// The worker's drain state (see the module comment).
     pub drain: &'a DrainSignal,
@@ -398,11 +401,12 @@ impl Session<'_> {
         match cmd {
             Command::Lhlo(name) => {
                 self.tx = None;
+                // The client as an RFC 5321 address literal, as the trace header writes it.
                 let text = format!(
-                    "{} Hello {} [{}]\nPIPELINING\nENHANCEDSTATUSCODES\n8BITMIME\nSIZE {}",
+                    "{} Hello {} {}\nPIPELINING\nENHANCEDSTATUSCODES\n8BITMIME\nSIZE {}",
                     settings.host,
                     printable(&name),
-                    self.ctx.client.ip(),
+                    address_literal(self.ctx.client.ip()),
                     settings.max_message
                 );
                 self.lhlo = Some(name);

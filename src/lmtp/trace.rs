@@ -5,10 +5,14 @@
 //!
 //! ```text
 //! Return-Path: <sender>
-//! Received: from LHLO-NAME ([client address])
+//! Received: from LHLO-NAME ([198.51.100.10])
 //!         by HOST (tcp_lmtp_server VERSION) with LMTP id ID;
 //!         Tue, 24 Nov 2026 10:15:02 +0000
 //! ```
+//!
+//! The client is written as the RFC 5321 section 4.4 `TCP-info` asks, an address literal
+//! (section 4.1.3, [`address_literal`]): `[198.51.100.10]` for IPv4, also for an IPv4 client
+//! of the dual-stack listener, `[IPv6:2001:db8::1]` for IPv6.
 //!
 //! The identifier (`ID`) is what the replies after DATA and the delivery log carry: the time,
 //! the worker's pid and a counter, so it is unique on the host without coordination.
@@ -16,6 +20,8 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::net_address::address_literal;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -121,10 +127,10 @@ pub fn header(t: &TraceInfo<'_>) -> Vec<u8> {
             .collect()
     };
     format!(
-        "Return-Path: <{}>\r\nReceived: from {} ([{}])\r\n\tby {} ({} {}) with LMTP id {};\r\n\t{}\r\n",
+        "Return-Path: <{}>\r\nReceived: from {} ({})\r\n\tby {} ({} {}) with LMTP id {};\r\n\t{}\r\n",
         clean(t.sender),
         clean(t.lhlo),
-        t.client,
+        address_literal(t.client),
         t.host,
         t.program,
         crate::VERSION,
@@ -155,19 +161,52 @@ mod tests {
         assert_ne!(new_id(now), new_id(now));
     }
 
-    #[test]
-    fn header_shape() {
+    /// The header for a session from `client`, as text.
+    fn header_from(client: &str) -> String {
         let h = header(&TraceInfo {
             sender: "a@b",
             lhlo: "relay.example",
-            client: "127.0.0.2".parse().unwrap(),
+            client: client.parse().expect("a test address"),
             host: "store",
             program: "tcp_lmtp_server",
             id: "X.1.2",
             received: SystemTime::now(),
         });
-        let h = String::from_utf8(h).unwrap();
+        String::from_utf8(h).expect("the header is text")
+    }
+
+    /// The `Received:` line of the header (its first physical line), without its CRLF.
+    fn received_line(h: &str) -> &str {
+        h.lines().nth(1).expect("a Received: line")
+    }
+
+    #[test]
+    fn header_shape() {
+        let h = header_from("127.0.0.2");
         assert!(h.starts_with("Return-Path: <a@b>\r\nReceived: from relay.example ([127.0.0.2])\r\n\tby store (tcp_lmtp_server "));
         assert!(h.ends_with("\r\n") && h.contains("with LMTP id X.1.2;\r\n\t"));
+    }
+
+    #[test]
+    fn header_writes_an_ipv4_client_of_the_dual_stack_listener_as_ipv4() {
+        let h = header_from("::ffff:198.51.100.10");
+        assert_eq!(
+            received_line(&h),
+            "Received: from relay.example ([198.51.100.10])"
+        );
+    }
+
+    #[test]
+    fn header_writes_an_ipv6_client_as_an_ipv6_address_literal() {
+        let h = header_from("2001:db8::1");
+        assert_eq!(
+            received_line(&h),
+            "Received: from relay.example ([IPv6:2001:db8::1])"
+        );
+        let h = header_from("::1");
+        assert_eq!(
+            received_line(&h),
+            "Received: from relay.example ([IPv6:::1])"
+        );
     }
 }

@@ -30,6 +30,7 @@ use super::threads::Threads;
 use crate::handoff::env;
 use crate::handoff::log_line::WorkerLog;
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError, CONTROL_FD};
+use crate::net_address;
 
 /// A worker's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +64,8 @@ impl WorkerConfig {
 #[derive(Debug)]
 pub struct Connection {
     pub id: u64,
+    /// The client's and the local end's address, [canonical](net_address::canonical): an
+    /// IPv4 peer of the dual-stack listener is an IPv4 address here.
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub stream: TcpStream,
@@ -217,6 +220,13 @@ pub fn run(
                     log::warn!("cannot say TAKEN {conn}: {e}");
                 }
                 let stream = TcpStream::from(fd);
+                // Once, here, for everything that shows the addresses later (the handler's
+                // replies, trace headers, logs): an IPv4 client of the dual-stack listener is
+                // written as IPv4, not as `::ffff:a.b.c.d`.
+                let (client, server) = (
+                    net_address::canonical(client),
+                    net_address::canonical(server),
+                );
                 if active.add() > config.max_conns {
                     log::warn!(
                         "connection {conn} from {client} refused: already {} connections (MAX_CONNS)",
