@@ -28,8 +28,14 @@ pub struct Lmtp {
 impl Lmtp {
     /// Connects from `from` (a loopback address) and reads the greeting, which must be 220.
     pub fn connect(from: Ipv4Addr, to: SocketAddr) -> Lmtp {
+        Lmtp::over(connect_from(from, to))
+    }
+
+    /// Speaks over a connection the caller made (from an IPv6 address, say) and reads the
+    /// greeting, which must be 220.
+    pub fn over(stream: TcpStream) -> Lmtp {
         let mut c = Lmtp {
-            reader: BufReader::new(connect_from(from, to)),
+            reader: BufReader::new(stream),
         };
         let greeting = c.reply();
         assert_eq!(greeting.code, 220, "greeting: {greeting:?}");
