@@ -20,12 +20,15 @@ test: deps
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) fmt --all -- --check
 
-# The heavy load and stop scenarios (tests/stress_runtime.rs: Postfix relaying under SIGTERM, a
-# reload storm under load), each under a few minutes, one at a time on a release build; all of
-# them well under 15 minutes. Not part of `make test`; CI runs it after.
+# The heavy load and fault scenarios, each under a few minutes, one at a time on a release
+# build; all of them well under 15 minutes. tests/stress_runtime.rs: Postfix relaying under
+# SIGTERM, a reload storm under load; tests/two_tier_faults.rs: the two-tier deployment on
+# separate hosts (network namespaces) with a store stopped, killed, a worker killed mid-DATA,
+# a store's disk full. Not part of `make test`; CI runs it after.
 stress: deps
 	$(CARGO) build --release --locked --bins --examples
-	$(CARGO) test --release --locked --test stress_runtime -- --ignored --test-threads=1
+	$(CARGO) test --release --locked --test stress_runtime --test two_tier_faults \
+	    -- --ignored --test-threads=1
 
 # Lays out the demo installation in run/, checks it, and runs the dispatcher on it in the
 # foreground (Ctrl-C stops it).

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use common::dispatcher::Dispatcher;
-use common::lmtp::Lmtp;
+use common::lmtp::{mbox_messages, Lmtp};
 
 const RELAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const LIMITS: &str = "MIN_PROCS=1\nMAX_PROCS=2\nMIN_CONNS=1\nMAX_CONNS=20";
@@ -36,39 +36,6 @@ fn account(name: &str) -> nix::unistd::User {
         .unwrap_or_else(|| {
             panic!("no local account {name}: run scripts/install-test-deps.sh as root")
         })
-}
-
-/// Splits an mbox into its messages: (From_ line, content lines with the trailing empty
-/// separator line removed).
-fn messages(mbox: &str) -> Vec<(String, Vec<String>)> {
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    let mut previous_blank = true;
-    for line in mbox.split('\n') {
-        if line.starts_with("From ") && previous_blank {
-            if let Some((_, body)) = out.last_mut() {
-                body.pop(); // the separator
-            }
-            out.push((line.to_string(), Vec::new()));
-        } else {
-            let (_, body) = out.last_mut().expect("an mbox starts with a From_ line");
-            body.push(line.to_string());
-        }
-        previous_blank = line.is_empty();
-    }
-    if let Some((_, body)) = out.last_mut() {
-        // The text ends with "\n\n": the split leaves the separator and an empty tail.
-        assert_eq!(
-            body.pop().as_deref(),
-            Some(""),
-            "mbox does not end in a newline"
-        );
-        assert_eq!(
-            body.pop().as_deref(),
-            Some(""),
-            "last message lacks its separator"
-        );
-    }
-    out
 }
 
 /// The content after the trace header (Return-Path, Received and its continuation lines).
@@ -110,7 +77,7 @@ fn per_recipient_replies_into_mbox_files() {
         // The recipient's; the group is the worker's (or the spool's, when it is setgid).
         assert_eq!(meta.uid(), account.uid.as_raw(), "{user}");
         let text = std::fs::read_to_string(&path).expect("read the mailbox");
-        let msgs = messages(&text);
+        let msgs = mbox_messages(&text);
         assert_eq!(msgs.len(), 1, "{user} got the message once: {text}");
         assert!(
             msgs[0].0.starts_with("From sender@relay.example "),
@@ -167,7 +134,7 @@ fn concurrent_deliveries_to_one_mailbox_do_not_interleave() {
         t.join().expect("client thread");
     }
     let text = std::fs::read_to_string(d.root.join("mail/alice")).expect("alice's mailbox");
-    let msgs = messages(&text);
+    let msgs = mbox_messages(&text);
     assert_eq!(msgs.len(), CLIENTS * EACH);
     let mut tags = std::collections::HashSet::new();
     for (_, lines) in &msgs {
@@ -210,7 +177,7 @@ fn a_large_message_reaches_the_mbox_whole() {
     assert_eq!(r[0].code, 250, "{r:?}");
     c.quit();
     let text = std::fs::read_to_string(d.root.join("mail/alice")).expect("alice's mailbox");
-    let msgs = messages(&text);
+    let msgs = mbox_messages(&text);
     assert_eq!(msgs.len(), 1);
     let expected: Vec<String> = message
         .trim_end_matches("\r\n")
@@ -295,6 +262,6 @@ fn sigkill_in_the_middle_of_an_append_leaves_no_half_message() {
     c.lhlo();
     let r = c.send_message("a@b", "alice", b"Subject: after\r\n\r\nafter\r\n");
     assert_eq!(r.code, 250);
-    let msgs = messages(&std::fs::read_to_string(&mailbox).expect("mailbox"));
+    let msgs = mbox_messages(&std::fs::read_to_string(&mailbox).expect("mailbox"));
     assert_eq!(msgs.len(), 2);
 }

@@ -201,3 +201,36 @@ pub fn service_log_octets(root: &std::path::Path, name: &str) -> Vec<u8> {
         .flat_map(|p| std::fs::read(p).unwrap_or_default())
         .collect()
 }
+
+/// Splits an mbox into its messages: (From_ line, content lines with the trailing empty
+/// separator line removed).
+pub fn mbox_messages(mbox: &str) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut previous_blank = true;
+    for line in mbox.split('\n') {
+        if line.starts_with("From ") && previous_blank {
+            if let Some((_, body)) = out.last_mut() {
+                body.pop(); // the separator
+            }
+            out.push((line.to_string(), Vec::new()));
+        } else {
+            let (_, body) = out.last_mut().expect("an mbox starts with a From_ line");
+            body.push(line.to_string());
+        }
+        previous_blank = line.is_empty();
+    }
+    if let Some((_, body)) = out.last_mut() {
+        // The text ends with "\n\n": the split leaves the separator and an empty tail.
+        assert_eq!(
+            body.pop().as_deref(),
+            Some(""),
+            "mbox does not end in a newline"
+        );
+        assert_eq!(
+            body.pop().as_deref(),
+            Some(""),
+            "last message lacks its separator"
+        );
+    }
+    out
+}

@@ -21,25 +21,20 @@ use super::peers::{run_bounded, Postfix};
 pub struct Relay {
     pub postfix: Postfix,
     pub smtp: SocketAddr,
-    conf: PathBuf,
 }
 
 impl Relay {
     pub fn start(dir: &Path, lmtp: SocketAddr) -> Relay {
         let postfix = Postfix::start(dir, lmtp);
-        let conf = dir.join("conf");
+        let conf = postfix.conf();
         let [port] = free_ports::<1>();
         let smtp = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         // Stated rather than left to the default: the stop scenario is about cached sessions.
-        postfix_tool(
-            &conf,
-            "postconf",
-            &["-e", "lmtp_connection_cache_on_demand = yes"],
-        );
+        postfix.tool("postconf", &["-e", "lmtp_connection_cache_on_demand = yes"]);
         let mut master = std::fs::read_to_string(conf.join("master.cf")).expect("master.cf");
         master.push_str(&format!("{smtp} inet n - n - - smtpd\n"));
         std::fs::write(conf.join("master.cf"), master).expect("write master.cf");
-        postfix_tool(&conf, "postfix", &["reload"]);
+        postfix.tool("postfix", &["reload"]);
         let greeted = super::wait_until(Duration::from_secs(20), || {
             let Ok(mut s) = std::net::TcpStream::connect(smtp) else {
                 return false;
@@ -53,11 +48,7 @@ impl Relay {
             "Postfix's smtpd does not answer on {smtp}:\n{}",
             postfix.log()
         );
-        Relay {
-            postfix,
-            smtp,
-            conf,
-        }
+        Relay { postfix, smtp }
     }
 
     /// Holds or releases delivery (`defer_transports = lmtp`): held, what is submitted waits
@@ -69,40 +60,22 @@ impl Relay {
         } else {
             "defer_transports ="
         };
-        postfix_tool(&self.conf, "postconf", &["-e", setting]);
-        postfix_tool(&self.conf, "postfix", &["reload"]);
+        self.postfix.tool("postconf", &["-e", setting]);
+        self.postfix.tool("postfix", &["reload"]);
         if !hold {
             self.flush();
         }
     }
 
-    /// How many messages wait in Postfix's queue (`postqueue -j`: one JSON line each).
+    /// How many messages wait in Postfix's queue.
     pub fn queued(&self) -> usize {
-        let out = postfix_tool(&self.conf, "postqueue", &["-j"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .count()
+        self.postfix.queued()
     }
 
     /// `postqueue -f`: every deferred message is tried again now.
     pub fn flush(&self) {
-        postfix_tool(&self.conf, "postqueue", &["-f"]);
+        self.postfix.flush();
     }
-}
-
-/// `<tool> -c <conf> <args>` (postfix, postconf, postqueue), which must succeed; its output.
-fn postfix_tool(conf: &Path, tool: &str, args: &[&str]) -> Output {
-    let mut cmd = Command::new(tool);
-    cmd.arg("-c").arg(conf).args(args);
-    let out = run_bounded(cmd, tool, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "{tool} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// Postfix's `smtp-source` speaking SMTP (not LMTP) to `addr`, bounded by `limit`.

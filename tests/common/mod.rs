@@ -6,7 +6,9 @@ pub mod dispatcher;
 pub mod faulty;
 pub mod lmtp;
 pub mod load;
+pub mod netns;
 pub mod peers;
+pub mod two_tier;
 
 use std::path::{Path, PathBuf};
 

@@ -274,35 +274,85 @@ pub fn quota_get(conf: &Path, user: &str) -> Vec<(String, u64, u64)> {
 pub struct Postfix {
     dir: PathBuf,
     master_pid: i32,
+    /// Makes the command that runs a Postfix program (on the relay's host).
+    command: Box<dyn Fn(&str) -> Command + Send + Sync>,
 }
 
 impl Postfix {
     pub fn start(dir: &Path, lmtp: SocketAddr) -> Postfix {
+        let transport = format!("lmtp:inet:{lmtp}");
+        Postfix::start_with(
+            dir,
+            &[("default_transport", transport.as_str())],
+            false,
+            |program| Command::new(program),
+        )
+    }
+
+    /// A throwaway Postfix with `settings` replacing (or adding to) the defaults of
+    /// [`Postfix::start`] in `main.cf`, its SMTP server kept in `master.cf` when `smtpd` (it
+    /// listens on `inet_interfaces`), started by the `postfix start` that `command` makes
+    /// (`command("postfix")`: on another host, a command that enters the host's network
+    /// namespace). No service is chrooted: the queue directory is a temporary one.
+    pub fn start_with(
+        dir: &Path,
+        settings: &[(&str, &str)],
+        smtpd: bool,
+        command: impl Fn(&str) -> Command + Send + Sync + 'static,
+    ) -> Postfix {
         let conf = dir.join("conf");
         for sub in ["conf", "queue", "data"] {
             std::fs::create_dir_all(dir.join(sub)).expect("create Postfix's directories");
         }
         let master = std::fs::read_to_string("/etc/postfix/master.cf")
             .unwrap_or_else(|e| missing("postfix (/etc/postfix/master.cf)", e));
-        // Every service but the SMTP server (nothing listens), definitions only.
+        // Definitions only, the SMTP server only when asked for, chroot (column 5) off.
         let services: String = master
             .lines()
             .filter(|l| !l.starts_with('#') && !l.starts_with(' ') && !l.trim().is_empty())
-            .filter(|l| !l.starts_with("smtp ") || !l.contains(" inet "))
-            .map(|l| format!("{l}\n"))
+            .filter(|l| smtpd || !l.starts_with("smtp ") || !l.contains(" inet "))
+            .map(|l| {
+                let mut fields: Vec<&str> = l.split_whitespace().collect();
+                if fields.len() > 4 {
+                    fields[4] = "n";
+                }
+                format!("{}\n", fields.join(" "))
+            })
             .collect();
         std::fs::write(conf.join("master.cf"), services).expect("write master.cf");
-        let d = dir.display();
-        let main = format!(
-            "compatibility_level = 3.6\nqueue_directory = {d}/queue\ndata_directory = {d}/data\n\
-             mail_owner = postfix\nsetgid_group = postdrop\nmyhostname = relay.test.example\n\
-             mydomain = test.example\nmyorigin = relay.test.example\nmydestination =\n\
-             inet_interfaces = loopback-only\ninet_protocols = ipv4\nrelayhost =\n\
-             default_transport = lmtp:inet:{lmtp}\nlocal_transport = error:no local delivery\n\
-             maillog_file = {d}/maillog\nmaillog_file_prefixes = {d}\nsmtputf8_enable = no\n\
-             alias_maps =\nalias_database =\nnotify_classes =\n"
-        );
-        std::fs::write(conf.join("main.cf"), main).expect("write main.cf");
+        let d = dir.display().to_string();
+        let mut main: Vec<(String, String)> = [
+            ("compatibility_level", "3.6"),
+            ("queue_directory", &format!("{d}/queue")),
+            ("data_directory", &format!("{d}/data")),
+            ("mail_owner", "postfix"),
+            ("setgid_group", "postdrop"),
+            ("myhostname", "relay.test.example"),
+            ("mydomain", "test.example"),
+            ("myorigin", "relay.test.example"),
+            ("mydestination", ""),
+            ("inet_interfaces", "loopback-only"),
+            ("inet_protocols", "ipv4"),
+            ("relayhost", ""),
+            ("local_transport", "error:no local delivery"),
+            ("maillog_file", &format!("{d}/maillog")),
+            ("maillog_file_prefixes", &d),
+            ("smtputf8_enable", "no"),
+            ("alias_maps", ""),
+            ("alias_database", ""),
+            ("notify_classes", ""),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (key, value) in settings {
+            match main.iter_mut().find(|(k, _)| k == key) {
+                Some(entry) => entry.1 = value.to_string(),
+                None => main.push((key.to_string(), value.to_string())),
+            }
+        }
+        let text: String = main.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        std::fs::write(conf.join("main.cf"), text).expect("write main.cf");
         let chown = Command::new("chown")
             .arg("postfix")
             .arg(dir.join("data"))
@@ -313,7 +363,7 @@ impl Postfix {
             "chown postfix {}",
             dir.join("data").display()
         );
-        let mut cmd = Command::new("postfix");
+        let mut cmd = command("postfix");
         cmd.arg("-c").arg(&conf).arg("start");
         let out = run_bounded(cmd, "postfix", Duration::from_secs(60));
         let pid_file = dir.join("queue/pid/master.pid");
@@ -337,13 +387,14 @@ impl Postfix {
         Postfix {
             dir: dir.to_path_buf(),
             master_pid,
+            command: Box::new(command),
         }
     }
 
     /// Submits `message` with Postfix's `sendmail`; returns the queue id Postfix gave it.
     pub fn submit(&self, from: &str, to: &[&str], message: &[u8]) -> String {
         use std::io::Write;
-        let mut child = Command::new("sendmail")
+        let mut child = (self.command)("sendmail")
             .arg("-C")
             .arg(self.dir.join("conf"))
             .args(["-f", from, "--"])
@@ -403,6 +454,46 @@ impl Postfix {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+    }
+
+    /// The configuration directory (`postfix -c`).
+    pub fn conf(&self) -> PathBuf {
+        self.dir.join("conf")
+    }
+
+    /// `<tool> -c <conf> <args>` (postfix, postconf, postqueue), which must succeed; its
+    /// output.
+    pub fn tool(&self, tool: &str, args: &[&str]) -> Output {
+        let mut cmd = (self.command)(tool);
+        cmd.arg("-c").arg(self.conf()).args(args);
+        let out = run_bounded(cmd, tool, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "{tool} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// How many messages wait in the queue (`postqueue -j`: one JSON line each).
+    pub fn queued(&self) -> usize {
+        let out = self.tool("postqueue", &["-j"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .count()
+    }
+
+    /// Whether `postqueue -p` says the queue is empty.
+    pub fn queue_is_empty(&self) -> bool {
+        let out = self.tool("postqueue", &["-p"]);
+        String::from_utf8_lossy(&out.stdout).contains("Mail queue is empty")
+    }
+
+    /// `postqueue -f`: every deferred message is tried again now.
+    pub fn flush(&self) {
+        self.tool("postqueue", &["-f"]);
     }
 }
 
