@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -205,6 +205,16 @@ impl Dispatcher {
     /// Starts `dispatcher --foreground` on `layout`, letting `configure` adjust the command
     /// (its environment, descriptors), and returns once both ports listen.
     pub fn launch(layout: Layout, configure: impl FnOnce(&mut Command)) -> Dispatcher {
+        Dispatcher::launch_on(layout, IpAddr::V4(Ipv4Addr::LOCALHOST), configure)
+    }
+
+    /// The same for an installation whose services listen on `interface` (their
+    /// INTERFACE_ADDRESS) instead of 127.0.0.1: returns once the log says it listens there.
+    pub fn launch_on(
+        layout: Layout,
+        interface: IpAddr,
+        configure: impl FnOnce(&mut Command),
+    ) -> Dispatcher {
         let mut cmd = layout.command();
         configure(&mut cmd);
         let child = cmd.spawn().expect("start dispatcher");
@@ -214,7 +224,8 @@ impl Dispatcher {
             ports: layout.ports,
             _dir: layout.dir,
         };
-        d.wait_for_log(&format!("listening on 127.0.0.1:{}", d.ports[1]));
+        let listening = SocketAddr::new(interface, d.ports[1]);
+        d.wait_for_log(&format!("listening on {listening}"));
         d
     }
 
