@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, as root, the Debian packages the LMTP interoperability tests and `make bench` use:
 # Postfix (smtp-source, smtp-sink), swaks, Dovecot (doveadm, the LMTP server we compare
-# against). No system mail service is started, now or later: a policy-rc.d refuses every
+# against), iproute2 (`ip netns`: the separate hosts of the two-tier tests). No system mail service is started, now or later: a policy-rc.d refuses every
 # service start while the packages install, and the services are then disabled and stopped.
 # Also creates the local accounts `alice` and `bob` (no home, no login) that the native
 # (/var/mail) delivery tests deliver to, and `mailsrv` (the seed's IMTA_USER), the dedicated
@@ -11,6 +11,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need=()
 command -v make >/dev/null || need+=(make)
+command -v ip >/dev/null || need+=(iproute2) # the two-tier tests' hosts: network namespaces
 command -v smtp-source >/dev/null || need+=(postfix)
 command -v swaks >/dev/null || need+=(swaks)
 command -v doveadm >/dev/null || need+=(dovecot-core)
@@ -57,4 +58,4 @@ for user in alice bob mailsrv; do
             --shell /usr/sbin/nologin "$user"
     fi
 done
-echo "install-test-deps: postfix, swaks, dovecot and the accounts alice, bob, mailsrv are present"
+echo "install-test-deps: postfix, swaks, dovecot, iproute2 and the accounts alice, bob, mailsrv are present"

@@ -267,3 +267,60 @@ fn a_reload_under_load_admits_a_new_relay_address_and_loses_nothing() {
         "the third address after the reload: {greeting:?}"
     );
 }
+
+/// The relay reaches store-a over IPv6 (PORT_ACCESS given the relay's IPv6 address): the
+/// trace field writes it as an RFC 5321 IPv6 address literal, the delivery log plainly.
+#[test]
+fn a_relay_over_ipv6_is_written_as_an_ipv6_address_literal() {
+    let net = two_tier::network();
+    let relay_v6 = net.host(RELAY).v6;
+    let mut a = Store::lay_out(STORE_A, relays(), None);
+    a.edit_mappings(|text| {
+        text.replacen(
+            "  TCP|*|*|*|*",
+            &format!("  TCP|*|225|{relay_v6}|* $Y\n  TCP|*|*|*|*"),
+            1,
+        )
+    });
+    let (status, out, err) = a.check();
+    assert!(status.success(), "--check failed:\n{out}{err}");
+    a.start(&net);
+    let store_v6 = net.host(STORE_A).v6;
+    let relay = Relay::start(
+        &net,
+        &[("erin@a.test.example", format!("lmtp:[ipv6:{store_v6}]:225"))],
+    );
+    let file = two_tier::message_file();
+    relay.send(
+        &net,
+        &file,
+        "erin@a.test.example",
+        3,
+        1,
+        Duration::from_secs(60),
+    );
+    let drained = relay.drain(Duration::from_secs(60));
+    assert!(
+        drained.is_some(),
+        "queue not empty:\n{}",
+        relay.postfix.log()
+    );
+    let stored = a.maildir("erin");
+    let t = Tally::of("erin", 3, &stored, &message_as_maildir(&file));
+    assert!(t.complete() && t.duplicates == 0, "{t:?}");
+    let text = String::from_utf8_lossy(&stored[0]);
+    let ours = text
+        .lines()
+        .find(|l| l.starts_with("Received: "))
+        .expect("a Received field");
+    assert_eq!(
+        ours,
+        format!("Received: from relay.test.example ([IPv6:{relay_v6}])"),
+        "{text}"
+    );
+    let log = a.service_log("tcp_lmtpss_server.log");
+    assert!(
+        log.contains(&format!(" client={relay_v6} ")),
+        "the delivery log does not name the client plainly:\n{log}"
+    );
+}

@@ -388,7 +388,12 @@ fn a_store_whose_disk_fills_defers_and_delivers_once_space_is_freed() {
             + d.relay.lines_with("dave@b.test.example", "deferred").len()
     };
     let full = common::wait_until(Duration::from_secs(60), || deferred_b() > 0);
-    assert!(full, "store-b never deferred:\n{}", d.relay.postfix.log());
+    assert!(
+        full,
+        "store-b never deferred:\n{}\nstore-b's dispatcher log:\n{}",
+        d.relay.postfix.log(),
+        b.log()
+    );
     // Give store-a time to take its whole load while store-b is full.
     let a_done = common::wait_until(Duration::from_secs(60), || {
         let a = &d.stores[0];

@@ -289,7 +289,8 @@ pub fn lmtp_to(address: Ipv4Addr, port: u16) -> String {
 /// test network and the host's own loopback: `mynetworks`), each recipient routed by
 /// `transport_maps` (a `texthash:` table, read at start and reload) to a store's LMTP
 /// service, everything else refused; short retry times, so that a deferred message is tried
-/// again within seconds; Postfix's LMTP connection caching as it ships (on demand).
+/// again within seconds, and bounded connect and greeting waits; Postfix's LMTP connection
+/// caching as it ships (on demand).
 pub struct Relay {
     pub postfix: Postfix,
     pub smtp: SocketAddr,
@@ -318,6 +319,7 @@ impl Relay {
             dir.path(),
             &[
                 ("inet_interfaces", &interfaces),
+                ("inet_protocols", "all"),
                 ("mynetworks", "127.0.0.0/8, 198.51.100.0/24"),
                 ("transport_maps", &transport_maps),
                 ("default_transport", "error:5.1.2 no store for this address"),
@@ -326,6 +328,11 @@ impl Relay {
                 ("minimal_backoff_time", "1s"),
                 ("maximal_backoff_time", "2s"),
                 ("lmtp_connection_cache_on_demand", "yes"),
+                // Not left at "no limit" (LMTP's default), so that a store that does not
+                // answer shows in the log within the test's bounds instead of holding
+                // Postfix's delivery agents.
+                ("lmtp_connect_timeout", "5s"),
+                ("lmtp_lhlo_timeout", "30s"),
             ],
             true,
             move |program| super::netns::command_in(&netns, program),
