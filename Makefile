@@ -28,7 +28,7 @@ test: deps
 stress: deps
 	$(CARGO) build --release --locked --bins --examples
 	$(CARGO) test --release --locked --test stress_runtime --test two_tier_faults \
-	    -- --ignored --test-threads=1
+	    -- --ignored --test-threads=1 --nocapture
 
 # Lays out the demo installation in run/, checks it, and runs the dispatcher on it in the
 # foreground (Ctrl-C stops it).

@@ -90,14 +90,6 @@ fn stored(path: &Path) -> String {
     String::from_utf8(octets).expect("the stored message is text")
 }
 
-/// The `Received:` line of a stored message (its first line only), without its CRLF.
-fn received_line(message: &str) -> &str {
-    message
-        .lines()
-        .find(|l| l.starts_with("Received:"))
-        .unwrap_or_else(|| panic!("no Received: line in {message:?}"))
-}
-
 #[test]
 fn an_ipv4_client_of_the_dual_stack_listener_is_written_as_ipv4() {
     in_own_network(|| {
@@ -110,7 +102,7 @@ fn an_ipv4_client_of_the_dual_stack_listener_is_written_as_ipv4() {
             "LHLO reply: {hello:?}"
         );
         assert_eq!(
-            received_line(&message),
+            common::lmtp::received_line(&message),
             "Received: from test.example ([127.0.0.1])"
         );
         let log = d.wait_for_service_log(STORE_LOG, "delivery conn=");
@@ -138,7 +130,7 @@ fn an_ipv6_client_is_written_as_an_ipv6_address_literal() {
             "LHLO reply: {hello:?}"
         );
         assert_eq!(
-            received_line(&message),
+            common::lmtp::received_line(&message),
             "Received: from test.example ([IPv6:::1])"
         );
         let log = d.wait_for_service_log(STORE_LOG, "delivery conn=");

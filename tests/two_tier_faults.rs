@@ -10,11 +10,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::netns::{v4, Network};
+use common::peers::Delivery;
 use common::two_tier::{
     self, lmtp_to, message_as_maildir, message_as_mbox, Relay, Store, Tally, STORE_A, STORE_B,
 };
@@ -24,10 +24,6 @@ use nix::sys::signal::Signal;
 const EACH: usize = 200;
 /// How long Postfix may take to empty its queue once the fault is over.
 const DRAIN_BOUND: Duration = Duration::from_secs(180);
-
-fn relays() -> [Ipv4Addr; 2] {
-    [v4(10), v4(11)]
-}
 
 /// Who receives the load and where the relay sends them.
 struct User {
@@ -98,15 +94,15 @@ impl Deployment {
     /// given), and the relay.
     fn start(b_store_size: Option<u64>) -> Deployment {
         let net = two_tier::network();
-        let mut a = Store::lay_out(STORE_A, relays(), None);
-        let mut b = Store::lay_out(STORE_B, relays(), b_store_size);
+        let mut a = Store::lay_out(STORE_A, two_tier::relays(), None);
+        let mut b = Store::lay_out(STORE_B, two_tier::relays(), b_store_size);
         for s in [&a, &b] {
             let (status, out, err) = s.check();
             assert!(status.success(), "{}: --check failed:\n{out}{err}", s.host);
         }
         a.start(&net);
         b.start(&net);
-        let relay = Relay::start(&net, &routes());
+        let relay = Relay::start(&net, &routes(), true);
         Deployment {
             stores: [a, b],
             relay,
@@ -115,10 +111,9 @@ impl Deployment {
         }
     }
 
-    /// Feeds the relay `EACH` messages of `file` for every user with delivery held, then
-    /// releases it: Postfix starts with its whole backlog.
+    /// Feeds the relay (its delivery held since its start) `EACH` messages of `file` for
+    /// every user, then releases it: Postfix starts with its whole backlog.
     fn feed(&self, file: &Path) {
-        self.relay.hold(true);
         std::thread::scope(|s| {
             for u in &USERS {
                 s.spawn(|| {
@@ -132,7 +127,7 @@ impl Deployment {
             self.relay.postfix.queued() >= total
         });
         assert!(queued, "{} of {total} queued", self.relay.postfix.queued());
-        self.relay.hold(false);
+        self.relay.release();
     }
 
     /// Waits until `n` messages are in store-a's Maildirs: the load is under way.
@@ -169,19 +164,16 @@ impl Deployment {
             .collect();
         let statuses: BTreeMap<&str, BTreeMap<String, usize>> = USERS
             .iter()
-            .map(|u| (u.to, self.relay.statuses(u.to)))
+            .map(|u| (u.to, self.relay.statuses_once_sent(u.to, EACH)))
             .collect();
-        let log = self.relay.postfix.log();
-        let cut = log
-            .lines()
-            .filter(|l| l.contains(" status=deferred (") && l.contains("lost connection"))
-            .count();
+        let deliveries = self.relay.deliveries();
         let outcome = Outcome {
             drained,
             since_fault,
             tallies,
             statuses,
-            cut,
+            cut: deliveries.iter().filter(|d| d.cut()).count(),
+            cut_after_data: deliveries.iter().filter(|d| d.cut_after_data()).count(),
         };
         eprintln!(
             "{scenario}: {}\nwhy Postfix deferred: {:#?}",
@@ -200,13 +192,33 @@ struct Outcome {
     tallies: Vec<Tally>,
     /// Per recipient, Postfix's `status=` counts.
     statuses: BTreeMap<&'static str, BTreeMap<String, usize>>,
-    /// Deliveries Postfix deferred because it lost the connection.
+    /// Deliveries Postfix's LMTP client lost the connection in.
     cut: usize,
+    /// Of those, the ones lost after the message data was sent, before the replies were
+    /// read (`message may be sent more than once`): the only ones a store may have kept.
+    cut_after_data: usize,
 }
 
 impl Outcome {
     fn duplicates(&self) -> usize {
         self.tallies.iter().map(|t| t.duplicates).sum()
+    }
+
+    /// Postfix deferred store-a's Maildir recipients at least once (`why` says what a test
+    /// that saw none did wrong).
+    fn assert_store_a_deferred(&self, why: &str) {
+        let deferred = self.deferred("alice@a.test.example") + self.deferred("bob@a.test.example");
+        assert!(
+            deferred > 0,
+            "Postfix never deferred a store-a recipient: {why}"
+        );
+    }
+
+    /// The fault was the other store's only: this store's recipients were never deferred.
+    fn assert_untouched(&self, store: usize) {
+        for u in USERS.iter().filter(|u| u.store == store) {
+            assert_eq!(self.deferred(u.to), 0, "{} was deferred", u.to);
+        }
     }
 
     fn deferred(&self, to: &str) -> usize {
@@ -224,18 +236,20 @@ impl Outcome {
             .collect();
         format!(
             "{} messages; queue empty {:?} after the end of the fault ({:.1?} after its start); \
-             deferrals {}; connections cut {}; duplicates {}",
+             deferral records {}; deliveries cut {} ({} after the data); duplicates {}",
             EACH * USERS.len(),
             self.drained,
             self.since_fault,
             deferred.join(" "),
             self.cut,
+            self.cut_after_data,
             self.duplicates()
         )
     }
 
     /// Nothing lost: the queue emptied, every message is in its mailbox intact, Postfix
-    /// logged one `status=sent` per message, and duplicates do not outnumber cut connections.
+    /// logged one `status=sent` per message, and no more messages were stored twice than
+    /// deliveries were cut after their data was sent.
     fn assert_nothing_lost(&self) {
         let mut failures = Vec::new();
         if self.drained.is_none() {
@@ -251,11 +265,11 @@ impl Outcome {
                 failures.push(format!("Postfix's results for {to}: {s:?}"));
             }
         }
-        if self.duplicates() > self.cut {
+        if self.duplicates() > self.cut_after_data {
             failures.push(format!(
-                "{} duplicates but Postfix saw {} connections cut",
+                "{} duplicates but Postfix saw {} deliveries cut after the data",
                 self.duplicates(),
-                self.cut
+                self.cut_after_data
             ));
         }
         assert!(
@@ -271,9 +285,10 @@ fn file() -> PathBuf {
     two_tier::message_file()
 }
 
-/// store-a gets SIGTERM with the load in full swing: it stops within its bound, Postfix
-/// defers store-a's recipients while it is down (3 s), and after it starts again everything
-/// is delivered; store-b is untouched.
+/// store-a gets SIGTERM with the load in full swing: it stops within its bound, its
+/// sessions drain (each transaction finished, `421 4.3.2` between them), Postfix defers
+/// store-a's recipients while it is down (3 s), and after it starts again everything is
+/// delivered, none twice; store-b is untouched.
 #[test]
 #[ignore = "heavy: make stress"]
 fn a_store_stopped_and_started_again_mid_load_loses_nothing() {
@@ -293,14 +308,18 @@ fn a_store_stopped_and_started_again_mid_load_loses_nothing() {
         "store-a did not stop cleanly: {status:?} after {stop_took:.1?}"
     );
     outcome.assert_nothing_lost();
-    assert!(
-        outcome.deferred("alice@a.test.example") + outcome.deferred("bob@a.test.example") > 0,
-        "Postfix never deferred a store-a recipient: the stop was not mid-load"
+    outcome.assert_store_a_deferred("the stop was not mid-load");
+    outcome.assert_untouched(1);
+    assert_eq!(
+        outcome.duplicates(),
+        0,
+        "a graceful stop stored a message twice"
     );
 }
 
 /// store-a's dispatcher is killed with SIGKILL mid-load and started again 3 s later: its
-/// workers finish or lose their sessions, Postfix defers and retries, nothing is lost.
+/// workers finish the transaction in hand and close their sessions, Postfix defers and
+/// retries, nothing is lost and nothing stored twice; store-b is untouched.
 #[test]
 #[ignore = "heavy: make stress"]
 fn a_store_killed_and_started_again_mid_load_loses_nothing() {
@@ -317,16 +336,20 @@ fn a_store_killed_and_started_again_mid_load_loses_nothing() {
     d.stores[0].start(&d.net);
     let outcome = d.outcome("SIGKILL and restart", &file(), fault);
     outcome.assert_nothing_lost();
-    assert!(
-        outcome.deferred("alice@a.test.example") + outcome.deferred("bob@a.test.example") > 0,
-        "Postfix never deferred a store-a recipient: the kill was not mid-load"
+    outcome.assert_store_a_deferred("the kill was not mid-load");
+    outcome.assert_untouched(1);
+    assert_eq!(
+        outcome.duplicates(),
+        0,
+        "the dispatcher's death made its workers cut a transaction"
     );
 }
 
 /// store-a's store workers are killed with SIGKILL while Postfix sends big messages: the
-/// dispatcher replaces them, Postfix reports sessions lost in the middle of a transaction's
-/// data (while it sent the message, or after the final dot, before the reply) and sends those
-/// messages again; nothing is lost, and a message stored twice is one whose reply was cut.
+/// dispatcher replaces them, Postfix reports deliveries lost in the middle of DATA (while it
+/// sent the message, or after the final dot while it waited for the replies) and sends
+/// those messages again; nothing is lost, and no more messages are stored twice than
+/// deliveries were cut after their data.
 #[test]
 #[ignore = "heavy: make stress"]
 fn a_worker_killed_mid_data_loses_nothing() {
@@ -338,14 +361,14 @@ fn a_worker_killed_mid_data_loses_nothing() {
     d.wait_for_store_a(20);
     let fault = Instant::now();
     let a = &d.stores[0];
-    let mid_data = |log: &str| {
-        log.lines()
-            .filter(|l| {
-                l.contains("lost connection")
-                    && (l.contains("while sending message body")
-                        || l.contains("while sending end of data"))
-            })
-            .count()
+    // (while the body was sent, after the final dot)
+    let cut_in_data = || {
+        let cut = d.relay.deliveries();
+        let body = cut
+            .iter()
+            .filter(|c| c.cut() && c.reason.contains("while sending message body"))
+            .count();
+        (body, cut.iter().filter(|c| c.cut_after_data()).count())
     };
     let mut kills = 0;
     for _ in 0..10 {
@@ -353,26 +376,31 @@ fn a_worker_killed_mid_data_loses_nothing() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             kills += 1;
         }
-        let cut_mid_data = common::wait_until(Duration::from_secs(2), || {
-            mid_data(&d.relay.postfix.log()) > 0
+        let cut = common::wait_until(Duration::from_secs(2), || {
+            let (body, after) = cut_in_data();
+            body + after > 0
         });
-        if cut_mid_data {
+        if cut {
             break;
         }
     }
     let outcome = d.outcome("worker killed mid-DATA", &big, fault);
-    let cut_in_data = mid_data(&d.relay.postfix.log());
-    eprintln!("{kills} workers killed; Postfix lost {cut_in_data} deliveries in DATA");
+    let (body, after) = cut_in_data();
+    eprintln!(
+        "{kills} workers killed; Postfix lost {body} deliveries while it sent the message \
+         body, {after} after the final dot"
+    );
     assert!(
-        cut_in_data > 0,
-        "no session was cut in the middle of DATA ({kills} workers killed)"
+        body + after > 0,
+        "no delivery was cut in the middle of DATA ({kills} workers killed)"
     );
     outcome.assert_nothing_lost();
+    outcome.assert_untouched(1);
 }
 
 /// store-b's `STORE_ROOT` is a small tmpfs that fills during the load: store-b's recipients
-/// are deferred with a 4xx reply, store-a keeps accepting without a deferral, and once space
-/// is freed everything is delivered.
+/// are deferred with `452 4.3.1`, store-a keeps accepting (no deferral for lack of space),
+/// and once space is freed everything is delivered.
 #[test]
 #[ignore = "heavy: make stress"]
 fn a_store_whose_disk_fills_defers_and_delivers_once_space_is_freed() {
@@ -383,11 +411,14 @@ fn a_store_whose_disk_fills_defers_and_delivers_once_space_is_freed() {
     let ballast = b.root.join("store/ballast");
     std::fs::write(&ballast, vec![0u8; (SIZE - (256 << 10)) as usize]).expect("ballast");
     d.feed(&file());
-    let deferred_b = || {
-        d.relay.lines_with("carol@b.test.example", "deferred").len()
-            + d.relay.lines_with("dave@b.test.example", "deferred").len()
+    let b_users = ["carol@b.test.example", "dave@b.test.example"];
+    let deferred_b = || -> Vec<Delivery> {
+        b_users
+            .iter()
+            .flat_map(|to| d.relay.results(to, "deferred"))
+            .collect()
     };
-    let full = common::wait_until(Duration::from_secs(60), || deferred_b() > 0);
+    let full = common::wait_until(Duration::from_secs(60), || !deferred_b().is_empty());
     assert!(
         full,
         "store-b never deferred:\n{}\nstore-b's dispatcher log:\n{}",
@@ -402,27 +433,33 @@ fn a_store_whose_disk_fills_defers_and_delivers_once_space_is_freed() {
     let fault = Instant::now();
     std::fs::remove_file(&ballast).expect("free the space");
     let outcome = d.outcome("disk full", &file(), fault);
-    let replies: Vec<String> = ["carol@b.test.example", "dave@b.test.example"]
-        .iter()
-        .flat_map(|to| d.relay.lines_with(to, "deferred"))
-        .collect();
+    let replies = deferred_b();
     eprintln!(
         "store-b deferred {} deliveries; e.g. {:?}",
         replies.len(),
-        replies.first()
+        replies.first().map(|d| &d.reason)
     );
     assert!(
         a_done,
         "store-a did not take its load while store-b was full"
     );
-    for line in &replies {
+    for d in &replies {
         assert!(
-            line.contains(" said: 4"),
-            "a deferral that is not a 4xx reply of the store: {line}"
+            d.agent == "lmtp" && d.reason.contains(" said: 452 4.3.1 "),
+            "a deferral that is not the store's 452 4.3.1: {d:?}"
         );
     }
-    for to in ["alice@a.test.example", "bob@a.test.example"] {
-        assert_eq!(outcome.deferred(to), 0, "{to} was deferred");
+    for u in USERS.iter().filter(|u| u.store == 0) {
+        for d in d.relay.results(u.to, "deferred") {
+            assert!(
+                !d.reason.contains("No space"),
+                "store-a deferred {} for lack of space: {d:?}",
+                u.to
+            );
+        }
     }
+    // The Maildir users of store-a never wait (the native one may meet a held mbox lock).
+    assert_eq!(outcome.deferred("alice@a.test.example"), 0);
+    assert_eq!(outcome.deferred("bob@a.test.example"), 0);
     outcome.assert_nothing_lost();
 }

@@ -25,8 +25,11 @@
 //! mailbox, `fsync`, then `link()` into `new/` of every mailbox (a copy where a mailbox is on
 //! another file system), then `fsync` of each `new/` directory, then the `tmp/` name is
 //! removed. Only after its directory `fsync` does a recipient get `Ok`: a `250` means the
-//! message survives a crash. A crash before that leaves at most a file in `tmp/`, which
-//! readers never look at (Dovecot removes such files after 36 hours). File names follow the
+//! message survives a crash. A crash before the link into `new/` leaves at most a file in
+//! `tmp/`, which readers never look at (Dovecot removes such files after 36 hours); one after
+//! the link but before the client read the `250` leaves the message delivered while the
+//! client will send it again: a duplicate, never a loss (docs/lmtp.md, "Durability"). File
+//! names follow the
 //! Maildir rules: `<seconds>.M<microseconds>P<pid>Q<counter>.<host>,S=<size>`.
 //!
 //! Quota (`XQUOTA=bytes,messages` from the relay, or the channel's `DEFAULT_QUOTA`) is the

@@ -153,22 +153,62 @@ impl Layout {
 
     /// `dispatcher --check` of this installation: exit status, standard output and error.
     pub fn check(&self) -> (std::process::ExitStatus, String, String) {
-        let out = Command::new(self.root.join("lib/dispatcher"))
-            .arg("--check")
-            .env_remove("IMTA_TAILOR")
-            .output()
-            .expect("run dispatcher --check");
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        check(&self.root)
     }
 
     /// Edits `config/<file>` in place with `edit`.
     pub fn edit_config(&self, file: &str, edit: impl FnOnce(String) -> String) {
         edit_config(&self.root, file, edit)
     }
+}
+
+/// `dispatcher --check` of the installation at `root`: exit status, standard output and
+/// error.
+pub fn check(root: &Path) -> (std::process::ExitStatus, String, String) {
+    let out = Command::new(root.join("lib/dispatcher"))
+        .arg("--check")
+        .env_remove("IMTA_TAILOR")
+        .output()
+        .expect("run dispatcher --check");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every version of a service's LOGFILE in `<root>/log` (`name`, such as
+/// `tcp_lmtpss_server.log`; each worker writes its own), concatenated in order.
+pub fn service_log(root: &Path, name: &str) -> String {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir(root.join("log"))
+        .expect("log directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{name}-")))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
+}
+
+/// How many workers of `service` a dispatcher log says were started (worker ids are the
+/// dispatcher's, shared by every service, so they are not counted by number).
+pub fn started(log: &str, service: &str) -> usize {
+    let head = format!("[SERVICE={service}] worker ");
+    log.lines()
+        .filter(|l| l.contains(&head) && l.contains(" started, pid "))
+        .count()
+}
+
+/// Sends `sig` to process `pid`, which must exist.
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(pid, sig).expect("signal the dispatcher");
 }
 
 /// Edits `<root>/config/<file>` in place with `edit`.
@@ -267,23 +307,9 @@ impl Dispatcher {
         nix::unistd::Pid::from_raw(pids[0])
     }
 
-    /// Every version of a service's LOGFILE (`name`, such as `tcp_lmtpss_server.log`; each
-    /// worker writes its own), concatenated.
+    /// Every version of a service's LOGFILE, concatenated ([`service_log`]).
     pub fn service_log(&self, name: &str) -> String {
-        let mut versions: Vec<PathBuf> = std::fs::read_dir(self.root.join("log"))
-            .expect("log directory")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{name}-")))
-            })
-            .collect();
-        versions.sort();
-        versions
-            .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-            .collect()
+        service_log(&self.root, name)
     }
 
     /// Waits until the service's log contains `text` and returns it; panics with the log
@@ -300,14 +326,9 @@ impl Dispatcher {
         }
     }
 
-    /// How many workers of `service` the log says were started (worker ids are the
-    /// dispatcher's, shared by every service, so they are not counted by number).
+    /// How many workers of `service` the log says were started ([`started`]).
     pub fn started(&self, service: &str) -> usize {
-        let head = format!("[SERVICE={service}] worker ");
-        self.log()
-            .lines()
-            .filter(|l| l.contains(&head) && l.contains(" started, pid "))
-            .count()
+        started(&self.log(), service)
     }
 
     /// Waits until `n` workers of `service` were started; panics with the log after WAIT.
@@ -329,8 +350,7 @@ impl Dispatcher {
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.pid() as i32);
-        nix::sys::signal::kill(pid, sig).expect("signal the dispatcher");
+        signal(self.child.pid(), sig)
     }
 
     pub fn addr(&self, which: usize) -> SocketAddr {

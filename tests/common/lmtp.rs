@@ -234,3 +234,12 @@ pub fn mbox_messages(mbox: &str) -> Vec<(String, Vec<String>)> {
     }
     out
 }
+
+/// The first `Received:` line of a stored message (ours: it is the first trace field after
+/// `Return-Path:`; its first line only), without its CRLF.
+pub fn received_line(message: &str) -> &str {
+    message
+        .lines()
+        .find(|l| l.starts_with("Received:"))
+        .unwrap_or_else(|| panic!("no Received: line in {message:?}"))
+}

@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use super::dispatcher::free_ports;
-use super::peers::{run_bounded, Postfix};
+use super::peers::{run_bounded, smtp_greets, Postfix};
 
 /// A throwaway Postfix relaying to our LMTP service (its own `lmtp` client, connection
 /// caching on demand, as Postfix ships it) that also accepts SMTP on `smtp`, a loopback port
@@ -35,14 +35,7 @@ impl Relay {
         master.push_str(&format!("{smtp} inet n - n - - smtpd\n"));
         std::fs::write(conf.join("master.cf"), master).expect("write master.cf");
         postfix.tool("postfix", &["reload"]);
-        let greeted = super::wait_until(Duration::from_secs(20), || {
-            let Ok(mut s) = std::net::TcpStream::connect(smtp) else {
-                return false;
-            };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut greeting = [0u8; 3];
-            s.read_exact(&mut greeting).is_ok() && &greeting == b"220"
-        });
+        let greeted = super::wait_until(Duration::from_secs(20), || smtp_greets(smtp));
         assert!(
             greeted,
             "Postfix's smtpd does not answer on {smtp}:\n{}",
@@ -51,20 +44,9 @@ impl Relay {
         Relay { postfix, smtp }
     }
 
-    /// Holds or releases delivery (`defer_transports = lmtp`): held, what is submitted waits
-    /// in the queue, so that released, Postfix has a backlog for our service at once, and
-    /// caches its sessions (it caches on demand: when more mail waits for the destination).
+    /// Holds or releases delivery ([`Postfix::hold_delivery`]).
     pub fn hold_delivery(&self, hold: bool) {
-        let setting = if hold {
-            "defer_transports = lmtp"
-        } else {
-            "defer_transports ="
-        };
-        self.postfix.tool("postconf", &["-e", setting]);
-        self.postfix.tool("postfix", &["reload"]);
-        if !hold {
-            self.flush();
-        }
+        self.postfix.hold_delivery(hold);
     }
 
     /// How many messages wait in Postfix's queue.
@@ -126,10 +108,19 @@ pub fn postfix_queue_id(message: &str) -> Option<String> {
 /// How many times each key (`key` of each file's text) occurs in `files`; files without a key
 /// are counted under `""`.
 pub fn copies(files: &[PathBuf], key: impl Fn(&str) -> Option<String>) -> BTreeMap<String, usize> {
+    let texts: Vec<Vec<u8>> = files.iter().filter_map(|f| std::fs::read(f).ok()).collect();
+    copies_of(&texts, key)
+}
+
+/// How many times each key (`key` of each message's text) occurs in `messages`; messages
+/// without a key are counted under `""`.
+pub fn copies_of(
+    messages: &[Vec<u8>],
+    key: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    for f in files {
-        let text = std::fs::read(f).map(|b| String::from_utf8_lossy(&b).into_owned());
-        let k = text.ok().and_then(|t| key(&t)).unwrap_or_default();
+    for m in messages {
+        let k = key(&String::from_utf8_lossy(m)).unwrap_or_default();
         *out.entry(k).or_insert(0) += 1;
     }
     out

@@ -111,10 +111,19 @@ impl Drop for ChildGuard {
 /// Pids of `parent`'s children whose command is `name` (as `/proc` shows it: the first 15
 /// characters of the program name).
 pub fn children_named(parent: u32, name: &str) -> Vec<i32> {
+    children(parent)
+        .into_iter()
+        .filter(|(_, comm)| !comm.is_empty() && name.starts_with(comm.as_str()))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// `parent`'s children: pid and command (`/proc/<pid>/stat`).
+pub fn children(parent: u32) -> Vec<(i32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let mut pids = Vec::new();
+    let mut out = Vec::new();
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -132,11 +141,11 @@ pub fn children_named(parent: u32, name: &str) -> Vec<i32> {
             .nth(1)
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        if ppid == parent && !comm.is_empty() && name.starts_with(comm) {
-            pids.push(pid);
+        if ppid == parent {
+            out.push((pid, comm.to_string()));
         }
     }
-    pids
+    out
 }
 
 /// Whether a process of this pid exists (a zombie not yet reaped still does).

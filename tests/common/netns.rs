@@ -205,13 +205,16 @@ pub fn command_in(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command 
 }
 
 /// Kills what runs in `names` and deletes them (the veth pairs go with their namespaces).
+/// What cannot be removed is said on standard error: a namespace a process survived in
+/// lives on without a name, where no later run can find it.
 fn teardown(names: &[String]) {
+    let mut left = Vec::new();
     for _ in 0..50 {
-        let pids: Vec<i32> = names.iter().flat_map(|n| netns_pids(n)).collect();
-        if pids.is_empty() {
+        left = names.iter().flat_map(|n| netns_pids(n)).collect();
+        if left.is_empty() {
             break;
         }
-        for pid in pids {
+        for &pid in &left {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -219,11 +222,18 @@ fn teardown(names: &[String]) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    if !left.is_empty() {
+        eprintln!("netns teardown: processes {left:?} survived SIGKILL in {names:?}");
+    }
     for n in names {
-        let _ = Command::new("ip")
+        let deleted = Command::new("ip")
             .args(["netns", "del", n])
             .stderr(Stdio::null())
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
+        if !deleted {
+            eprintln!("netns teardown: `ip netns del {n}` failed");
+        }
     }
 }
 

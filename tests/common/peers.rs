@@ -44,6 +44,17 @@ pub fn run_bounded(mut cmd: Command, tool: &str, limit: Duration) -> Output {
     }
 }
 
+/// Whether an SMTP server on `addr` greets a new connection with `220` (within 5 s).
+pub fn smtp_greets(addr: SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut greeting = [0u8; 3];
+    s.read_exact(&mut greeting).is_ok() && &greeting == b"220"
+}
+
 /// One `swaks --protocol LMTP` transaction to several recipients: whether it succeeded, and
 /// its transcript (`<-` lines are the server's replies).
 pub fn swaks(addr: SocketAddr, from: &str, to: &[&str], extra: &[&str]) -> (bool, String) {
@@ -495,6 +506,30 @@ impl Postfix {
     pub fn flush(&self) {
         self.tool("postqueue", &["-f"]);
     }
+
+    /// Holds or releases delivery (`defer_transports = lmtp`): held, what is submitted waits
+    /// in the queue, so that released, Postfix has a backlog for its LMTP destinations at
+    /// once and keeps its sessions to them cached and busy (it caches on demand: when more
+    /// mail waits for the destination). A hold set this way takes effect once the reload has
+    /// reached the queue manager; a relay that must hold from its first message is started
+    /// with the setting in `main.cf`.
+    pub fn hold_delivery(&self, hold: bool) {
+        let setting = if hold {
+            "defer_transports = lmtp"
+        } else {
+            "defer_transports ="
+        };
+        self.tool("postconf", &["-e", setting]);
+        self.tool("postfix", &["reload"]);
+        if !hold {
+            self.flush();
+        }
+    }
+
+    /// Every delivery result in the log (`<queue id>: to=<...>, ... status=...`), in order.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.log().lines().filter_map(Delivery::parse).collect()
+    }
 }
 
 impl Drop for Postfix {
@@ -506,5 +541,59 @@ impl Drop for Postfix {
         while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// One delivery result of Postfix's log: `<agent>[pid]: <queue id>: to=<rcpt>, ...,
+/// status=<status> (<reason>)`.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The program that logged it: `lmtp` for an attempt, `qmgr` or `error` for a message
+    /// deferred without one (a destination marked down, a held transport).
+    pub agent: String,
+    pub queue_id: String,
+    pub to: String,
+    pub status: String,
+    pub reason: String,
+}
+
+impl Delivery {
+    fn parse(line: &str) -> Option<Delivery> {
+        let (head, rest) = line.split_once("]: ")?;
+        let agent = head.rsplit_once('[')?.0.rsplit('/').next()?.to_string();
+        let (queue_id, rest) = rest.split_once(": to=<")?;
+        let (to, rest) = rest.split_once(">,")?;
+        let after = rest.split_once(" status=")?.1;
+        let (status, reason) = after.split_once(' ').unwrap_or((after, ""));
+        let reason = reason.trim();
+        let reason = reason
+            .strip_prefix('(')
+            .and_then(|r| r.strip_suffix(')'))
+            .unwrap_or(reason);
+        Some(Delivery {
+            agent,
+            queue_id: queue_id.to_string(),
+            to: to.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+        })
+    }
+
+    /// A delivery the LMTP client tried and lost the connection in.
+    pub fn cut(&self) -> bool {
+        self.agent == "lmtp"
+            && self.status == "deferred"
+            && self.reason.starts_with("lost connection")
+    }
+
+    /// A cut after the message data was sent, before its replies were read: the only moment
+    /// a store may have kept a message the relay will send again.
+    pub fn cut_after_data(&self) -> bool {
+        self.cut() && self.reason.contains("may be sent more than once")
+    }
+
+    /// A message deferred because delivery is held (`defer_transports`): the test's doing.
+    pub fn held(&self) -> bool {
+        self.reason == "deferred transport"
     }
 }

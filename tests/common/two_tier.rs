@@ -14,8 +14,8 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::dispatcher::mail_account;
-use super::netns::Network;
-use super::peers::{run_bounded, Postfix};
+use super::netns::{v4, Network};
+use super::peers::{run_bounded, Delivery, Postfix};
 use super::{fixtures, ChildGuard};
 
 pub const RELAY: &str = "relay";
@@ -25,6 +25,11 @@ pub const STRANGER: &str = "stranger";
 
 /// How long a dispatcher may take to stop when told to (its `--shutdown-timeout`).
 pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(30);
+
+/// The relay host's two addresses, in place of the seed's two sample relay addresses.
+pub fn relays() -> [Ipv4Addr; 2] {
+    [v4(10), v4(11)]
+}
 
 /// The test network: the relay (198.51.100.10 and .11, the two addresses the seed's
 /// PORT_ACCESS admits), store-a (.21), store-b (.22), a stranger (.99).
@@ -133,16 +138,7 @@ impl Store {
 
     /// `dispatcher --check` of the installation: exit status, standard output and error.
     pub fn check(&self) -> (ExitStatus, String, String) {
-        let out = Command::new(self.root.join("lib/dispatcher"))
-            .arg("--check")
-            .env_remove("IMTA_TAILOR")
-            .output()
-            .expect("run dispatcher --check");
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        super::dispatcher::check(&self.root)
     }
 
     /// Starts `dispatcher --foreground` on the store's host (its own process group, as a
@@ -190,8 +186,7 @@ impl Store {
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
-        nix::sys::signal::kill(pid, sig).expect("signal the dispatcher");
+        super::dispatcher::signal(self.pid(), sig)
     }
 
     /// Waits up to `limit` for the dispatcher to exit, then forgets it (killed if it still
@@ -210,30 +205,13 @@ impl Store {
 
     /// Every version of a service's LOGFILE (`tcp_lmtpss_server.log`), concatenated.
     pub fn service_log(&self, name: &str) -> String {
-        let mut versions: Vec<PathBuf> = std::fs::read_dir(self.root.join("log"))
-            .expect("log directory")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{name}-")))
-            })
-            .collect();
-        versions.sort();
-        versions
-            .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-            .collect()
+        super::dispatcher::service_log(&self.root, name)
     }
 
     /// How many workers of `service` this installation's log says were started, by every
     /// dispatcher that ran on it.
     pub fn started(&self, service: &str) -> usize {
-        let head = format!("[SERVICE={service}] worker ");
-        self.log()
-            .lines()
-            .filter(|l| l.contains(&head) && l.contains(" started, pid "))
-            .count()
+        super::dispatcher::started(&self.log(), service)
     }
 
     /// Pids of the running dispatcher's workers running `image`.
@@ -268,8 +246,16 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // The dispatcher and its workers first (the network's drop kills what is left), then
-        // the file system under the store.
+        // The workers (in process groups of their own, they outlive a killed dispatcher) and
+        // the dispatcher first, so that nothing writes into the store while it goes.
+        if let Some(child) = &self.child {
+            for (pid, _) in super::children(child.pid()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         self.child = None;
         if self.mounted {
             let _ = Command::new("umount")
@@ -298,7 +284,9 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn start(net: &Network, routes: &[(&str, String)]) -> Relay {
+    /// The relay, routing `routes`; `held`: with delivery held from the first message
+    /// (`defer_transports = lmtp`) until [`Relay::release`].
+    pub fn start(net: &Network, routes: &[(&str, String)], held: bool) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("conf");
         std::fs::create_dir_all(&conf).expect("create Postfix's configuration directory");
@@ -333,21 +321,14 @@ impl Relay {
                 // Postfix's delivery agents.
                 ("lmtp_connect_timeout", "5s"),
                 ("lmtp_lhlo_timeout", "30s"),
+                ("defer_transports", if held { "lmtp" } else { "" }),
             ],
             true,
             move |program| super::netns::command_in(&netns, program),
         );
         let smtp = SocketAddr::from((relay.ip(), 25));
         let up = super::wait_until(Duration::from_secs(20), || {
-            net.within(RELAY, move || {
-                use std::io::Read;
-                let Ok(mut s) = std::net::TcpStream::connect(smtp) else {
-                    return false;
-                };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut greeting = [0u8; 3];
-                s.read_exact(&mut greeting).is_ok() && &greeting == b"220"
-            })
+            net.within(RELAY, move || super::peers::smtp_greets(smtp))
         });
         assert!(
             up,
@@ -391,20 +372,11 @@ impl Relay {
         out
     }
 
-    /// Holds or releases delivery (`defer_transports = lmtp`): held, what is fed waits in the
-    /// queue, so that released, Postfix starts with a backlog for the stores and keeps its
-    /// sessions to them busy (it caches connections on demand: when more mail waits).
-    pub fn hold(&self, hold: bool) {
-        let setting = if hold {
-            "defer_transports = lmtp"
-        } else {
-            "defer_transports ="
-        };
-        self.postfix.tool("postconf", &["-e", setting]);
-        self.postfix.tool("postfix", &["reload"]);
-        if !hold {
-            self.postfix.flush();
-        }
+    /// Releases delivery held since the start: Postfix starts with its whole backlog for the
+    /// stores and keeps its sessions to them busy (it caches connections on demand: when more
+    /// mail waits).
+    pub fn release(&self) {
+        self.postfix.hold_delivery(false);
     }
 
     /// Flushes the queue every 2 s until `postqueue -p` says it is empty, at most `limit`;
@@ -427,59 +399,52 @@ impl Relay {
         }
     }
 
-    /// Postfix's delivery results for recipient `to`: how many lines said each `status=`
-    /// (a hold's `deferred transport` left out).
+    /// Postfix's delivery results for recipient `to`: how many said each `status=` (held
+    /// messages left out).
     pub fn statuses(&self, to: &str) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
-        let needle = format!(" to=<{to}>,");
-        for line in self
-            .postfix
-            .log()
-            .lines()
-            .filter(|l| l.contains(&needle) && !l.contains("(deferred transport)"))
-        {
-            if let Some(status) = line
-                .split(" status=")
-                .nth(1)
-                .and_then(|s| s.split_whitespace().next())
-            {
-                *out.entry(status.to_string()).or_insert(0) += 1;
-            }
+        for d in self.deliveries().iter().filter(|d| d.to == to) {
+            *out.entry(d.status.clone()).or_insert(0) += 1;
         }
         out
     }
 
-    /// Why Postfix deferred deliveries to the stores, each reason with how often (a hold's
-    /// `deferred transport` is not counted: that is the test's doing, not a store's).
+    /// [`Relay::statuses`] once Postfix has logged `sent` results for `to` (its log
+    /// is written a moment after the queue empties), at most 10 s.
+    pub fn statuses_once_sent(&self, to: &str, sent: usize) -> BTreeMap<String, usize> {
+        super::wait_until(Duration::from_secs(10), || {
+            self.statuses(to).get("sent").copied().unwrap_or(0) >= sent
+        });
+        self.statuses(to)
+    }
+
+    /// Every delivery result but the held ones (`defer_transports`: the test's doing).
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        let mut all = self.postfix.deliveries();
+        all.retain(|d| !d.held());
+        all
+    }
+
+    /// Why Postfix deferred deliveries to the stores, each reason with how often (numbers
+    /// masked: addresses and counts differ from line to line, the reason does not).
     pub fn deferral_reasons(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
-        for line in self.postfix.log().lines() {
-            let Some(reason) = line.split("status=deferred (").nth(1) else {
-                continue;
-            };
-            if reason.starts_with("deferred transport") {
-                continue;
-            }
-            // Addresses, queue ids and counts differ from line to line; the reason does not.
-            let reason: String = reason
+        for d in self.deliveries().iter().filter(|d| d.status == "deferred") {
+            let reason: String = d
+                .reason
                 .chars()
                 .map(|c| if c.is_ascii_digit() { '#' } else { c })
                 .collect();
-            *out.entry(reason).or_insert(0) += 1;
+            *out.entry(format!("{}: {reason}", d.agent)).or_insert(0) += 1;
         }
         out
     }
 
-    /// The lines of Postfix's log for recipient `to` that say `status=<status>`.
-    pub fn lines_with(&self, to: &str, status: &str) -> Vec<String> {
-        let needle = format!(" to=<{to}>,");
-        let status = format!(" status={status} ");
-        self.postfix
-            .log()
-            .lines()
-            .filter(|l| l.contains(&needle) && l.contains(&status))
-            .filter(|l| !l.contains("(deferred transport)"))
-            .map(str::to_string)
+    /// The results for recipient `to` with `status=<status>`.
+    pub fn results(&self, to: &str, status: &str) -> Vec<Delivery> {
+        self.deliveries()
+            .into_iter()
+            .filter(|d| d.to == to && d.status == status)
             .collect()
     }
 }
@@ -563,18 +528,6 @@ pub fn without_trace(message: &[u8]) -> &[u8] {
     }
 }
 
-/// Per Postfix queue id (from Postfix's `Received:` line), how many copies of the message
-/// `messages` hold; messages without one are counted under `""`.
-pub fn copies_by_queue_id(messages: &[Vec<u8>]) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for m in messages {
-        let text = String::from_utf8_lossy(m);
-        let id = super::load::postfix_queue_id(&text).unwrap_or_default();
-        *out.entry(id).or_insert(0) += 1;
-    }
-    out
-}
-
 /// What a mailbox holds, judged against what was sent to it.
 #[derive(Debug)]
 pub struct Tally {
@@ -591,7 +544,9 @@ pub struct Tally {
 
 impl Tally {
     pub fn of(user: &str, sent: usize, messages: &[Vec<u8>], expected: &[u8]) -> Tally {
-        let copies = copies_by_queue_id(messages);
+        // Per Postfix queue id (from Postfix's `Received:` line): the same for every copy of
+        // one queued message, whoever delivered it.
+        let copies = super::load::copies_of(messages, super::load::postfix_queue_id);
         Tally {
             user: user.to_string(),
             sent,
