@@ -90,24 +90,7 @@ impl Layout {
     /// and `images` as the two services' IMAGE (the echo test image copied into `lib/`),
     /// then lets `prepare` adjust it.
     pub fn new(limits: &str, images: [&str; 2], prepare: impl FnOnce(&Path)) -> Layout {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let bindir = Path::new(env!("CARGO_BIN_EXE_dispatcher"))
-            .parent()
-            .expect("bin dir")
-            .to_path_buf();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-layout.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(dir.path())
-            .arg(&bindir)
-            .arg(mail_account())
-            .output()
-            .expect("demo-layout.sh");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let dir = demo_layout();
         let root = dir.path().to_path_buf();
         std::fs::copy(example("echo_image"), root.join("lib/echo_image")).expect("copy image");
         let ports = free_ports();
@@ -160,6 +143,30 @@ impl Layout {
     pub fn edit_config(&self, file: &str, edit: impl FnOnce(String) -> String) {
         edit_config(&self.root, file, edit)
     }
+}
+
+/// A temporary directory laid out as an installation by scripts/demo-layout.sh (the programs
+/// of this build in `lib/`, the demo configuration, the workers' account [`mail_account`]).
+pub fn demo_layout() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bindir = Path::new(env!("CARGO_BIN_EXE_dispatcher"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-layout.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(dir.path())
+        .arg(&bindir)
+        .arg(mail_account())
+        .output()
+        .expect("demo-layout.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
 }
 
 /// `dispatcher --check` of the installation at `root`: exit status, standard output and

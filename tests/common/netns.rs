@@ -96,16 +96,8 @@ impl Network {
             ip(&["-n", &lan, "link", "set", "dev", &port, "master", "br0"]);
             ip(&["-n", &lan, "link", "set", "dev", &port, "up"]);
             ip(&["-n", &netns, "link", "set", "dev", "lo", "up"]);
-            for a in &host.v4 {
-                ip(&[
-                    "-n",
-                    &netns,
-                    "addr",
-                    "add",
-                    &format!("{a}/24"),
-                    "dev",
-                    "eth0",
-                ]);
+            for &a in &host.v4 {
+                add_v4(&netns, a);
             }
             // No duplicate address detection: the address is usable at once.
             ip(&[
@@ -138,15 +130,7 @@ impl Network {
     pub fn add_address(&mut self, host: &str, n: u8) -> Ipv4Addr {
         let netns = self.host(host).netns.clone();
         let a = v4(n);
-        ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{a}/24"),
-            "dev",
-            "eth0",
-        ]);
+        add_v4(&netns, a);
         if let Some(h) = self.hosts.iter_mut().find(|h| h.name == host) {
             h.v4.push(a);
         }
@@ -293,6 +277,19 @@ fn netns_pids(netns: &str) -> Vec<i32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Gives the `eth0` of namespace `netns` the address `a` on the test network's /24.
+fn add_v4(netns: &str, a: Ipv4Addr) {
+    ip(&[
+        "-n",
+        netns,
+        "addr",
+        "add",
+        &format!("{a}/24"),
+        "dev",
+        "eth0",
+    ]);
 }
 
 /// `ip <args>`, which must succeed.

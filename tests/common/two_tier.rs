@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::dispatcher::mail_account;
 use super::netns::{v4, Network};
 use super::peers::{run_bounded, Delivery, Postfix};
 use super::{fixtures, ChildGuard};
@@ -58,24 +57,7 @@ impl Store {
     /// Lays out the installation for `host`, with `relays` in place of the seed's two sample
     /// relay addresses; `store_size` mounts a tmpfs of that many bytes as `STORE_ROOT`.
     pub fn lay_out(host: &str, relays: [Ipv4Addr; 2], store_size: Option<u64>) -> Store {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let bindir = Path::new(env!("CARGO_BIN_EXE_dispatcher"))
-            .parent()
-            .expect("bin dir")
-            .to_path_buf();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-layout.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(dir.path())
-            .arg(&bindir)
-            .arg(mail_account())
-            .output()
-            .expect("demo-layout.sh");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let dir = super::dispatcher::demo_layout();
         let root = dir.path().to_path_buf();
         let config = root.join("config");
         let seed = fixtures().join("seed");
