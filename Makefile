@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make run` and `make test` (see README.md).
 CARGO ?= cargo
 
-.PHONY: all build deps test stress run bench fuzz clean
+.PHONY: all build deps test stress run bench fuzz clean install uninstall
 
 all: build
 
@@ -67,6 +67,23 @@ fuzz:
 	    cp artifacts/$$t/* corpus/$$t/ 2>/dev/null || true; \
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: crashes in:$$failed (see fuzz/artifacts/)"; exit 1; fi
+
+# In place into an existing installation, with a way back (docs/admin-guide.md, "Install in
+# place"): `make install IMTA_BIN=/opt/SUNWmsgsr/lib` replaces the three programs there (each
+# replaced file kept once as <name>.orig, its mode and owner carried over), installs the manual
+# pages under MANDIR, then runs the installed `dispatcher --check` (with --tailor TAILOR when
+# TAILOR is given) and prints what it found. `make uninstall IMTA_BIN=...` puts the .orig files
+# back. DESTDIR stages both under another root. The work is scripts/install-in-place.sh.
+IMTA_BIN ?=
+DESTDIR ?=
+MANDIR ?= /usr/share/man
+TAILOR ?= $(IMTA_TAILOR)
+INSTALL_ENV = IMTA_BIN="$(IMTA_BIN)" DESTDIR="$(DESTDIR)" MANDIR="$(MANDIR)" TAILOR="$(TAILOR)"
+install: build
+	$(INSTALL_ENV) BINDIR="$(CURDIR)/target/release" scripts/install-in-place.sh install
+
+uninstall:
+	$(INSTALL_ENV) scripts/install-in-place.sh uninstall
 
 clean:
 	$(CARGO) clean

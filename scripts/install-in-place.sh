@@ -89,6 +89,21 @@ put() {
     mv -f -T "$tmp" "$target"
 }
 
+# make_dirs DIR: mkdir -p that lists in the manifest each directory it creates (with a trailing
+# /), so that uninstall removes them again, deepest first.
+make_dirs() {
+    local dir=$1 missing=()
+    while [ ! -d "$dir" ]; do
+        missing=("$dir" "${missing[@]}")
+        dir=$(dirname "$dir")
+    done
+    for dir in "${missing[@]}"; do
+        mkdir -m 0755 "$dir"
+        echo "${dir#"$destdir"}/" >>"$manifest"
+        say "$dir: directory created"
+    done
+}
+
 install_all() {
     local p page
     for p in "${programs[@]}"; do
@@ -103,7 +118,7 @@ install_all() {
         put "$bindir/$p" "$bin/$p" 0755
     done
     for page in "${pages[@]}"; do
-        mkdir -p "$mandir/$(dirname "$page")"
+        make_dirs "$mandir/$(dirname "$page")"
         put "$here/man/$(basename "$page")" "$mandir/$page" 0644
     done
     [ ! -e "$manifest" ] || chmod 0644 "$manifest"
@@ -145,6 +160,14 @@ uninstall_all() {
     for page in "${pages[@]}"; do
         restore "$mandir/$page"
     done
+    if [ -e "$manifest" ]; then
+        local dir
+        while IFS= read -r dir; do
+            rmdir -- "$destdir${dir%/}" 2>/dev/null &&
+                say "$destdir${dir%/}: directory removed" ||
+                say "$destdir${dir%/}: directory left (not empty)"
+        done < <(grep '/$' "$manifest" | tac)
+    fi
     rm -f -- "$manifest"
 }
 
