@@ -16,6 +16,7 @@ command -v smtp-source >/dev/null || need+=(postfix)
 command -v swaks >/dev/null || need+=(swaks)
 command -v doveadm >/dev/null || need+=(dovecot-core)
 [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
+command -v mandoc >/dev/null || need+=(mandoc) # tests/man_pages.rs: mandoc -T lint
 
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

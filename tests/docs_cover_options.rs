@@ -1,16 +1,10 @@
 //! The administrator's documentation names every option and keyword the code knows, so that
 //! a new option cannot be added without being documented.
 
-use std::path::Path;
+mod common;
 
+use common::docs::doc;
 use msdispatcher::config::{keywords, options};
-
-fn doc(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("docs")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
 
 #[test]
 fn every_dispatcher_option_is_in_the_configuration_and_compatibility_docs() {

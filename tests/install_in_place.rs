@@ -172,7 +172,10 @@ impl Legacy {
                 } else {
                     Vec::new()
                 };
-                let rel = path.strip_prefix(base).expect("under DESTDIR").to_path_buf();
+                let rel = path
+                    .strip_prefix(base)
+                    .expect("under DESTDIR")
+                    .to_path_buf();
                 out.insert(rel, (meta.mode(), meta.uid(), meta.gid(), contents));
                 if meta.is_dir() {
                     walk(&path, base, out);
@@ -293,10 +296,17 @@ fn a_second_install_keeps_the_first_orig() {
             old_program(p).into_bytes(),
             "{p}.orig no longer holds the legacy program after a second install"
         );
-        assert_eq!(mode(&legacy.lib(p)), OLD_MODE, "{p} mode after a second install");
+        assert_eq!(
+            mode(&legacy.lib(p)),
+            OLD_MODE,
+            "{p} mode after a second install"
+        );
     }
     let man = legacy.mandir();
-    assert_eq!(read(&man.join("man8/dispatcher.8.orig")), OLD_PAGE.as_bytes());
+    assert_eq!(
+        read(&man.join("man8/dispatcher.8.orig")),
+        OLD_PAGE.as_bytes()
+    );
     assert!(
         !man.join("man5/dispatcher.cnf.5.orig").exists(),
         "a page that was new the first time must not get an .orig of ours"

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dispatcher;
+pub mod docs;
 pub mod faulty;
 pub mod lmtp;
 pub mod load;
