@@ -390,3 +390,23 @@ fn install_refuses_when_imta_bin_is_not_a_directory() {
     );
     assert_eq!(legacy.snapshot(), before, "a refused install changed files");
 }
+
+#[test]
+fn install_refuses_a_symbolic_link_at_a_program_name_and_changes_nothing() {
+    let legacy = Legacy::new();
+    let target = legacy.lib("tcp_lmtpn_server");
+    fs::remove_file(&target).expect("remove the stand-in");
+    std::os::unix::fs::symlink("/bin/true", &target).expect("link");
+    let before = legacy.snapshot();
+    let out = legacy.script("install");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "install went through a symbolic link"
+    );
+    assert!(
+        err.contains("tcp_lmtpn_server is not a regular file"),
+        "unclear refusal: {err}"
+    );
+    assert_eq!(legacy.snapshot(), before, "a refused install changed files");
+}
