@@ -15,6 +15,7 @@ command -v ip >/dev/null || need+=(iproute2) # the two-tier tests' hosts: networ
 command -v smtp-source >/dev/null || need+=(postfix)
 command -v swaks >/dev/null || need+=(swaks)
 command -v doveadm >/dev/null || need+=(dovecot-core)
+command -v logrotate >/dev/null || need+=(logrotate) # tests/log_rotation.rs runs the snippet
 [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
 command -v mandoc >/dev/null || need+=(mandoc) # tests/man_pages.rs: mandoc -T lint
 

@@ -166,6 +166,35 @@ fn prune(base: &Path, current: &Path, keep: u64) {
     }
 }
 
+/// Creates the delivery log (`IMTA_LOG:mail.log_current`, see `src/lmtp/delivery_log.rs`)
+/// when nothing is at `path`, owned by `owner` (the workers' account, which cannot create
+/// files in `IMTA_LOG`) with [`MODE`]; `true` when it was created. Whatever is already there
+/// is left exactly as it is: never opened, truncated or chowned here (a worker refuses a file
+/// that is not its own or root's).
+pub fn create_delivery_log(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<bool> {
+    let file = match safe_fs::create_new(path, OpenOptions::new().append(true), MODE) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+    }
+    Ok(true)
+}
+
+/// [`create_delivery_log`] at start and at SIGUSR1, saying in the dispatcher's log what it did.
+pub fn ensure_delivery_log(path: &Path, owner: Option<(u32, u32)>) {
+    match create_delivery_log(path, owner) {
+        Ok(true) => log::info!("delivery log {} created", path.display()),
+        Ok(false) => {}
+        Err(e) => log::error!(
+            "cannot create the delivery log {}: {e}; delivery lines stay in the LOGFILEs",
+            path.display()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

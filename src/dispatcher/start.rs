@@ -73,6 +73,12 @@ pub fn start(opts: &StartOptions) -> Result<(), String> {
     }
     let (tailor, origin) = (opts.tailor.clone(), opts.tailor_origin);
     let mail_user = inst.tailor.user();
+    // The workers' delivery log, made here as they cannot create files in IMTA_LOG.
+    let delivery_log = log_dir.join(crate::lmtp::delivery_log::FILE_NAME);
+    let owner = (inst.dispatcher.services.first())
+        .and_then(|s| super::runtime::service_account(s, mail_user.as_deref()).ok()?)
+        .map(|a| (a.uid, a.gid));
+    super::logfiles::ensure_delivery_log(&delivery_log, owner);
     let setup = Setup {
         mail_user,
         services: inst.dispatcher.services,
@@ -80,7 +86,10 @@ pub fn start(opts: &StartOptions) -> Result<(), String> {
         port_access: inst.mapping_set,
         tailor: opts.tailor.clone(),
         shutdown_bound: opts.shutdown_bound,
-        reopen_log: Box::new(move || logger.reopen()),
+        reopen_log: Box::new(move || {
+            super::logfiles::ensure_delivery_log(&delivery_log, owner);
+            logger.reopen()
+        }),
         reload: Box::new(move || {
             let mut diags = Diagnostics::default();
             let inst =

@@ -13,12 +13,15 @@ use std::io::Write;
 
 /// One log line: `time program[pid] LEVEL: message` and a newline.
 pub fn format_line(program: &str, record: &log::Record) -> String {
+    format_text(program, record.level(), record.args())
+}
+
+/// The same line for text that is not a `log` record (the delivery log's lines).
+pub fn format_text(program: &str, level: log::Level, text: impl std::fmt::Display) -> String {
     format!(
-        "{} {program}[{}] {}: {}\n",
+        "{} {program}[{}] {level}: {text}\n",
         utc_timestamp(std::time::SystemTime::now()),
         std::process::id(),
-        record.level(),
-        record.args()
     )
 }
 

@@ -7,6 +7,7 @@
 //! * [`input`]: lines and message data from the socket (terminators, dot-unstuffing, limits).
 //! * [`body`]: message data in memory, or in an unnamed temporary file when large.
 //! * [`session`]: the protocol state machine, one per connection.
+//! * [`delivery_log`]: `IMTA_LOG:mail.log_current`, the delivery lines of every worker.
 //! * [`settings`]: the channel in `imta.cnf` and its option file, read once at start.
 //! * [`store`]: what a delivery back end is ([`store::Store`]).
 //! * [`maildir`]: the message store: Maildir++ under a store root.
@@ -18,6 +19,7 @@
 pub mod address;
 pub mod body;
 pub mod command;
+pub mod delivery_log;
 pub mod input;
 pub mod maildir;
 pub mod maildirsize;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::worker::runtime::{Connection, Handler, WorkerConfig};
 
+use super::delivery_log::DeliveryLog;
 use super::maildir::{MaildirSettings, MaildirStore};
 use super::mbox::{MboxSettings, MboxStore};
 use super::session::{self, Context, End};
@@ -16,6 +17,7 @@ use super::store::Store;
 pub struct LmtpServer {
     settings: Settings,
     store: Box<dyn Store>,
+    delivery_log: Option<DeliveryLog>,
 }
 
 impl LmtpServer {
@@ -63,7 +65,15 @@ impl LmtpServer {
                 settings.spool.display()
             ),
         }
-        LmtpServer { settings, store }
+        let delivery_log = settings
+            .delivery_log
+            .clone()
+            .map(|p| DeliveryLog::new(p, settings.kind.program()));
+        LmtpServer {
+            settings,
+            store,
+            delivery_log,
+        }
     }
 
     pub fn into_handler(self) -> Arc<dyn Handler> {
@@ -88,6 +98,7 @@ impl Handler for LmtpServer {
             conn: c.id,
             client: c.client,
             drain: &c.drain,
+            delivery_log: self.delivery_log.as_ref(),
         };
         let end = session::run(&c.stream, &ctx);
         match end {

@@ -43,6 +43,7 @@ use crate::worker::drain::OWED_GRACE;
 use super::address::{printable, Recipient};
 use super::body::Body;
 use super::command::{self, Command, Param};
+use super::delivery_log::DeliveryLog;
 use super::input::{Line, Wire, WireError};
 use super::reply::Reply;
 use super::settings::{parse_quota, Settings, MAX_COMMAND_LINE, MIN_DATA_RATE};
@@ -59,6 +60,19 @@ pub struct Context<'a> {
     pub client: SocketAddr,
     /// The worker's drain state (see the module comment).
     pub drain: &'a DrainSignal,
+    /// The installation's delivery log, which gets every delivery and refusal line too.
+    pub delivery_log: Option<&'a DeliveryLog>,
+}
+
+/// Logs a delivery or refusal line in the LOGFILE and appends it to the delivery log; when
+/// that fails the LOGFILE line is the record, and a warning there says why.
+fn record(ctx: &Context<'_>, level: log::Level, text: String) {
+    log::log!(level, "{text}");
+    if let Some(d) = ctx.delivery_log {
+        if let Err(e) = d.write(level, &text) {
+            log::warn!("{e}; the line above is only in this LOGFILE");
+        }
+    }
 }
 
 /// A mail transaction in progress.
@@ -506,12 +520,16 @@ impl Session<'_> {
         let mut r = match Recipient::parse(path) {
             Ok(r) => r,
             Err(reply) => {
-                log::warn!(
-                    "refused conn={} client={} to=<{}> result={}",
-                    self.ctx.conn,
-                    self.ctx.client.ip(),
-                    untrusted(path),
-                    untrusted(&reply.to_string())
+                record(
+                    self.ctx,
+                    log::Level::Warn,
+                    format!(
+                        "refused conn={} client={} to=<{}> result={}",
+                        self.ctx.conn,
+                        self.ctx.client.ip(),
+                        untrusted(path),
+                        untrusted(&reply.to_string())
+                    ),
                 );
                 return reply;
             }
@@ -546,13 +564,17 @@ impl Session<'_> {
             Err(reply) => {
                 let reply = addressed(reply, path);
                 if settings.logging {
-                    log::info!(
-                        "refused conn={} client={} from=<{}> to=<{}> result={}",
-                        self.ctx.conn,
-                        self.ctx.client.ip(),
-                        untrusted(&tx.sender),
-                        untrusted(path),
-                        untrusted(&reply.to_string())
+                    record(
+                        self.ctx,
+                        log::Level::Info,
+                        format!(
+                            "refused conn={} client={} from=<{}> to=<{}> result={}",
+                            self.ctx.conn,
+                            self.ctx.client.ip(),
+                            untrusted(&tx.sender),
+                            untrusted(path),
+                            untrusted(&reply.to_string())
+                        ),
                     );
                 }
                 reply
@@ -650,16 +672,20 @@ impl Session<'_> {
                 Err(reply) => reply,
             };
             if settings.logging {
-                log::info!(
-                    "delivery conn={} client={} id={id} from=<{}> to=<{}> mailbox={}/{} size={} result={}",
-                    self.ctx.conn,
-                    self.ctx.client.ip(),
-                    untrusted(&tx.sender),
-                    untrusted(&r.written),
-                    untrusted(&target.user),
-                    untrusted(&target.folder),
-                    outcome.size,
-                    untrusted(&reply.to_string()),
+                record(
+                    self.ctx,
+                    log::Level::Info,
+                    format!(
+                        "delivery conn={} client={} id={id} from=<{}> to=<{}> mailbox={}/{} size={} result={}",
+                        self.ctx.conn,
+                        self.ctx.client.ip(),
+                        untrusted(&tx.sender),
+                        untrusted(&r.written),
+                        untrusted(&target.user),
+                        untrusted(&target.folder),
+                        outcome.size,
+                        untrusted(&reply.to_string()),
+                    ),
                 );
             }
             self.reply(reply);

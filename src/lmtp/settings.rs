@@ -66,6 +66,9 @@ pub struct Settings {
     pub max_lines: Option<u64>,
     /// One log line per delivery (`logging`, the default; `nologging` turns it off).
     pub logging: bool,
+    /// Where those lines go besides the LOGFILE: `IMTA_LOG:mail.log_current`, when the tailor
+    /// sets `IMTA_LOG` (docs/lmtp.md, "Logging").
+    pub delivery_log: Option<PathBuf>,
     /// Protocol trace in the log (`slave_debug`, or the service's DEBUG).
     pub trace: bool,
     /// `COMMAND_RECEIVE_TIME`: for a whole command line, and for a write of our replies.
@@ -278,6 +281,12 @@ pub fn from_parts(
         max_message: block_limit.unwrap_or(DEFAULT_MAX_MESSAGE),
         max_lines,
         logging,
+        delivery_log: resolver
+            .resolve_spec(
+                &format!("IMTA_LOG:{}", super::delivery_log::FILE_NAME),
+                None,
+            )
+            .ok(),
         trace,
         command_timeout: minutes("COMMAND_RECEIVE_TIME", 10.0)?,
         data_timeout: minutes("DATA_RECEIVE_TIME", 10.0)?,

@@ -2,6 +2,7 @@
 //! is checked against the exact error it must produce.
 #![allow(dead_code)]
 
+pub mod delivery_log;
 pub mod dispatcher;
 pub mod docs;
 pub mod faulty;
