@@ -238,7 +238,12 @@ fn a_workers_account_that_does_not_exist_is_named_before_detaching() {
         // Started as root without --foreground: the error comes before the dispatcher
         // detaches, and nothing is left running.
         let start = run(&root.join("lib/dispatcher"), &[]);
-        assert_eq!(start.status.code(), Some(1), "{}", text(&start.stdout));
+        assert_eq!(
+            start.status.code(),
+            Some(78),
+            "EX_CONFIG: {}",
+            text(&start.stdout)
+        );
         assert!(
             text(&start.stderr).contains(expected),
             "{}",

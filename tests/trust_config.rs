@@ -28,6 +28,9 @@ const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
 const REFUSAL: &str = "500 Do not connect to this machine\r\n";
 const REFUSED: &str = "reload refused, still running on the previous configuration: ";
 
+/// The exit status of a start refused for its configuration (docs/admin-guide.md).
+const EX_CONFIG: i32 = 78;
+
 fn trust_fixture(name: &str) -> PathBuf {
     fixtures().join("trust").join(name)
 }
@@ -247,7 +250,7 @@ fn start_fails(fault: impl FnOnce(&Path), reason: &str) {
     let mappings = mappings_of(&d);
     fault(&mappings);
     let (status, stderr) = start_again(&d.root, None);
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(EX_CONFIG), "{stderr}");
     let expected = format!(
         "dispatcher: error: cannot read {}: {reason}",
         mappings.display()
@@ -275,7 +278,7 @@ fn a_start_with_mappings_that_do_not_parse_fails_naming_the_file() {
     let mappings = mappings_of(&d);
     std::fs::copy(trust_fixture("mappings_garbage_binary"), &mappings).expect("garbage");
     let (status, stderr) = start_again(&d.root, None);
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(EX_CONFIG), "{stderr}");
     assert!(
         stderr.contains(&format!("dispatcher: error: {}:3:3:", mappings.display()))
             && stderr.contains("the file is not text"),
@@ -338,7 +341,7 @@ fn mappings_behind_a_directory_the_dispatcher_may_not_search_is_an_error_not_abs
     assert!(stderr.contains(&expected), "--check: {stderr}");
 
     let (status, stderr) = start_again(&d.root, Some((uid, gid)));
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(EX_CONFIG), "{stderr}");
     assert!(stderr.contains(&expected), "start: {stderr}");
 }
 

@@ -94,7 +94,7 @@ fn root_with_no_account_for_the_workers_is_refused_at_start_and_by_check() {
     let layout = demo_layout("MIN_PROCS=1");
     layout.edit_config("imta_tailor", without_imta_user);
     let (status, stderr) = layout.run_refused();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(78), "EX_CONFIG: {stderr}");
     assert!(stderr.contains(NO_ACCOUNT), "{stderr}");
     let (status, _, stderr) = layout.check();
     assert_eq!(status.code(), Some(1), "{stderr}");
@@ -111,7 +111,7 @@ fn a_service_whose_user_is_root_is_refused() {
     }
     let layout = demo_layout("MIN_PROCS=1\nUSER=root");
     let (status, stderr) = layout.run_refused();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(78), "EX_CONFIG: {stderr}");
     let expected = "[SERVICE=LMTPSS]: its workers are to run as root (its USER), which is uid 0";
     assert!(stderr.contains(expected), "{stderr}");
     let (status, _, stderr) = layout.check();

@@ -25,12 +25,16 @@ usage: dispatcher [--tailor FILE] [--foreground] [--shutdown-timeout SECONDS]
   (no mode)       run the dispatcher: listen on every service's ports, check each
                   connection against PORT_ACCESS, hand it to a worker; detaches
                   unless --foreground; stop with SIGTERM
-  --foreground    stay attached (for service managers and tests); log also to stderr
+  --foreground    stay attached (for service managers and tests); log also to stderr;
+                  implied when NOTIFY_SOCKET is set (systemd Type=notify)
   --shutdown-timeout SECONDS
                   how long SIGTERM waits for workers to finish (default 30)
   --check         read imta_tailor, dispatcher.cnf, mappings, imta.cnf and the channel
                   option files; print the effective configuration of every service and
                   every warning; exit 0 when the configuration is usable, 1 when not
+
+  exit status of a start: 78 (EX_CONFIG) when the configuration cannot be used,
+  1 for any other failure (a port taken, the pid file locked), 2 for a bad command line
   --strict        with --check: treat every warning as an error
   --test-mapping TABLE PROBE
                   run PROBE through mapping table TABLE and print the output string,
@@ -130,7 +134,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("dispatcher: error: {e}");
-                ExitCode::FAILURE
+                ExitCode::from(e.exit_code())
             }
         };
     }

@@ -8,6 +8,11 @@
 //! reaped (a SIGCHLD may come between two polls) and listeners that may hold queued clients
 //! are read again. A stop ends when every worker has exited, or at the shutdown bound, when
 //! what is left is killed.
+//!
+//! A service manager ([`super::notify`]) hears `READY=1` once the listeners are open and
+//! every service has its MIN_PROCS workers ready, `RELOADING=1` then `STATUS=` (applied or
+//! refused, and why) and `READY=1` around a reload, `STOPPING=1` at a stop, and every
+//! [`STATUS_EVERY`] a `STATUS=` line with the connection counts.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -16,6 +21,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 
+use super::notify::{self, Notifier};
 use super::policy::Event;
 use super::runtime::{service_account, Runtime, Source};
 use super::signals::Signals;
@@ -26,6 +32,9 @@ pub use super::reload::Reloaded;
 
 /// How often the pools get a `Tick`: fine enough for the health bounds of [`super::policy`].
 pub const TICK: Duration = Duration::from_millis(250);
+
+/// How often a service manager gets a `STATUS=` line with the counts.
+pub const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// What a running dispatcher is given.
 pub struct Setup {
@@ -42,6 +51,8 @@ pub struct Setup {
     pub reload: Box<dyn Fn() -> Result<Reloaded, String>>,
     /// The tailor's IMTA_USER: the account of workers whose service sets no USER.
     pub mail_user: Option<String>,
+    /// The service manager to tell how the dispatcher is doing (a no-op without one).
+    pub notify: Notifier,
 }
 
 /// Runs until SIGTERM or SIGINT has stopped every worker.
@@ -84,6 +95,9 @@ pub fn run(setup: Setup) -> std::io::Result<()> {
     );
     rt.feed_all(&Event::Tick);
 
+    let notify = setup.notify;
+    let mut ready = false;
+    let mut next_status = Instant::now() + STATUS_EVERY;
     let mut events = Events::with_capacity(256);
     let mut next_tick = Instant::now() + TICK;
     loop {
@@ -123,14 +137,25 @@ pub fn run(setup: Setup) -> std::io::Result<()> {
         }
         if arrived.reload && rt.stopping.is_none() {
             log::info!("SIGHUP: reloading the configuration");
-            match (setup.reload)() {
-                Ok(new) => super::reload::apply(&mut rt, new),
-                Err(e) => {
-                    log::error!("reload refused, still running on the previous configuration: {e}")
-                }
+            if ready {
+                notify.send(&notify::reloading_message());
             }
+            let outcome = match (setup.reload)() {
+                Ok(new) => super::reload::apply(&mut rt, new),
+                Err(e) => Err(super::reload::refuse(e)),
+            };
+            let status = match outcome {
+                Ok(generation) => format!("configuration reloaded (generation {generation})"),
+                Err(e) => {
+                    format!("reload refused, still running on the previous configuration: {e}")
+                }
+            };
+            // Ready again only if it was: a reload before the first READY=1 does not make one.
+            let then = if ready { "\nREADY=1" } else { "" };
+            notify.send(&format!("STATUS={}{then}", notify::one_line(&status)));
         }
         if arrived.stop && rt.stopping.is_none() {
+            notify.send("STOPPING=1\nSTATUS=stopping: listeners closed, workers draining");
             rt.begin_stop();
         }
         if Instant::now() >= next_tick {
@@ -141,6 +166,15 @@ pub fn run(setup: Setup) -> std::io::Result<()> {
         }
         if rt.accept_again {
             rt.accept_all();
+        }
+        if !ready && rt.stopping.is_none() && rt.services.min_procs_ready() {
+            ready = true;
+            let summary = super::status::summary(&rt);
+            log::info!("ready: every service has its MIN_PROCS workers; {summary}");
+            notify.send(&format!("READY=1\nSTATUS=ready; {summary}"));
+        } else if ready && rt.stopping.is_none() && Instant::now() >= next_status {
+            next_status = Instant::now() + STATUS_EVERY;
+            notify.status(&super::status::summary(&rt));
         }
         if let Some(deadline) = rt.stopping {
             if rt.workers.is_empty() {

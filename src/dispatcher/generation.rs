@@ -115,6 +115,14 @@ impl Services {
         self.by_id.retain(|_, s| !s.forget_finished());
     }
 
+    /// Whether every service of the configuration in force has its MIN_PROCS workers ready.
+    pub fn min_procs_ready(&self) -> bool {
+        self.by_id
+            .values()
+            .filter_map(|s| s.current.as_ref())
+            .all(|g| g.pool.min_procs_ready())
+    }
+
     /// The sum of MAX_PROCS of the configuration in force.
     pub fn max_workers(&self) -> u64 {
         self.by_id

@@ -16,7 +16,7 @@
 //! * [`spawn`]: starting a worker process with its control socket on descriptor 3, a clean
 //!   environment and no other descriptor.
 //! * [`log`]: `dispatcher.log`; [`logfiles`]: versioned log names; [`pidfile`]: the locked
-//!   pid file.
+//!   pid file; [`notify`]: telling a service manager (systemd) how it is doing.
 //! * [`start`]: from the command line to a running event loop.
 pub mod accept;
 pub mod access;
@@ -27,6 +27,7 @@ pub mod generation;
 pub mod listen;
 pub mod log;
 pub mod logfiles;
+pub mod notify;
 pub mod pidfile;
 pub mod policy;
 pub mod reload;

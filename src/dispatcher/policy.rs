@@ -408,6 +408,17 @@ impl Pool {
         self.workers.len()
     }
 
+    /// Whether at least MIN_PROCS workers (at most MAX_PROCS) have said READY and serve: what
+    /// a service manager is told the dispatcher is ready on.
+    pub fn min_procs_ready(&self) -> bool {
+        let ready = self
+            .workers
+            .values()
+            .filter(|w| w.state == State::Ready && w.taking())
+            .count() as u64;
+        ready >= self.limits.min_procs.min(self.limits.max_procs)
+    }
+
     /// Whether `worker` is one of this pool's.
     pub fn has_worker(&self, worker: WorkerId) -> bool {
         self.workers.contains_key(&worker)
@@ -974,6 +985,26 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn min_procs_ready_only_once_min_procs_workers_said_ready() {
+        let mut p = Pool::new(PoolLimits {
+            min_procs: 2,
+            ..limits()
+        });
+        assert!(!p.min_procs_ready());
+        p.handle(Event::Tick, 0);
+        assert!(!p.min_procs_ready(), "started is not ready");
+        ready_acking(&mut p, 1, 10);
+        assert!(!p.min_procs_ready(), "one of two");
+        ready_acking(&mut p, 2, 20);
+        assert!(p.min_procs_ready());
+        let none = Pool::new(PoolLimits {
+            min_procs: 0,
+            ..limits()
+        });
+        assert!(none.min_procs_ready(), "MIN_PROCS=0 is ready at once");
     }
 
     #[test]

@@ -30,12 +30,15 @@ pub struct Reloaded {
     pub mail_user: Option<String>,
 }
 
-fn refuse(why: impl std::fmt::Display) {
+/// Logs why a reload is refused, and returns it (for the service manager's status line).
+pub fn refuse(why: impl std::fmt::Display) -> String {
     log::error!("reload refused, still running on the previous configuration: {why}");
+    why.to_string()
 }
 
-/// Switches to a configuration read again (see the module comment).
-pub fn apply(rt: &mut Runtime, new: Reloaded) {
+/// Switches to a configuration read again (see the module comment); the generation now in
+/// force, or why nothing changed (already logged).
+pub fn apply(rt: &mut Runtime, new: Reloaded) -> Result<u64, String> {
     let ports: Vec<u16> = new
         .services
         .iter()
@@ -47,13 +50,13 @@ pub fn apply(rt: &mut Runtime, new: Reloaded) {
         new.port_access.as_ref(),
         &ports,
     ) {
-        return refuse(e);
+        return Err(refuse(e));
     }
     let mut accounts = Vec::new();
     for ns in &new.services {
         match service_account(ns, new.mail_user.as_deref()) {
             Ok(a) => accounts.push(a),
-            Err(e) => return refuse(e),
+            Err(e) => return Err(refuse(e)),
         }
     }
     // The plan, from the services in force and the sockets they listen on.
@@ -91,7 +94,7 @@ pub fn apply(rt: &mut Runtime, new: Reloaded) {
     for &(n, address) in &plan.open_listeners {
         match super::listen::open_port(&new.services[n], address.port()) {
             Ok(l) => opened.push((n, address, l)),
-            Err(e) => return refuse(e),
+            Err(e) => return Err(refuse(e)),
         }
     }
 
@@ -186,4 +189,5 @@ pub fn apply(rt: &mut Runtime, new: Reloaded) {
         "configuration reloaded (generation {})",
         rt.services.generation
     );
+    Ok(rt.services.generation)
 }

@@ -2,7 +2,14 @@
 //! file, detach (unless `--foreground`), open `dispatcher.log`, and run the event loop.
 //!
 //! Everything that can fail because of the configuration or the host fails before detaching,
-//! so the administrator sees the error on the terminal and the exit status is 1.
+//! so the administrator sees the error on the terminal. The exit status tells the two apart
+//! ([`StartError::exit_code`]): [`EX_CONFIG`] (78) for a configuration that cannot be used,
+//! which restarting will not mend (systemd's `RestartPreventExitStatus=`), 1 for the rest (a
+//! port taken, the pid file locked, the log directory), which a later try may find gone.
+//!
+//! Under a service manager (`NOTIFY_SOCKET` set, see [`super::notify`]) the dispatcher stays
+//! in the foreground even without `--foreground`: a detached child would not be the main
+//! process the manager hears from.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +18,7 @@ use std::time::Duration;
 use super::event_loop::{self, Reloaded, Setup};
 use super::listen;
 use super::log::DispatcherLog;
+use super::notify::Notifier;
 use super::pidfile::PidFile;
 use crate::check;
 use crate::config::error::Diagnostics;
@@ -26,13 +34,57 @@ pub struct StartOptions {
     pub shutdown_bound: Duration,
 }
 
-/// Runs the dispatcher until it is stopped; `Err` with a message for the administrator when
-/// it cannot start.
-pub fn start(opts: &StartOptions) -> Result<(), String> {
+/// The exit status of a start refused for its configuration (`EX_CONFIG` of sysexits.h).
+pub const EX_CONFIG: u8 = 78;
+
+/// Why the dispatcher did not start or stopped in error, with a message for the administrator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot be loaded or names accounts workers may not run as.
+    #[error("{0}")]
+    Config(String),
+    /// Anything else: the host, a port, the pid file, the log, the event loop.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StartError {
+    /// [`EX_CONFIG`] for the configuration, 1 for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => EX_CONFIG,
+            StartError::Other(_) => 1,
+        }
+    }
+}
+
+/// Runs the dispatcher until it is stopped; why, when it cannot start (the service manager,
+/// if any, hears it as its `STATUS=`).
+pub fn start(opts: &StartOptions) -> Result<(), StartError> {
+    let notify = Notifier::from_env();
+    let result = run(opts, notify.clone());
+    if let Err(e) = &result {
+        notify.status(&format!("cannot run: {e}"));
+    }
+    result
+}
+
+fn run(opts: &StartOptions, notify: Notifier) -> Result<(), StartError> {
     let mut diags = Diagnostics::default();
     let inst = installation::load(&opts.tailor, opts.tailor_origin, &mut diags)
-        .map_err(|e| e.to_string())?;
-    check::check_accounts(&inst, &mut diags, true)?;
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    check::check_accounts(&inst, &mut diags, true).map_err(StartError::Config)?;
+    start_loaded(opts, inst, diags, notify).map_err(StartError::Other)
+}
+
+/// The rest of a start once the configuration is known to be usable.
+fn start_loaded(
+    opts: &StartOptions,
+    inst: installation::Installation,
+    diags: Diagnostics,
+    notify: Notifier,
+) -> Result<(), String> {
+    let foreground = opts.foreground || notify.active();
     let mut listeners = Vec::new();
     for s in &inst.dispatcher.services {
         listeners.push(listen::open(s).map_err(|e| e.to_string())?);
@@ -49,12 +101,12 @@ pub fn start(opts: &StartOptions) -> Result<(), String> {
         DispatcherLog::open(
             &log_path,
             inst.dispatcher.history_to_retain.value,
-            opts.foreground,
+            foreground,
             level,
         )
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?,
     );
-    if !opts.foreground {
+    if !foreground {
         // chdir to / and standard streams to /dev/null, as a daemon does.
         nix::unistd::daemon(false, false).map_err(|e| format!("cannot detach: {e}"))?;
     }
@@ -81,6 +133,7 @@ pub fn start(opts: &StartOptions) -> Result<(), String> {
     super::logfiles::ensure_delivery_log(&delivery_log, owner);
     let setup = Setup {
         mail_user,
+        notify,
         services: inst.dispatcher.services,
         listeners,
         port_access: inst.mapping_set,

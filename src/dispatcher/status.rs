@@ -3,6 +3,19 @@
 
 use super::runtime::Runtime;
 
+/// The counts in one line, for the service manager's `STATUS=` (see [`super::notify`]).
+pub fn summary(rt: &Runtime) -> String {
+    format!(
+        "{} accepted, {} refused, {} handed off, {} held, {} worker(s), generation {}",
+        rt.acceptor.admitted,
+        rt.acceptor.refusals.total,
+        rt.handed,
+        rt.held(),
+        rt.workers.len(),
+        rt.services.generation
+    )
+}
+
 pub fn report(rt: &Runtime) {
     let now = rt.now();
     log::info!(
