@@ -15,7 +15,10 @@
 //!   open (device and inode) and opens the new one when they differ, so after logrotate moves
 //!   the file and the dispatcher creates a new one (SIGUSR1), the next line goes to the new
 //!   file. While nothing usable is at the name the lines go on into the file open before,
-//!   so none is lost.
+//!   so none is lost. A worker opens the file when it starts, so it has one to go on with;
+//!   one that started between logrotate's move and the dispatcher's new file has none, and
+//!   waits up to [`CREATION_WAIT`] for the new file before it gives the line up (it is then
+//!   in the LOGFILE only, and the error says so).
 //!
 //! Whoever calls [`DeliveryLog::write`] also logs the line in the LOGFILE; when the delivery
 //! log cannot take it, the LOGFILE line is the record.
@@ -25,12 +28,17 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::handoff::log_line::format_text;
 use crate::safe_fs::{self, OpenError, UnsafeFile};
 
 /// The file's name in `IMTA_LOG`.
 pub const FILE_NAME: &str = "mail.log_current";
+
+/// How long a worker with no file open waits for the dispatcher to make one at the name
+/// (after a rotation logrotate's `postrotate` sends `SIGUSR1` at once: milliseconds).
+pub const CREATION_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a line did not reach the delivery log.
 #[derive(Debug, thiserror::Error)]
@@ -78,25 +86,47 @@ impl DeliveryLog {
         &self.path
     }
 
+    /// Opens the file now (a worker does at start), so that a rotation before its first line
+    /// finds it with a file to go on with. A failure is returned; the first line tries again.
+    pub fn open_now(&self) -> Result<(), DeliveryLogError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        self.follow(&mut open)
+    }
+
     /// Appends `text` as one line (time, program, pid and level first). An error says why
     /// it went nowhere or where it went instead (the file open before, after a refusal).
     pub fn write(&self, level: log::Level, text: &str) -> Result<(), DeliveryLogError> {
         let line = format_text(self.program, level, text);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        // A failure to follow a rotation is reported, and the line still goes to the file
-        // open before (the one logrotate moved away): late there is better than nowhere.
-        let follow = self.follow(&mut open);
-        let Some(current) = open.as_mut() else {
-            return follow;
-        };
+        let waited = Instant::now();
+        loop {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            // A failure to follow a rotation is reported, and the line still goes to the file
+            // open before (the one logrotate moved away): late there is better than nowhere.
+            let follow = self.follow(&mut open);
+            if let Some(current) = open.as_mut() {
+                return Self::append(current, &line, &self.path).and(follow);
+            }
+            match follow {
+                // Nothing open, nothing at the name: a rotation's gap, unless it lasts.
+                Err(DeliveryLogError::Absent { .. }) if waited.elapsed() < CREATION_WAIT => {
+                    drop(open);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One `write(2)` of the whole line.
+    fn append(current: &mut Open, line: &str, path: &Path) -> Result<(), DeliveryLogError> {
         match current.file.write(line.as_bytes()) {
-            Ok(n) if n == line.len() => follow,
+            Ok(n) if n == line.len() => Ok(()),
             Ok(n) => Err(DeliveryLogError::Write {
-                path: self.path.clone(),
+                path: path.to_path_buf(),
                 error: std::io::Error::other(format!("only {n} of {} bytes written", line.len())),
             }),
             Err(error) => Err(DeliveryLogError::Write {
-                path: self.path.clone(),
+                path: path.to_path_buf(),
                 error,
             }),
         }
@@ -188,6 +218,53 @@ mod tests {
             new.ends_with("INFO: three\n") && new.lines().count() == 1,
             "{new}"
         );
+    }
+
+    #[test]
+    fn a_worker_with_no_file_open_waits_for_the_new_one_after_a_rotation() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join(FILE_NAME);
+        // A worker that started after logrotate's move: nothing open, nothing at the name,
+        // until the dispatcher makes the new file a little later.
+        let log = DeliveryLog::new(path.clone(), "test");
+        let maker = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                std::fs::write(&path, "").expect("the new file");
+            })
+        };
+        log.write(log::Level::Info, "in the gap")
+            .expect("waited for it");
+        maker.join().expect("maker");
+        let new = std::fs::read_to_string(&path).expect("read");
+        assert!(new.ends_with("INFO: in the gap\n"), "{new}");
+    }
+
+    #[test]
+    fn with_no_file_at_all_a_line_is_given_up_after_the_wait() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let log = DeliveryLog::new(d.path().join(FILE_NAME), "test");
+        let started = Instant::now();
+        let e = log.write(log::Level::Info, "x").expect_err("absent");
+        assert!(matches!(e, DeliveryLogError::Absent { .. }), "{e}");
+        assert!(started.elapsed() >= CREATION_WAIT, "it waited");
+    }
+
+    #[test]
+    fn a_file_opened_at_start_takes_the_lines_of_a_rotation_gap() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join(FILE_NAME);
+        std::fs::write(&path, "").expect("create");
+        let log = DeliveryLog::new(path.clone(), "test");
+        log.open_now().expect("open at start");
+        std::fs::rename(&path, d.path().join("rotated")).expect("rotate");
+        let started = Instant::now();
+        log.write(log::Level::Info, "first line")
+            .expect("into the moved file");
+        assert!(started.elapsed() < CREATION_WAIT, "no wait: it had a file");
+        let old = std::fs::read_to_string(d.path().join("rotated")).expect("read");
+        assert!(old.ends_with("INFO: first line\n"), "{old}");
     }
 
     #[test]

@@ -69,6 +69,10 @@ impl LmtpServer {
             .delivery_log
             .clone()
             .map(|p| DeliveryLog::new(p, settings.kind.program()));
+        if let Some(Err(e)) = delivery_log.as_ref().map(DeliveryLog::open_now) {
+            // The first line tries again (and waits for the file through a rotation).
+            log::warn!("{e}");
+        }
         LmtpServer {
             settings,
             store,
