@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make run` and `make test` (see README.md).
 CARGO ?= cargo
 
-.PHONY: all build deps test stress run bench fuzz clean install uninstall
+.PHONY: all build deps test stress run bench fuzz clean install uninstall deb check-deb
 
 all: build
 
@@ -84,6 +84,22 @@ install: build
 
 uninstall:
 	$(INSTALL_ENV) scripts/install-in-place.sh uninstall
+
+# The Debian package (docs/packaging.md): target/debian/msdispatcher_<version>_<arch>.deb, made
+# by cargo-deb (installed from crates.io when missing) from the release build. `make check-deb`
+# then checks it as an administrator would meet it: its contents and modes, lintian, the unit
+# (systemd-analyze verify), and an install, a delivery, a removal and a purge in a scratch root
+# (an overlay of this system in a private mount namespace, so this system is not changed).
+# CI runs both after `make stress`.
+CARGO_DEB_VERSION ?= 3.8.0
+deb: build
+	$(CARGO) deb --version >/dev/null 2>&1 || \
+	    $(CARGO) install cargo-deb --locked --version $(CARGO_DEB_VERSION)
+	$(CARGO) deb --no-build --locked --strip
+	@ls -1 target/debian/*.deb
+
+check-deb: deb deps
+	scripts/check-deb.sh "$$(ls -1t target/debian/msdispatcher_*.deb | head -n 1)"
 
 clean:
 	$(CARGO) clean

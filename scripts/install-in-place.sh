@@ -16,10 +16,16 @@
 # uninstall: renames each .orig back (its mode and owner are the original's: it is the original
 #   file), removes the files the list names, then the list.
 #
+# Packaged (docs/packaging.md), it is /usr/lib/msdispatcher/install-in-place, beside the
+# programs: BINDIR is then that directory and the manual pages are left to the package.
+#
 # usage: IMTA_BIN=/opt/SUNWmsgsr/lib [DESTDIR=...] [MANDIR=/usr/share/man] [BINDIR=target/release]
 #        [TAILOR=/opt/SUNWmsgsr/config/imta_tailor] scripts/install-in-place.sh install|uninstall
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
+self=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$self/.." && pwd)
+packaged=0
+[ -x "$self/dispatcher" ] && packaged=1
 programs=(dispatcher tcp_lmtp_server tcp_lmtpn_server)
 pages=(man8/dispatcher.8 man8/tcp_lmtp_server.8 man8/tcp_lmtpn_server.8 man5/dispatcher.cnf.5)
 
@@ -38,8 +44,15 @@ destdir=${DESTDIR:-}
 bin=$destdir${IMTA_BIN%/}
 [ -d "$bin" ] || die "IMTA_BIN $bin is not a directory: nothing was changed"
 mandir=$destdir${MANDIR:-/usr/share/man}
-bindir=${BINDIR:-$here/target/release}
+if [ "$packaged" -eq 1 ]; then
+    bindir=${BINDIR:-$self}
+    pages=() # the package installs them under /usr/share/man
+else
+    bindir=${BINDIR:-$here/target/release}
+fi
 manifest=$bin/.msdispatcher-installed
+back="make uninstall IMTA_BIN=$IMTA_BIN"
+[ "$packaged" -eq 0 ] || back="IMTA_BIN=$IMTA_BIN $self/install-in-place uninstall"
 
 # A file we would replace must be a plain file: a link or a directory at that name is the
 # administrator's arrangement, not ours to overwrite.
@@ -110,14 +123,14 @@ install_all() {
         [ -x "$bindir/$p" ] || die "$bindir/$p is missing: build first (cargo build --release), or set BINDIR"
         plain_or_absent "$bin/$p"
     done
-    for page in "${pages[@]}"; do
+    for page in ${pages[@]+"${pages[@]}"}; do
         [ -f "$here/man/$(basename "$page")" ] || die "$here/man/$(basename "$page") is missing"
         plain_or_absent "$mandir/$page"
     done
     for p in "${programs[@]}"; do
         put "$bindir/$p" "$bin/$p" 0755
     done
-    for page in "${pages[@]}"; do
+    for page in ${pages[@]+"${pages[@]}"}; do
         make_dirs "$mandir/$(dirname "$page")"
         put "$here/man/$(basename "$page")" "$mandir/$page" 0644
     done
@@ -134,7 +147,7 @@ install_all() {
     say "dispatcher --check: exit status $status: ${summary:-no output}"
     if [ "$status" -ne 0 ]; then
         printf '%s\n' "$out" | grep -E 'error' | sed 's/^/install-in-place:   /' || true
-        say "the configuration is not usable by the new dispatcher: fix it before starting (${check[*]} says why), or go back with: make uninstall IMTA_BIN=$IMTA_BIN"
+        say "the configuration is not usable by the new dispatcher: fix it before starting (${check[*]} says why), or go back with: $back"
     fi
 }
 
@@ -157,7 +170,7 @@ uninstall_all() {
     for p in "${programs[@]}"; do
         restore "$bin/$p"
     done
-    for page in "${pages[@]}"; do
+    for page in ${pages[@]+"${pages[@]}"}; do
         restore "$mandir/$page"
     done
     if [ -e "$manifest" ]; then

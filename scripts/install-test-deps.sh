@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs, as root, the Debian packages the LMTP interoperability tests and `make bench` use:
+# Installs, as root, the Debian packages the LMTP interoperability tests, `make bench` and
+# `make check-deb` use:
 # Postfix (smtp-source, smtp-sink), swaks, Dovecot (doveadm, the LMTP server we compare
 # against), iproute2 (`ip netns`: the separate hosts of the two-tier tests). No system mail service is started, now or later: a policy-rc.d refuses every
 # service start while the packages install, and the services are then disabled and stopped.
@@ -18,6 +19,12 @@ command -v doveadm >/dev/null || need+=(dovecot-core)
 command -v logrotate >/dev/null || need+=(logrotate) # tests/log_rotation.rs runs the snippet
 [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
 command -v mandoc >/dev/null || need+=(mandoc) # tests/man_pages.rs: mandoc -T lint
+command -v lintian >/dev/null || need+=(lintian) # scripts/check-deb.sh: the package's lint
+# scripts/check-deb.sh: the unit checked and run under a real systemd in a container
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v adduser >/dev/null || need+=(adduser) # the package's postinst
+command -v file >/dev/null || need+=(file)       # are the packaged programs stripped
 
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -60,4 +67,4 @@ for user in alice bob mailsrv; do
             --shell /usr/sbin/nologin "$user"
     fi
 done
-echo "install-test-deps: postfix, swaks, dovecot, iproute2 and the accounts alice, bob, mailsrv are present"
+echo "install-test-deps: postfix, swaks, dovecot, iproute2, logrotate, mandoc, lintian, systemd-nspawn and the accounts alice, bob, mailsrv are present"

@@ -33,8 +33,6 @@ usage: dispatcher [--tailor FILE] [--foreground] [--shutdown-timeout SECONDS]
                   option files; print the effective configuration of every service and
                   every warning; exit 0 when the configuration is usable, 1 when not
 
-  exit status of a start: 78 (EX_CONFIG) when the configuration cannot be used,
-  1 for any other failure (a port taken, the pid file locked), 2 for a bad command line
   --strict        with --check: treat every warning as an error
   --test-mapping TABLE PROBE
                   run PROBE through mapping table TABLE and print the output string,
@@ -48,6 +46,11 @@ usage: dispatcher [--tailor FILE] [--foreground] [--shutdown-timeout SECONDS]
                   /opt/SUNWmsgsr/config/imta_tailor)
   --version       print the version
   --help          print this text
+
+exit status of a start: 78 (EX_CONFIG) when the configuration cannot be used, 1 for any
+other failure (a port taken, the pid file locked), 2 for a bad command line. Under a
+service manager (NOTIFY_SOCKET set) it stays in the foreground and reports READY=1,
+RELOADING=1, STOPPING=1 and STATUS= (docs/packaging.md).
 ";
 
 #[derive(Debug, Default)]
