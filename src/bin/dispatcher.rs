@@ -32,7 +32,6 @@ usage: dispatcher [--tailor FILE] [--foreground] [--shutdown-timeout SECONDS]
   --check         read imta_tailor, dispatcher.cnf, mappings, imta.cnf and the channel
                   option files; print the effective configuration of every service and
                   every warning; exit 0 when the configuration is usable, 1 when not
-
   --strict        with --check: treat every warning as an error
   --test-mapping TABLE PROBE
                   run PROBE through mapping table TABLE and print the output string,

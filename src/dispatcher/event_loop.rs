@@ -153,6 +153,8 @@ pub fn run(setup: Setup) -> std::io::Result<()> {
             // Ready again only if it was: a reload before the first READY=1 does not make one.
             let then = if ready { "\nREADY=1" } else { "" };
             notify.send(&format!("STATUS={}{then}", notify::one_line(&status)));
+            // The outcome stays the STATUS= line for a whole period before the counts return.
+            next_status = Instant::now() + STATUS_EVERY;
         }
         if arrived.stop && rt.stopping.is_none() {
             notify.send("STOPPING=1\nSTATUS=stopping: listeners closed, workers draining");
