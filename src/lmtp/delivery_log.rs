@@ -18,7 +18,9 @@
 //!   so none is lost. A worker opens the file when it starts, so it has one to go on with;
 //!   one that started between logrotate's move and the dispatcher's new file has none, and
 //!   waits up to [`CREATION_WAIT`] for the new file before it gives the line up (it is then
-//!   in the LOGFILE only, and the error says so).
+//!   in the LOGFILE only, and the error says so). It waits once: while the file stays
+//!   absent the next lines are given up at once (a dispatcher that could not create the
+//!   file must not slow every delivery), until a file is there again.
 //!
 //! Whoever calls [`DeliveryLog::write`] also logs the line in the LOGFILE; when the delivery
 //! log cannot take it, the LOGFILE line is the record.
@@ -27,6 +29,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -63,6 +66,8 @@ pub struct DeliveryLog {
     path: PathBuf,
     program: &'static str,
     open: Mutex<Option<Open>>,
+    /// A wait for the file ended with none: no line waits again until one is there.
+    waited_in_vain: AtomicBool,
 }
 
 /// The file in hand and which file it is.
@@ -79,6 +84,7 @@ impl DeliveryLog {
             path,
             program,
             open: Mutex::new(None),
+            waited_in_vain: AtomicBool::new(false),
         }
     }
 
@@ -104,13 +110,21 @@ impl DeliveryLog {
             // open before (the one logrotate moved away): late there is better than nowhere.
             let follow = self.follow(&mut open);
             if let Some(current) = open.as_mut() {
+                self.waited_in_vain.store(false, Ordering::Relaxed);
                 return Self::append(current, &line, &self.path).and(follow);
             }
             match follow {
                 // Nothing open, nothing at the name: a rotation's gap, unless it lasts.
-                Err(DeliveryLogError::Absent { .. }) if waited.elapsed() < CREATION_WAIT => {
+                Err(DeliveryLogError::Absent { .. })
+                    if waited.elapsed() < CREATION_WAIT
+                        && !self.waited_in_vain.load(Ordering::Relaxed) =>
+                {
                     drop(open);
                     std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e @ DeliveryLogError::Absent { .. }) => {
+                    self.waited_in_vain.store(true, Ordering::Relaxed);
+                    return Err(e);
                 }
                 other => return other,
             }
@@ -249,6 +263,27 @@ mod tests {
         let e = log.write(log::Level::Info, "x").expect_err("absent");
         assert!(matches!(e, DeliveryLogError::Absent { .. }), "{e}");
         assert!(started.elapsed() >= CREATION_WAIT, "it waited");
+    }
+
+    #[test]
+    fn after_a_wait_in_vain_lines_do_not_wait_again_until_the_file_is_back() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join(FILE_NAME);
+        let log = DeliveryLog::new(path.clone(), "test");
+        log.write(log::Level::Info, "first")
+            .expect_err("absent, after the wait");
+        // The dispatcher could not make the file: every further delivery must not pay 2 s.
+        let started = Instant::now();
+        for _ in 0..3 {
+            log.write(log::Level::Info, "next").expect_err("absent");
+        }
+        assert!(started.elapsed() < CREATION_WAIT, "{:?}", started.elapsed());
+        // Once a file is there again, lines go to it.
+        std::fs::write(&path, "").expect("the file");
+        log.write(log::Level::Info, "back").expect("written");
+        assert!(std::fs::read_to_string(&path)
+            .expect("read")
+            .ends_with("INFO: back\n"));
     }
 
     #[test]
