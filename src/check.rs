@@ -64,6 +64,14 @@ pub fn report(inst: &Installation) -> String {
         "dispatcher       DEBUG={:#x} ({})  HISTORY_TO_RETAIN={} ({})",
         d.debug.value, d.debug.source, d.history_to_retain.value, d.history_to_retain.source
     );
+    let _ = writeln!(
+        out,
+        "metrics          {}",
+        d.metrics.map_or(
+            "off (no METRICS_PORT in [SERVICE=DISPATCHER])".to_string(),
+            |a| { format!("http://{a}/metrics") }
+        )
+    );
     for s in &d.services {
         out.push('\n');
         report_service(&mut out, inst, s);

@@ -6,7 +6,8 @@
 //! * [`config`]: reading the files an installation already has — `imta_tailor`,
 //!   `dispatcher.cnf`, `mappings`, `imta.cnf` and the channel option files — with pest grammars
 //!   kept in `parsers/`, into typed models with the original's defaults applied.
-//! * [`dispatcher`]: the dispatcher's decisions (so far the worker-pool policy).
+//! * [`dispatcher`]: the running dispatcher: listeners, PORT_ACCESS, worker pools, signals.
+//! * [`control`]: the control socket's protocol and client (`--status`, `--reload`, ...).
 //! * [`handoff`]: the dispatcher↔worker protocol, with socket passing.
 //! * [`mapping`]: the mapping engine (patterns, templates, tables) and the PORT_ACCESS decision.
 //! * [`worker`]: the runtime every worker image links.
@@ -23,6 +24,7 @@
 
 pub mod check;
 pub mod config;
+pub mod control;
 pub mod dispatcher;
 pub mod fuzzing;
 pub mod handoff;

@@ -12,12 +12,16 @@ use msdispatcher::config::error::Diagnostics;
 use msdispatcher::config::installation;
 use msdispatcher::config::mappings;
 use msdispatcher::config::tailor::{self, Tailor};
+use msdispatcher::control::client::Client;
+use msdispatcher::control::protocol::Request;
 use msdispatcher::dispatcher::start::{self, StartOptions};
 use msdispatcher::mapping::table::MappingSet;
 use msdispatcher::test_mapping;
 
 const USAGE: &str = "\
 usage: dispatcher [--tailor FILE] [--foreground] [--shutdown-timeout SECONDS]
+       dispatcher [--tailor FILE] --takeover [--takeover-timeout SECONDS] [--foreground]
+       dispatcher [--tailor FILE] --status [--json] | --reload | --restart SERVICE|'*' | --stop
        dispatcher [--tailor FILE] --check [--strict]
        dispatcher [--tailor FILE] [--mapping-file FILE] --test-mapping TABLE PROBE|-
        dispatcher --version | --help
@@ -29,6 +33,23 @@ usage: dispatcher [--tailor FILE] [--foreground] [--shutdown-timeout SECONDS]
                   implied when NOTIFY_SOCKET is set (systemd Type=notify)
   --shutdown-timeout SECONDS
                   how long SIGTERM waits for workers to finish (default 30)
+  --takeover      start a new dispatcher (a new binary) in place of the running one
+                  without closing a listener: it takes the running one's listening
+                  sockets over the control socket, starts its workers and, once every
+                  service has its MIN_PROCS workers, takes over the pid file; the old one
+                  stops accepting, its workers finish their sessions, it exits. If any
+                  step fails the old one goes on serving and this prints why (exit 1)
+  --takeover-timeout SECONDS
+                  how long --takeover waits for its workers (default 30)
+  --status        print each service's workers, waiting connections, counts, starts,
+                  failed starts and back-off, as read from the running dispatcher
+  --json          with --status: the same as one JSON document
+  --reload        reload the configuration and wait for the result: exit 0 when it
+                  was applied, 1 with the reason (file, line, column) when refused
+  --restart SERVICE|'*'
+                  new workers for SERVICE (every service with '*') take new
+                  connections while the old ones finish their sessions
+  --stop          stop gracefully (as SIGTERM) and wait until the dispatcher has exited
   --check         read imta_tailor, dispatcher.cnf, mappings, imta.cnf and the channel
                   option files; print the effective configuration of every service and
                   every warning; exit 0 when the configuration is usable, 1 when not
@@ -61,6 +82,10 @@ struct Args {
     shutdown_timeout: Option<u64>,
     check: bool,
     strict: bool,
+    command: Option<Request>,
+    json: bool,
+    takeover: bool,
+    takeover_timeout: Option<u64>,
     version: bool,
     help: bool,
 }
@@ -80,6 +105,27 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("--shutdown-timeout {s}: not a number of seconds"))?;
                 out.shutdown_timeout = Some(n);
+            }
+            "--status" => out.command = Some(Request::Status { json: false }),
+            "--json" => out.json = true,
+            "--reload" => out.command = Some(Request::Reload),
+            "--stop" => out.command = Some(Request::Stop),
+            "--restart" => {
+                let name = args
+                    .next()
+                    .ok_or("--restart needs a service name (or '*' for every service)")?;
+                let service = (name != "*").then_some(name);
+                out.command = Some(Request::Restart { service });
+            }
+            "--takeover" => out.takeover = true,
+            "--takeover-timeout" => {
+                let s = args
+                    .next()
+                    .ok_or("--takeover-timeout needs a number of seconds")?;
+                let n = s
+                    .parse()
+                    .map_err(|_| format!("--takeover-timeout {s}: not a number of seconds"))?;
+                out.takeover_timeout = Some(n);
             }
             "--version" | "-V" => out.version = true,
             "--help" | "-h" => out.help = true,
@@ -124,6 +170,9 @@ fn main() -> ExitCode {
     if let Some((table, probe)) = &args.test_mapping {
         return test_mapping(&args, table, probe);
     }
+    if let Some(request) = &args.command {
+        return control(&args, request);
+    }
     if !args.check {
         let (tailor, tailor_origin) = locate_tailor(&args);
         let opts = StartOptions {
@@ -131,6 +180,9 @@ fn main() -> ExitCode {
             tailor_origin,
             foreground: args.foreground,
             shutdown_bound: Duration::from_secs(args.shutdown_timeout.unwrap_or(30)),
+            takeover: args
+                .takeover
+                .then(|| Duration::from_secs(args.takeover_timeout.unwrap_or(30))),
         };
         return match start::start(&opts) {
             Ok(()) => ExitCode::SUCCESS,
@@ -169,6 +221,50 @@ fn locate_tailor(args: &Args) -> (PathBuf, tailor::TailorOrigin) {
     let exe = std::env::current_exe().ok();
     let env = std::env::var_os("IMTA_TAILOR");
     tailor::locate(args.tailor.as_deref(), env.as_deref(), exe.as_deref())
+}
+
+/// `--status`, `--reload`, `--restart`, `--stop`: one request to the running dispatcher's
+/// control socket (found through the tailor's IMTA_LOG), its reply printed.
+fn control(args: &Args, request: &Request) -> ExitCode {
+    let mut diags = Diagnostics::default();
+    let (tailor_path, _) = locate_tailor(args);
+    let tailor = match Tailor::load(&tailor_path, &mut diags) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("dispatcher: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let request = match request {
+        Request::Status { .. } => Request::Status { json: args.json },
+        other => other.clone(),
+    };
+    // A stop waits as long as the workers take; the rest answer at once (a reload reads
+    // every file first).
+    let timeout = match request {
+        Request::Stop => None,
+        _ => Some(Duration::from_secs(120)),
+    };
+    let path = msdispatcher::control::socket_path(&tailor.log_dir());
+    let reply = Client::connect(&path).and_then(|c| c.request(&request, timeout));
+    match reply {
+        Ok(r) if r.ok => {
+            if r.body.is_empty() {
+                println!("dispatcher: {}", r.text);
+            } else {
+                print!("{}", r.body);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("dispatcher: error: {}", r.text);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("dispatcher: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `--test-mapping`: loads only the tailor and the mappings file, as `imsimta test -mapping`.

@@ -8,12 +8,17 @@
 //! Every option may be written in the global part, where it is the default for every service,
 //! or in a `[SERVICE=name]` section ("Initial option specifications that appear before any such
 //! section tag apply globally to all sections"). `[SERVICE=DISPATCHER]` holds the dispatcher's
-//! own `DEBUG` and `HISTORY_TO_RETAIN`.
+//! own `DEBUG` and `HISTORY_TO_RETAIN`, and (ours) `METRICS_PORT` and
+//! `METRICS_INTERFACE_ADDRESS`, which only it takes.
 //!
 //! Built-in defaults: the original documents no values for absent options except `BACKLOG`
 //! and `MAX_HANDOFFS`; for the process limits we use the values of Sun's shipped sample file
 //! (`MIN_PROCS=0 MAX_PROCS=5 MIN_CONNS=5 MAX_CONNS=20 MAX_LIFE_TIME=86400 MAX_LIFE_CONNS=100
 //! MAX_SHUTDOWN=2`), which is what an installation that never changed them ran with.
+
+/// The dispatcher's own options that only `[SERVICE=DISPATCHER]` takes (ours).
+pub const METRICS_PORT: &str = "METRICS_PORT";
+pub const METRICS_INTERFACE_ADDRESS: &str = "METRICS_INTERFACE_ADDRESS";
 
 /// The kind of value an option takes, which decides how it is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +243,20 @@ pub const OPTIONS: &[OptionSpec] = &[
         Int(2),
         Acted,
         "most retiring (draining) workers of the service at once",
+    ),
+    opt(
+        METRICS_INTERFACE_ADDRESS,
+        Address,
+        DefaultValue::None,
+        Acted,
+        "address of the metrics endpoint, only in [SERVICE=DISPATCHER] (default 127.0.0.1; ours)",
+    ),
+    opt(
+        METRICS_PORT,
+        Ports,
+        DefaultValue::None,
+        Acted,
+        "port of the Prometheus/OpenMetrics endpoint, only in [SERVICE=DISPATCHER]; off when absent (ours)",
     ),
     opt(
         "MIN_CONNS",

@@ -25,6 +25,9 @@ use super::source::ResolvePath;
 /// The name of the PMDF section that configures the dispatcher itself.
 pub const DISPATCHER_SECTION: &str = "DISPATCHER";
 
+/// Options only `[SERVICE=DISPATCHER]` takes.
+const DISPATCHER_ONLY: [&str; 2] = [options::METRICS_PORT, options::METRICS_INTERFACE_ADDRESS];
+
 /// Where an effective value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -172,6 +175,9 @@ pub struct DispatcherConfig {
     pub debug: Setting<u32>,
     /// Old `dispatcher.log` versions kept.
     pub history_to_retain: Setting<u64>,
+    /// Where the metrics endpoint listens (`METRICS_PORT` and `METRICS_INTERFACE_ADDRESS` of
+    /// `[SERVICE=DISPATCHER]`, ours); `None`: no endpoint.
+    pub metrics: Option<std::net::SocketAddr>,
     pub services: Vec<Service>,
 }
 
@@ -221,18 +227,22 @@ pub fn build(
         .resolve("DEBUG", &own, &globals, Source::Section)?
         .map_value(mask);
     let history_to_retain = builder.count("HISTORY_TO_RETAIN", &own, &globals)?;
+    let metrics = builder.metrics(&own)?;
+    builder.dispatcher_only_elsewhere(&cnf.globals, "the global part");
     let mut services = Vec::new();
     for section in cnf
         .sections
         .iter()
         .filter(|s| !s.name.eq_ignore_ascii_case(DISPATCHER_SECTION))
     {
+        builder.dispatcher_only_elsewhere(&section.options, &format!("[SERVICE={}]", section.name));
         services.push(builder.service(section, &globals)?);
     }
     check_port_collisions(&services)?;
     Ok(DispatcherConfig {
         debug,
         history_to_retain,
+        metrics,
         services,
     })
 }
@@ -306,7 +316,10 @@ impl Builder<'_> {
         let scope = self.check_scope(&section.options, "[SERVICE=DISPATCHER]")?;
         for line in &section.options {
             let key = line.key();
-            if options::lookup(&key).is_some() && key != "DEBUG" && key != "HISTORY_TO_RETAIN" {
+            if options::lookup(&key).is_some()
+                && !["DEBUG", "HISTORY_TO_RETAIN"].contains(&key.as_str())
+                && !DISPATCHER_ONLY.contains(&key.as_str())
+            {
                 self.diags.warn(
                     line.loc.clone(),
                     format!(
@@ -318,6 +331,55 @@ impl Builder<'_> {
             }
         }
         Ok(scope)
+    }
+
+    /// The metrics endpoint's address, from `[SERVICE=DISPATCHER]` only.
+    fn metrics(&mut self, own: &Scope) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let address = match own.get(options::METRICS_INTERFACE_ADDRESS) {
+            Some(Checked {
+                value: Value::Address(Some(ip)),
+                ..
+            }) => *ip,
+            _ => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        };
+        match own.get(options::METRICS_PORT) {
+            Some(Checked {
+                value: Value::Ports(ports),
+                loc,
+                ..
+            }) => match ports.as_slice() {
+                [port] => Ok(Some(std::net::SocketAddr::new(address, *port))),
+                _ => Err(ConfigError::other(
+                    loc.clone(),
+                    "METRICS_PORT takes one port (the metrics endpoint listens on one)",
+                )),
+            },
+            _ => {
+                if let Some(c) = own.get(options::METRICS_INTERFACE_ADDRESS) {
+                    self.diags.warn(
+                        c.loc.clone(),
+                        "METRICS_INTERFACE_ADDRESS has no effect without METRICS_PORT",
+                    );
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Warns about the dispatcher's own options written where they mean nothing.
+    fn dispatcher_only_elsewhere(&mut self, lines: &[OptionLine], what: &str) {
+        for line in lines {
+            let key = line.key();
+            if DISPATCHER_ONLY.contains(&key.as_str()) {
+                self.diags.warn(
+                    line.loc.clone(),
+                    format!(
+                        "{}: only [SERVICE=DISPATCHER] takes it; ignored in {what}",
+                        line.name
+                    ),
+                );
+            }
+        }
     }
 
     fn report_support(&mut self, spec: &'static OptionSpec, line: &OptionLine) {

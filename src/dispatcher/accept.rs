@@ -70,6 +70,8 @@ pub struct Acceptor {
     last_exhaustion_log: Option<Instant>,
     /// Connections accepted and admitted.
     pub admitted: u64,
+    /// Refused since the last [`Acceptor::take_refused`] (the caller books them by service).
+    refused_since: u64,
 }
 
 impl Acceptor {
@@ -115,6 +117,15 @@ impl Acceptor {
         }
     }
 
+    /// A copy of a listener's socket (for a takeover).
+    pub fn duplicate(&self, id: ListenerId) -> std::io::Result<std::os::fd::OwnedFd> {
+        let l = self
+            .listeners
+            .get(&id)
+            .ok_or_else(|| std::io::Error::other("no such listener"))?;
+        Ok(std::os::fd::OwnedFd::from(l.socket.try_clone()?))
+    }
+
     /// Gives a kept listener to another service (a reload moved its address).
     pub fn move_to(&mut self, id: ListenerId, service: u64) {
         if let Some(l) = self.listeners.get_mut(&id) {
@@ -146,6 +157,11 @@ impl Acceptor {
     /// Whether accepting is paused after descriptor exhaustion.
     pub fn paused(&self, now: Instant) -> bool {
         self.paused_until.is_some_and(|t| now < t)
+    }
+
+    /// Connections refused by PORT_ACCESS since the last call.
+    pub fn take_refused(&mut self) -> u64 {
+        std::mem::take(&mut self.refused_since)
     }
 
     /// Accepts on one listener while `room()` says there is room, handing each admitted
@@ -229,6 +245,7 @@ impl Acceptor {
             log::warn!("PORT_ACCESS {shown}: {u} is not supported; counted as no answer");
         }
         if let Verdict::Reject { text } = &decision.verdict {
+            self.refused_since += 1;
             let (log_it, suppressed) = self.refusals.record(now_ms);
             if suppressed > 0 {
                 log::warn!(

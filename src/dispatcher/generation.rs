@@ -32,10 +32,26 @@ pub struct GenPool {
     pub last_saturation_log: Option<u64>,
 }
 
+/// What a service did since the dispatcher started, across its generations (and restarts):
+/// what `--status` and the metrics endpoint show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceCounts {
+    /// Connections admitted by PORT_ACCESS, refused by it, and confirmed in a worker's hands.
+    pub accepted: u64,
+    pub refused: u64,
+    pub handed_off: u64,
+    /// Workers started, starts that failed (the image exited before serving, or never said
+    /// READY), and workers killed (unresponsive, protocol violation, not ready).
+    pub starts: u64,
+    pub failed_starts: u64,
+    pub kills: u64,
+}
+
 /// A service across generations.
 pub struct ServiceRt {
     pub id: ServiceId,
     pub name: String,
+    pub counts: ServiceCounts,
     /// The pool of the configuration in force; `None` once a reload removed the service.
     pub current: Option<GenPool>,
     /// Pools of earlier generations whose workers have not all exited.

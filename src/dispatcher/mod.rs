@@ -17,13 +17,19 @@
 //!   environment and no other descriptor.
 //! * [`log`]: `dispatcher.log`; [`logfiles`]: versioned log names; [`pidfile`]: the locked
 //!   pid file; [`notify`]: telling a service manager (systemd) how it is doing.
+//! * [`control`]: the control socket and the metrics endpoint's connections; what a request
+//!   does is the event loop's, with [`restart`] (`--restart`), [`status`] (`--status`) and
+//!   [`handover`] (the running side of `--takeover`).
 //! * [`start`]: from the command line to a running event loop.
 pub mod accept;
 pub mod access;
 pub mod account;
+pub mod control;
 pub mod descriptors;
+pub mod detach;
 pub mod event_loop;
 pub mod generation;
+pub mod handover;
 pub mod listen;
 pub mod log;
 pub mod logfiles;
@@ -32,6 +38,7 @@ pub mod pidfile;
 pub mod policy;
 pub mod reload;
 pub mod reload_plan;
+pub mod restart;
 pub mod runtime;
 pub mod signals;
 pub mod spawn;

@@ -419,6 +419,11 @@ impl Pool {
         ready >= self.limits.min_procs.min(self.limits.max_procs)
     }
 
+    /// How long the next start is held back after failed starts (milliseconds), if it is.
+    pub fn backoff(&self, now: Millis) -> Option<Millis> {
+        (self.failures > 0 && self.next_start > now).then(|| self.next_start - now)
+    }
+
     /// Whether `worker` is one of this pool's.
     pub fn has_worker(&self, worker: WorkerId) -> bool {
         self.workers.contains_key(&worker)

@@ -18,7 +18,7 @@ use mio::{Poll, Token};
 
 use super::accept::{Acceptor, Admitted, ListenerId, Stopped};
 use super::account::{self, RunAs};
-use super::generation::{GenPool, ServiceId, ServiceRt, Services};
+use super::generation::{GenPool, ServiceCounts, ServiceId, ServiceRt, Services};
 use super::policy::{
     Action, ConnId, Event, KillReason, Pool, PoolLimits, PoolLog, WorkerId, WorkerIds,
 };
@@ -34,6 +34,12 @@ pub enum Source {
     Signals,
     Listener(ListenerId),
     Worker(WorkerId),
+    /// The control socket.
+    Control,
+    /// The metrics endpoint's listener.
+    Metrics,
+    /// A control client or a metrics scraper.
+    Conversation(u64),
 }
 
 impl Source {
@@ -42,6 +48,9 @@ impl Source {
             Source::Signals => (0, 0),
             Source::Listener(id) => (id, 1),
             Source::Worker(id) => (id, 2),
+            Source::Control => (0, 3),
+            Source::Metrics => (1, 3),
+            Source::Conversation(id) => (id.saturating_add(2), 3),
         };
         Token(usize::try_from(id).unwrap_or(usize::MAX >> 2) << 2 | kind)
     }
@@ -52,7 +61,11 @@ impl Source {
             0 => Some(Source::Signals),
             1 => Some(Source::Listener(id)),
             2 => Some(Source::Worker(id)),
-            _ => None,
+            _ => Some(match id {
+                0 => Source::Control,
+                1 => Source::Metrics,
+                n => Source::Conversation(n - 2),
+            }),
         }
     }
 }
@@ -92,6 +105,11 @@ pub struct Runtime {
     pub tailor: PathBuf,
     /// Connections handed off and confirmed.
     pub handed: u64,
+    /// Reloads (SIGHUP or `--reload`) applied and refused.
+    pub reloads_applied: u64,
+    pub reloads_refused: u64,
+    /// The listeners are not read: a takeover waits for its workers before it may accept.
+    pub accept_held: bool,
     origin: Instant,
     /// When the stop began and its bound.
     pub stopping: Option<Instant>,
@@ -118,6 +136,9 @@ impl Runtime {
             port_access,
             tailor,
             handed: 0,
+            reloads_applied: 0,
+            reloads_refused: 0,
+            accept_held: false,
             origin: Instant::now(),
             stopping: None,
             shutdown_bound: Duration::from_secs(30),
@@ -126,6 +147,11 @@ impl Runtime {
             accept_again: false,
             no_descriptors_log: Throttle::new(Duration::from_secs(60)),
         }
+    }
+
+    /// How long the dispatcher has run.
+    pub fn uptime(&self) -> Duration {
+        self.origin.elapsed()
     }
 
     /// Milliseconds since the dispatcher started: the pools' clock.
@@ -171,6 +197,7 @@ impl Runtime {
             ServiceRt {
                 id,
                 name,
+                counts: Default::default(),
                 current: Some(pool),
                 old: Vec::new(),
             },
@@ -240,6 +267,7 @@ impl Runtime {
             Action::Release(conn) => {
                 if self.conns.remove(&conn).is_some() {
                     self.handed += 1;
+                    self.count(owner.service, |c| c.handed_off += 1);
                 }
                 self.accept_again = true;
             }
@@ -284,6 +312,7 @@ impl Runtime {
                         super::policy::CLOSED_GRACE / 1000
                     ),
                 }
+                self.count(owner.service, |c| c.kills += 1);
                 self.workers.kill(worker);
             }
             Action::PauseAccepting => {
@@ -324,10 +353,13 @@ impl Runtime {
             } => log::error!(
                 "[SERVICE={name}] worker {worker} died with {connections} connection(s) open"
             ),
-            PoolLog::StartFailed { worker, retry_in } => log::error!(
-                "[SERVICE={name}] worker {worker} failed to start; next start in {} s",
-                retry_in / 1000
-            ),
+            PoolLog::StartFailed { worker, retry_in } => {
+                self.count(owner.service, |c| c.failed_starts += 1);
+                log::error!(
+                    "[SERVICE={name}] worker {worker} failed to start; next start in {} s",
+                    retry_in / 1000
+                )
+            }
             PoolLog::NoDescriptors { worker, retry_in } => {
                 if self.no_descriptors_log.allows(name) {
                     log::error!(
@@ -391,6 +423,7 @@ impl Runtime {
             .start(registry, id, token, owner, &spec, output)
         {
             Ok(pid) => {
+                self.count(owner.service, |c| c.starts += 1);
                 log::info!("[SERVICE={}] worker {id} started, pid {pid}", config.name);
                 None
             }
@@ -422,7 +455,7 @@ impl Runtime {
 
     /// Accepts on one listener (its poll event, or a retry).
     pub fn accept_on(&mut self, id: ListenerId) {
-        if self.stopping.is_some() {
+        if self.stopping.is_some() || self.accept_held {
             return;
         }
         let Some(service) = self.acceptor.get(id).map(|l| l.service) else {
@@ -460,6 +493,10 @@ impl Runtime {
                 },
                 |a| admitted.push(a),
             );
+            let refused = self.acceptor.take_refused();
+            if refused > 0 {
+                self.count(service, |c| c.refused += refused);
+            }
             let got = !admitted.is_empty();
             for a in admitted.drain(..) {
                 self.book(owner, a);
@@ -476,8 +513,16 @@ impl Runtime {
         }
     }
 
+    /// Adds to a service's counts.
+    pub fn count(&mut self, service: ServiceId, add: impl FnOnce(&mut ServiceCounts)) {
+        if let Some(s) = self.services.get_mut(service) {
+            add(&mut s.counts);
+        }
+    }
+
     /// Books an admitted connection and gives it to the pool.
     fn book(&mut self, owner: Owner, a: Admitted) {
+        self.count(owner.service, |c| c.accepted += 1);
         let conn = self.next_conn;
         self.next_conn += 1;
         log::debug!(

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::control::ControlSocket;
 use super::event_loop::{self, Reloaded, Setup};
 use super::listen;
 use super::log::DispatcherLog;
@@ -24,6 +25,7 @@ use crate::check;
 use crate::config::error::Diagnostics;
 use crate::config::installation;
 use crate::config::tailor::TailorOrigin;
+use crate::control::client::Client;
 
 /// How the dispatcher was asked to run.
 #[derive(Debug, Clone)]
@@ -32,6 +34,9 @@ pub struct StartOptions {
     pub tailor_origin: TailorOrigin,
     pub foreground: bool,
     pub shutdown_bound: Duration,
+    /// `--takeover`: take the listeners of the running dispatcher, waiting at most this long
+    /// for the workers before giving up.
+    pub takeover: Option<Duration>,
 }
 
 /// The exit status of a start refused for its configuration (`EX_CONFIG` of sysexits.h).
@@ -85,12 +90,46 @@ fn start_loaded(
     notify: Notifier,
 ) -> Result<(), String> {
     let foreground = opts.foreground || notify.active();
+    let log_dir = inst.tailor.log_dir();
+    let control_path = crate::control::socket_path(&log_dir);
+    let pidfile_path = log_dir.join("dispatcher.pid");
+    // A takeover first: the running dispatcher's sockets, which it goes on serving meanwhile.
+    let mut takeover = match opts.takeover {
+        Some(wait) => {
+            let t = Client::connect(&control_path)
+                .and_then(|c| c.takeover(Duration::from_secs(10)))
+                .map_err(|e| format!("takeover: {e}"))?;
+            Some((t, wait))
+        }
+        None => None,
+    };
     let mut listeners = Vec::new();
     for s in &inst.dispatcher.services {
-        listeners.push(listen::open(s).map_err(|e| e.to_string())?);
+        let mut own = Vec::new();
+        for &port in &s.ports.value {
+            let handed =
+                (takeover.as_mut()).and_then(|(t, _)| t.take_port(listen::address(s, port)));
+            own.push(match handed {
+                Some(l) => l,
+                None => listen::open_port(s, port).map_err(|e| e.to_string())?,
+            });
+        }
+        listeners.push(own);
     }
-    let log_dir = inst.tailor.log_dir();
-    let mut pid = PidFile::lock(&log_dir.join("dispatcher.pid")).map_err(|e| e.to_string())?;
+    let (pidfile, control) = if takeover.is_some() {
+        (None, None)
+    } else {
+        let pid = PidFile::lock(&pidfile_path).map_err(|e| e.to_string())?;
+        // Any socket left at the name is a dead dispatcher's: the pid file is ours.
+        let control = match ControlSocket::bind(&control_path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("dispatcher: warning: {e}; --status and the other commands will not reach this dispatcher");
+                None
+            }
+        };
+        (Some(pid), control)
+    };
     let log_path = log_dir.join("dispatcher.log");
     let level = if inst.dispatcher.debug.value != 0 {
         log::LevelFilter::Debug
@@ -106,11 +145,25 @@ fn start_loaded(
         )
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?,
     );
-    if !foreground {
+    let started: super::detach::Report = if foreground {
+        // A failure is what the start returns, and is printed as such.
+        Box::new(|r: Result<String, String>| {
+            if let Ok(text) = r {
+                eprintln!("dispatcher: {text}");
+            }
+        })
+    } else if takeover.is_some() {
+        // The terminal waits for the takeover's outcome, which comes after detaching.
+        super::detach::detach_and_report()?
+    } else {
         // chdir to / and standard streams to /dev/null, as a daemon does.
         nix::unistd::daemon(false, false).map_err(|e| format!("cannot detach: {e}"))?;
+        Box::new(|_| {})
+    };
+    let mut pidfile = pidfile;
+    if let Some(pid) = &mut pidfile {
+        pid.write_pid().map_err(|e| e.to_string())?;
     }
-    pid.write_pid().map_err(|e| e.to_string())?;
     log::set_boxed_logger(Box::new(SharedLog(Arc::clone(&logger))))
         .map_err(|e| format!("cannot install the logger: {e}"))?;
     log::set_max_level(level);
@@ -131,7 +184,21 @@ fn start_loaded(
         .and_then(|s| super::runtime::service_account(s, mail_user.as_deref()).ok()?)
         .map(|a| (a.uid, a.gid));
     super::logfiles::ensure_delivery_log(&delivery_log, owner);
+    if let Some((t, _)) = &takeover {
+        for h in &t.listeners {
+            log::info!(
+                "takeover: {} is not in this configuration; the running dispatcher closes it when it hands over",
+                h.address
+            );
+        }
+    }
     let setup = Setup {
+        control_path,
+        control,
+        pidfile,
+        pidfile_path,
+        takeover,
+        started,
         mail_user,
         notify,
         services: inst.dispatcher.services,
@@ -158,11 +225,10 @@ fn start_loaded(
             })
         }),
     };
-    let result = event_loop::run(setup).map_err(|e| format!("event loop: {e}"));
+    let result = event_loop::run(setup);
     if let Err(e) = &result {
         log::error!("{e}");
     }
-    pid.remove();
     result
 }
 
