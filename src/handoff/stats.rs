@@ -8,8 +8,9 @@
 //!
 //! Delivery latency is measured per transaction whose message data was read whole: from the
 //! moment the final `.` of `DATA` has been read to the moment the last per-recipient reply
-//! has been written to the socket (stored or refused, so the time of the store's `fsync`s is
-//! in it; a slow client does not add to it).
+//! is ready to be sent (every copy stored or refused, so the store's `fsync`s and lock waits
+//! are in it). The time the client then takes to read the replies is not: a slow or stalled
+//! relay does not make the store look slow.
 
 /// Upper bounds, in milliseconds, of the delivery-latency buckets; one more bucket counts the
 /// rest (`+Inf`). From 1 ms (a message stored in the page cache) to 10 s (a store waiting for
