@@ -2,7 +2,8 @@
 # Installs, as root, the Debian packages the LMTP interoperability tests, `make bench` and
 # `make check-deb` use:
 # Postfix (smtp-source, smtp-sink), swaks, Dovecot (doveadm, the LMTP server we compare
-# against), iproute2 (`ip netns`: the separate hosts of the two-tier tests). No system mail service is started, now or later: a policy-rc.d refuses every
+# against), Python's prometheus_client (the OpenMetrics parser tests/metrics_format.rs checks
+# the metrics with), iproute2 (`ip netns`: the separate hosts of the two-tier tests). No system mail service is started, now or later: a policy-rc.d refuses every
 # service start while the packages install, and the services are then disabled and stopped.
 # Also creates the local accounts `alice` and `bob` (no home, no login) that the native
 # (/var/mail) delivery tests deliver to, and `mailsrv` (the seed's IMTA_USER), the dedicated
@@ -25,6 +26,9 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v adduser >/dev/null || need+=(adduser) # the package's postinst
 command -v file >/dev/null || need+=(file)       # are the packaged programs stripped
+# tests/metrics_format.rs: the OpenMetrics parser, for Debian's own interpreter
+/usr/bin/python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null ||
+    need+=(python3-prometheus-client)
 
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -67,4 +71,4 @@ for user in alice bob mailsrv; do
             --shell /usr/sbin/nologin "$user"
     fi
 done
-echo "install-test-deps: postfix, swaks, dovecot, iproute2, logrotate, mandoc, lintian, systemd-nspawn and the accounts alice, bob, mailsrv are present"
+echo "install-test-deps: postfix, swaks, dovecot, iproute2, logrotate, mandoc, lintian, systemd-nspawn, python3-prometheus-client and the accounts alice, bob, mailsrv are present"

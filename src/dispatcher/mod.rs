@@ -19,7 +19,8 @@
 //!   pid file; [`notify`]: telling a service manager (systemd) how it is doing.
 //! * [`control`]: the control socket and the metrics endpoint's connections; what a request
 //!   does is the event loop's, with [`restart`] (`--restart`), [`status`] (`--status`) and
-//!   [`handover`] (the running side of `--takeover`).
+//!   [`handover`] (the running side of `--takeover`); [`metrics`]: the Prometheus exposition,
+//!   served by [`http`]'s request parsing and replies.
 //! * [`start`]: from the command line to a running event loop.
 pub mod accept;
 pub mod access;
@@ -30,9 +31,11 @@ pub mod detach;
 pub mod event_loop;
 pub mod generation;
 pub mod handover;
+pub mod http;
 pub mod listen;
 pub mod log;
 pub mod logfiles;
+pub mod metrics;
 pub mod notify;
 pub mod pidfile;
 pub mod policy;

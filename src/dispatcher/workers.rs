@@ -200,6 +200,7 @@ impl Workers {
                     ToDispatcher::Taken { conn } => Event::Taken { worker: id, conn },
                     ToDispatcher::Ended { conn } => Event::Ended { worker: id, conn },
                     ToDispatcher::Draining => Event::Draining(id),
+                    ToDispatcher::Stats(_) => continue,
                 }),
                 Ok(None) => {
                     stop_reading(registry, w);

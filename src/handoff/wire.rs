@@ -8,7 +8,7 @@
 //!
 //! Dispatcher → worker: `HANDOFF <conn-id> <client-addr> <server-addr>` (+ one descriptor),
 //! `DRAIN`. Worker → dispatcher: `READY` or `READY ACK`, `TAKEN <conn-id>`,
-//! `ENDED <conn-id>`, `DRAINING`.
+//! `ENDED <conn-id>`, `DRAINING`, `STATS <counts>` (a [`WorkerStats`] delta).
 //!
 //! Hygiene, as the issue asks: descriptors are received with `MSG_CMSG_CLOEXEC`; a truncated
 //! packet or truncated ancillary data (`MSG_TRUNC`, `MSG_CTRUNC`) is an error, and every
@@ -27,6 +27,8 @@
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use super::stats::{WorkerStats, LATENCY_BUCKETS};
 
 use nix::sys::socket::{
     sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
@@ -68,7 +70,14 @@ pub enum ToDispatcher {
     Ended { conn: u64 },
     /// Taking no more connections (told to drain, or chose to).
     Draining,
+    /// Delivery counters since the worker's previous `STATS`: `STATS <delivered> <deferred>
+    /// <refused> <bytes> <latency-sum-micros> <bucket 0> ... <bucket N>` (the buckets not
+    /// cumulative, one per [`LATENCY_BOUNDS_MS`](super::stats::LATENCY_BOUNDS_MS) and `+Inf`).
+    Stats(WorkerStats),
 }
+
+/// Fields of `STATS` after the word: five counts and the buckets.
+const STATS_FIELDS: usize = 5 + LATENCY_BUCKETS;
 
 /// What can go wrong on the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -163,10 +172,55 @@ impl ToDispatcher {
             ToDispatcher::Taken { conn } => format!("TAKEN {conn}"),
             ToDispatcher::Ended { conn } => format!("ENDED {conn}"),
             ToDispatcher::Draining => "DRAINING".to_string(),
+            ToDispatcher::Stats(s) => {
+                let mut text = format!(
+                    "STATS {} {} {} {} {}",
+                    s.delivered, s.deferred, s.refused, s.bytes, s.latency_sum_micros
+                );
+                for b in &s.latency_buckets {
+                    text.push(' ');
+                    text.push_str(&b.to_string());
+                }
+                text
+            }
         }
     }
 
+    /// `STATS`' fields, strictly: exactly [`STATS_FIELDS`] decimal numbers of digits only
+    /// (no sign, no empty field), each fitting a u64.
+    fn decode_stats(text: &str, fields: &str) -> Result<ToDispatcher, WireError> {
+        let bad = |reason| WireError::Malformed {
+            message: text.to_string(),
+            reason,
+        };
+        let mut n = [0u64; STATS_FIELDS];
+        let mut given = 0;
+        for field in fields.split(' ') {
+            let slot = n.get_mut(given).ok_or(bad("too many fields"))?;
+            if field.is_empty() || !field.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad("a count that is not a decimal number"));
+            }
+            *slot = field.parse().map_err(|_| bad("a count over 2^64-1"))?;
+            given += 1;
+        }
+        if given != STATS_FIELDS {
+            return Err(bad("too few fields"));
+        }
+        let [delivered, deferred, refused, bytes, latency_sum_micros, buckets @ ..] = n;
+        Ok(ToDispatcher::Stats(WorkerStats {
+            delivered,
+            deferred,
+            refused,
+            bytes,
+            latency_buckets: buckets,
+            latency_sum_micros,
+        }))
+    }
+
     pub fn decode(text: &str) -> Result<ToDispatcher, WireError> {
+        if let Some(fields) = text.strip_prefix("STATS ") {
+            return ToDispatcher::decode_stats(text, fields);
+        }
         let mut f = text.split(' ');
         let first = f.next();
         let second = f.next();
@@ -438,6 +492,102 @@ mod tests {
         assert!(e.to_string().contains("connection id"), "{e}");
         assert_eq!(ToDispatcher::Ready { ack: true }.encode(), "READY ACK");
         assert_eq!(ToDispatcher::Taken { conn: 7 }.encode(), "TAKEN 7");
+    }
+
+    fn stats_sample() -> WorkerStats {
+        let mut s = WorkerStats {
+            delivered: 1,
+            deferred: 2,
+            refused: 3,
+            bytes: 4096,
+            latency_sum_micros: 123_456,
+            ..WorkerStats::default()
+        };
+        for (i, b) in s.latency_buckets.iter_mut().enumerate() {
+            *b = i as u64 * 10;
+        }
+        s
+    }
+
+    #[test]
+    fn stats_round_trip() {
+        let m = ToDispatcher::Stats(stats_sample());
+        let text = m.encode();
+        assert!(
+            text.starts_with("STATS 1 2 3 4096 123456 0 10 20 "),
+            "{text}"
+        );
+        assert_eq!(text.split(' ').count(), 1 + STATS_FIELDS);
+        assert_eq!(ToDispatcher::decode(&text).expect("decodes"), m);
+    }
+
+    #[test]
+    fn the_longest_stats_fits_one_message() {
+        let s = WorkerStats {
+            delivered: u64::MAX,
+            deferred: u64::MAX,
+            refused: u64::MAX,
+            bytes: u64::MAX,
+            latency_buckets: [u64::MAX; LATENCY_BUCKETS],
+            latency_sum_micros: u64::MAX,
+        };
+        let m = ToDispatcher::Stats(s);
+        let text = m.encode();
+        assert!(text.len() <= MAX_MESSAGE, "{} bytes", text.len());
+        assert_eq!(ToDispatcher::decode(&text).expect("decodes"), m);
+    }
+
+    /// `STATS` followed by the sample's fields with field `i` replaced by `with`.
+    fn stats_with_field(i: usize, with: &str) -> String {
+        let text = ToDispatcher::Stats(stats_sample()).encode();
+        let mut f: Vec<&str> = text.split(' ').collect();
+        f[1 + i] = with;
+        f.join(" ")
+    }
+
+    fn assert_malformed(text: &str, reason: &str) {
+        match ToDispatcher::decode(text) {
+            Err(WireError::Malformed { reason: r, .. }) => assert_eq!(r, reason, "{text}"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stats_with_too_few_or_too_many_fields_is_malformed() {
+        let text = ToDispatcher::Stats(stats_sample()).encode();
+        let shorter = text.rsplit_once(' ').expect("fields").0;
+        assert_malformed(shorter, "too few fields");
+        assert_malformed(&format!("{text} 7"), "too many fields");
+        assert_malformed("STATS 1", "too few fields");
+        // `STATS` alone has no fields at all: not a STATS message.
+        assert!(matches!(
+            ToDispatcher::decode("STATS"),
+            Err(WireError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn stats_with_a_field_that_is_not_digits_is_malformed() {
+        for with in ["x", "+1", "-1", "1.0", "0x10", "", " 1"] {
+            assert_malformed(
+                &stats_with_field(3, with),
+                "a count that is not a decimal number",
+            );
+        }
+        // A trailing space is one field too many (an empty one).
+        assert_malformed(
+            &format!("{} ", ToDispatcher::Stats(stats_sample()).encode()),
+            "too many fields",
+        );
+    }
+
+    #[test]
+    fn stats_with_a_count_over_u64_is_malformed() {
+        assert_malformed(
+            &stats_with_field(0, "18446744073709551616"),
+            "a count over 2^64-1",
+        );
+        assert!(ToDispatcher::decode(&stats_with_field(0, "18446744073709551615")).is_ok());
     }
 
     /// Sends one packet with `fds` as SCM_RIGHTS, whatever their number (the protocol's own

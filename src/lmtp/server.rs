@@ -103,6 +103,7 @@ impl Handler for LmtpServer {
             client: c.client,
             drain: &c.drain,
             delivery_log: self.delivery_log.as_ref(),
+            counters: &c.counters,
         };
         let end = session::run(&c.stream, &ctx);
         match end {

@@ -32,10 +32,11 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::log_text::untrusted;
 use crate::net_address::address_literal;
+use crate::worker::counters::Counters;
 use crate::worker::drain::DrainSignal;
 #[cfg(doc)]
 use crate::worker::drain::OWED_GRACE;
@@ -62,6 +63,10 @@ pub struct Context<'a> {
     pub drain: &'a DrainSignal,
     /// The installation's delivery log, which gets every delivery and refusal line too.
     pub delivery_log: Option<&'a DeliveryLog>,
+    /// The worker's delivery counters (reported to the dispatcher): every recipient's final
+    /// reply class (a refused or deferred `RCPT`, or its reply after `DATA`), the bytes
+    /// stored, and each transaction's latency (`src/handoff/stats.rs` says which time).
+    pub counters: &'a Counters,
 }
 
 /// Logs a delivery or refusal line in the LOGFILE and appends it to the delivery log; when
@@ -323,9 +328,14 @@ impl Session<'_> {
                 }
                 other => {
                     let moves_on = matches!(other, Command::Mail { .. } | Command::Rcpt { .. });
+                    let is_rcpt = matches!(other, Command::Rcpt { .. });
                     let r = self.command(other);
                     if moves_on && r.code < 400 {
                         self.junk -= 1;
+                    }
+                    if is_rcpt && r.code >= 400 {
+                        // That recipient's final answer; an accepted one is counted after DATA.
+                        self.ctx.counters.recipient(r.code);
                     }
                     self.reply(r);
                 }
@@ -618,6 +628,8 @@ impl Session<'_> {
                 return Some(self.stopped(e, Waiting::Data));
             }
         };
+        // The final `.` has been read: the delivery latency starts.
+        let started = Instant::now();
         let tx = self.tx.take()?;
         self.transactions += 1;
         let oversize = tx.declared.filter(|&d| outcome.size > d);
@@ -656,7 +668,7 @@ impl Session<'_> {
         let id = trace::new_id(SystemTime::now());
         let results = match refusal {
             Some(r) => vec![Err(r); tx.recipients.len()],
-            None => self.deliver(&tx, &id, &self.body),
+            None => self.deliver(&tx, &id, &self.body, outcome.size),
         };
         for ((r, target), result) in tx.recipients.iter().zip(results) {
             let reply = match result {
@@ -688,8 +700,10 @@ impl Session<'_> {
                     ),
                 );
             }
+            self.ctx.counters.recipient(reply.code);
             self.reply(reply);
         }
+        self.ctx.counters.transaction(started.elapsed());
         // A large message's memory or file goes; the next message starts small again.
         self.body.clear();
         self.wire.shrink();
@@ -704,8 +718,15 @@ impl Session<'_> {
         None
     }
 
-    /// Stores the message once per distinct mailbox; one result per recipient.
-    fn deliver(&self, tx: &Transaction, id: &str, body: &Body) -> Vec<Result<(), Reply>> {
+    /// Stores the message (`size` octets) once per distinct mailbox, counting the bytes of the
+    /// copies stored; one result per recipient.
+    fn deliver(
+        &self,
+        tx: &Transaction,
+        id: &str,
+        body: &Body,
+        size: u64,
+    ) -> Vec<Result<(), Reply>> {
         let received = SystemTime::now();
         let lhlo = self.lhlo.as_deref().unwrap_or("unknown");
         let trace = trace::header(&TraceInfo {
@@ -738,6 +759,10 @@ impl Session<'_> {
             which.push(i);
         }
         let results = self.ctx.store.deliver(&message, &distinct);
+        let copies = results.iter().filter(|r| r.is_ok()).count();
+        self.ctx
+            .counters
+            .stored(size.saturating_mul(u64::try_from(copies).unwrap_or(u64::MAX)));
         which
             .into_iter()
             .zip(&tx.recipients)

@@ -25,6 +25,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 
+pub use super::counters::Counters;
 pub use super::drain::DrainSignal;
 use super::threads::Threads;
 use crate::handoff::env;
@@ -73,6 +74,10 @@ pub struct Connection {
     /// looks at it between requests and marks itself idle while it waits (see
     /// [`DrainSignal`]); one that ignores it is simply waited for.
     pub drain: DrainSignal,
+    /// The worker's delivery counters, shared by all its connections; the runtime reports
+    /// what they gathered to the dispatcher (`STATS`) before each `ENDED`. A handler that
+    /// counts nothing leaves them alone, and the worker sends no `STATS`.
+    pub counters: Arc<Counters>,
 }
 
 /// What an image does with a connection. Called on the connection's own thread.
@@ -177,6 +182,7 @@ pub fn run(
     let control = Arc::new(control);
     let active = Arc::new(Active::default());
     let drain = DrainSignal::new();
+    let counters = Arc::new(Counters::new());
     let threads = Threads::new(config.stack_size);
     wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ready { ack: true })?;
     log::info!(
@@ -233,7 +239,7 @@ pub fn run(
                         config.max_conns
                     );
                     drop(stream);
-                    end(&control, &active, conn);
+                    end(&control, &active, &counters, conn);
                     continue;
                 }
                 let connection = Connection {
@@ -242,6 +248,7 @@ pub fn run(
                     server,
                     stream,
                     drain: drain.clone(),
+                    counters: Arc::clone(&counters),
                 };
                 spawn_connection(&threads, &handler, &control, &active, connection);
             }
@@ -272,6 +279,9 @@ pub fn run(
         drain.end_grace();
         active.wait_until_zero();
     }
+    // Each ENDED took the counts with it; whatever a handler counted outside a connection's
+    // life (none of ours does) goes now.
+    report_stats(&control, &counters);
     log::info!(
         "[SERVICE={}] worker exiting: no connections left",
         config.service
@@ -290,7 +300,13 @@ fn spawn_connection(
     connection: Connection,
 ) {
     let id = connection.id;
-    let (h, c, a) = (Arc::clone(handler), Arc::clone(control), Arc::clone(active));
+    let counters = Arc::clone(&connection.counters);
+    let (h, c, a, n) = (
+        Arc::clone(handler),
+        Arc::clone(control),
+        Arc::clone(active),
+        Arc::clone(&counters),
+    );
     let client = connection.client;
     let spawned = threads.run(
         move || {
@@ -305,21 +321,36 @@ fn spawn_connection(
                     "connection {id}: the handler failed (panic, above); connection closed"
                 );
             }
-            end(&c, &a, id);
+            end(&c, &a, &n, id);
         },
     );
     if let Err(e) = spawned {
         // The job (and with it the socket) was dropped: the client sees the close.
         log::error!("connection {id}: cannot start a thread ({e}); closed");
-        end(control, active, id);
+        end(control, active, &counters, id);
     }
 }
 
-/// Reports a connection ended and frees its slot.
-fn end(control: &OwnedFd, active: &Active, conn: u64) {
+/// Reports a connection ended and frees its slot; first the counters gathered since the last
+/// report, under the same lock, so that a drain does not finish (and the worker exit) before
+/// they are out.
+fn end(control: &OwnedFd, active: &Active, counters: &Counters, conn: u64) {
     active.remove_and(|| {
+        report_stats(control, counters);
         if let Err(e) = wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ended { conn }) {
             log::warn!("cannot report connection {conn} ended: {e}");
         }
     });
+}
+
+/// Sends `STATS` with the counts since the last report, when there are any.
+fn report_stats(control: &OwnedFd, counters: &Counters) {
+    let stats = counters.take();
+    if stats.is_empty() {
+        return;
+    }
+    if let Err(e) = wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Stats(stats)) {
+        // Those counts are lost, as the ENDED that may fail next would be.
+        log::warn!("cannot report delivery counters: {e}");
+    }
 }
