@@ -90,7 +90,17 @@ fn takeover(root: &Path) -> String {
 
 #[test]
 fn two_takeovers_under_a_client_loop_and_smtp_source_lose_nothing() {
-    let d = Dispatcher::start_lmtp("MIN_PROCS=2\nMAX_PROCS=4", "");
+    // With a metrics endpoint, which is handed over too.
+    let [metrics_port] = common::dispatcher::free_ports::<1>();
+    let layout = common::dispatcher::Layout::lmtp("MIN_PROCS=2\nMAX_PROCS=4", "");
+    let cnf = layout.root.join("config/dispatcher.cnf");
+    let text = std::fs::read_to_string(&cnf).expect("read");
+    std::fs::write(
+        &cnf,
+        format!("{text}[SERVICE=DISPATCHER]\nMETRICS_PORT={metrics_port}\n"),
+    )
+    .expect("write");
+    let d = Dispatcher::launch(layout, |_| {});
     d.wait_for_started("LMTPSS", 2);
     common::lmtp::maildir(&d.root, "carol");
     let store = d.addr(0);
@@ -197,6 +207,18 @@ fn two_takeovers_under_a_client_loop_and_smtp_source_lose_nothing() {
     let out = peers::run_bounded(cmd, "dispatcher --status", Duration::from_secs(20));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains(&format!("pid {third}")), "{table}");
+    let mut m = TcpStream::connect(("127.0.0.1", metrics_port)).expect("the metrics endpoint");
+    m.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("write");
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut m, &mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+    assert!(
+        reply.contains("msdispatcher_worker_starts_total"),
+        "{reply}"
+    );
     eprintln!(
         "takeovers at {at_first} and {at_second} of {MESSAGES} messages; {ok} client rounds, none failed"
     );

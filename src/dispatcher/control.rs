@@ -324,12 +324,13 @@ impl Conversations {
         registry: &Registry,
         id: ConvId,
         complete: impl Fn(Speaks, &[u8]) -> Option<usize>,
-        max: usize,
+        max: impl Fn(Speaks) -> usize,
     ) -> Vec<ConvEvent> {
         let mut out = Vec::new();
         let Some(c) = self.convs.get_mut(&id) else {
             return out;
         };
+        let max = max(c.speaks);
         let mut buf = [0u8; 4096];
         let mut eof = false;
         loop {

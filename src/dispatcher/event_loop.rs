@@ -69,6 +69,9 @@ pub struct Setup {
     /// A takeover under way: the connection to the old dispatcher, and how long to wait for
     /// the workers before giving up.
     pub takeover: Option<(Takeover, Duration)>,
+    /// The metrics endpoint's listener (`METRICS_PORT`), open, and where it was configured.
+    pub metrics: Option<TcpListener>,
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Told once whether the start (a takeover's commit) succeeded: to the waiting terminal.
     pub started: super::detach::Report,
 }
@@ -154,6 +157,16 @@ impl Loop {
                 log::warn!("{note}");
             }
         }
+        if let Some(m) = &self.setup.metrics {
+            rt.poll.registry().register(
+                &mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(m)),
+                Source::Metrics.token(),
+                Interest::READABLE,
+            )?;
+            if let Ok(a) = m.local_addr() {
+                log::info!("metrics on http://{a}/metrics");
+            }
+        }
         if let Some((t, wait)) = &self.setup.takeover {
             rt.accept_held = true;
             self.takeover_deadline = Some(Instant::now() + *wait);
@@ -195,7 +208,13 @@ impl Loop {
                         }
                     }
                     Some(Source::Signals) => signals.drain_wakeups(),
-                    Some(Source::Metrics) => {}
+                    Some(Source::Metrics) => {
+                        if let Some(m) = &self.setup.metrics {
+                            self.convs.accept_http(self.rt.poll.registry(), m, |id| {
+                                Source::Conversation(id).token()
+                            });
+                        }
+                    }
                     Some(Source::Control) => {
                         if let Some(c) = &self.setup.control {
                             self.convs.accept_control(self.rt.poll.registry(), c, |id| {
@@ -212,7 +231,10 @@ impl Loop {
                                 self.rt.poll.registry(),
                                 id,
                                 request_end,
-                                crate::control::protocol::MAX_REQUEST,
+                                |speaks| match speaks {
+                                    Speaks::Control => crate::control::protocol::MAX_REQUEST,
+                                    Speaks::Http => super::http::MAX_REQUEST,
+                                },
                             );
                             for e in got {
                                 self.on_conversation(e);
@@ -281,7 +303,14 @@ impl Loop {
             self.setup.notify.send(&notify::reloading_message());
         }
         let outcome = match (self.setup.reload)() {
-            Ok(new) => super::reload::apply(&mut self.rt, new),
+            Ok(new) => {
+                if new.metrics != self.setup.metrics_address {
+                    log::warn!(
+                        "METRICS_PORT/METRICS_INTERFACE_ADDRESS changed: a reload does not move the metrics endpoint; a restart or a takeover does"
+                    );
+                }
+                super::reload::apply(&mut self.rt, new)
+            }
             Err(e) => Err(super::reload::refuse(e)),
         };
         let status = match &outcome {
@@ -368,7 +397,12 @@ impl Loop {
             return;
         };
         if speaks == Speaks::Http {
-            return;
+            let request = super::http::parse(text);
+            let rt = &self.rt;
+            let bytes = super::http::reply(&request, || {
+                super::metrics::render(&super::status::metrics(rt))
+            });
+            return self.convs.reply(self.rt.poll.registry(), id, bytes, false);
         }
         let line = String::from_utf8_lossy(text);
         let line = line.trim_end_matches('\n');
@@ -424,7 +458,7 @@ impl Loop {
                     log::warn!("control: takeover by pid {pid} refused: {why}");
                     return self.answer(id, Reply::err(why));
                 }
-                match super::handover::offer(&self.rt, None) {
+                match super::handover::offer(&self.rt, self.setup.metrics.as_ref()) {
                     Ok((text, fds)) => {
                         log::info!(
                             "takeover by pid {pid}: listening sockets handed over; still serving until it commits"
@@ -460,6 +494,13 @@ impl Loop {
     /// socket's name, and drain.
     fn hand_over(&mut self, id: ConvId, pid: u32) {
         self.rt.acceptor.close_all(self.rt.poll.registry());
+        if let Some(m) = self.setup.metrics.take() {
+            let _ = self
+                .rt
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&m)));
+        }
         if let Some(c) = &mut self.setup.control {
             c.release_name();
         }
@@ -565,6 +606,9 @@ fn register_control(poll: &Poll, c: &ControlSocket) -> std::io::Result<()> {
 fn request_end(speaks: Speaks, input: &[u8]) -> Option<usize> {
     match speaks {
         Speaks::Control => input.iter().position(|&b| b == b'\n').map(|i| i + 1),
-        Speaks::Http => None,
+        Speaks::Http => match super::http::parse(input) {
+            super::http::Request::Incomplete => None,
+            _ => Some(input.len()),
+        },
     }
 }

@@ -45,6 +45,8 @@ pub struct ServiceCounts {
     pub starts: u64,
     pub failed_starts: u64,
     pub kills: u64,
+    /// What the workers reported of their deliveries (`STATS`), added up: it outlives them.
+    pub lmtp: crate::handoff::stats::WorkerStats,
 }
 
 /// A service across generations.

@@ -57,6 +57,11 @@ pub fn open_port(service: &Service, port: u16) -> Result<std::net::TcpListener, 
     })
 }
 
+/// Opens the metrics endpoint's port (`METRICS_PORT` at `METRICS_INTERFACE_ADDRESS`).
+pub fn open_metrics(address: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
+    bind("DISPATCHER", address, 64)
+}
+
 fn bind(
     service: &str,
     address: SocketAddr,

@@ -56,6 +56,16 @@ pub struct ServiceSnapshot {
     pub lmtp: WorkerStats,
 }
 
+/// Every state a worker can be in, as the pool names it: each is a `workers` sample, 0 or not.
+pub const WORKER_STATES: [&str; 6] = [
+    "starting",
+    "ready",
+    "due",
+    "retiring",
+    "unresponsive",
+    "killed",
+];
+
 /// The `Content-Type` of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

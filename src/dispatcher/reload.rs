@@ -28,6 +28,8 @@ pub struct Reloaded {
     /// Where `port_access` was read from, for the reason a reload is refused.
     pub mappings_path: std::path::PathBuf,
     pub mail_user: Option<String>,
+    /// The metrics endpoint's address now configured (not moved by a reload).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Logs why a reload is refused, and returns it (for the service manager's status line).

@@ -546,7 +546,12 @@ impl Runtime {
         let Some(owner) = self.workers.owner(id) else {
             return;
         };
-        for ev in self.workers.read(self.poll.registry(), id) {
+        let mut stats = crate::handoff::stats::WorkerStats::default();
+        let events = self.workers.read(self.poll.registry(), id, &mut stats);
+        if !stats.is_empty() {
+            self.count(owner.service, |c| c.lmtp.add(&stats));
+        }
+        for ev in events {
             self.feed(owner, ev);
         }
     }

@@ -116,6 +116,13 @@ fn start_loaded(
         }
         listeners.push(own);
     }
+    let metrics = match inst.dispatcher.metrics {
+        None => None,
+        Some(address) => match (takeover.as_mut()).and_then(|(t, _)| t.take_metrics(address)) {
+            Some(l) => Some(l),
+            None => Some(listen::open_metrics(address).map_err(|e| e.to_string())?),
+        },
+    };
     let (pidfile, control) = if takeover.is_some() {
         (None, None)
     } else {
@@ -193,6 +200,8 @@ fn start_loaded(
         }
     }
     let setup = Setup {
+        metrics_address: inst.dispatcher.metrics,
+        metrics,
         control_path,
         control,
         pidfile,
@@ -222,6 +231,7 @@ fn start_loaded(
                 services: inst.dispatcher.services,
                 port_access: inst.mapping_set,
                 mappings_path: inst.mappings_path,
+                metrics: inst.dispatcher.metrics,
             })
         }),
     };

@@ -156,6 +156,42 @@ pub fn snapshot(rt: &Runtime) -> Snapshot {
     }
 }
 
+/// What the metrics endpoint shows ([`super::metrics::render`]).
+pub fn metrics(rt: &Runtime) -> super::metrics::Snapshot {
+    let services = snapshot(rt)
+        .services
+        .into_iter()
+        .map(|v| {
+            let mut by_state: Vec<(&'static str, u64)> = super::metrics::WORKER_STATES
+                .iter()
+                .map(|&s| (s, 0))
+                .collect();
+            for w in &v.workers {
+                if let Some(slot) = by_state.iter_mut().find(|(s, _)| *s == w.state) {
+                    slot.1 += 1;
+                }
+            }
+            super::metrics::ServiceSnapshot {
+                name: v.name,
+                accepted: v.counts.accepted,
+                refused: v.counts.refused,
+                handed_off: v.counts.handed_off,
+                waiting: v.waiting,
+                workers_by_state: by_state,
+                starts: v.counts.starts,
+                failed_starts: v.counts.failed_starts,
+                kills: v.counts.kills,
+                lmtp: v.counts.lmtp,
+            }
+        })
+        .collect();
+    super::metrics::Snapshot {
+        services,
+        reloads_applied: rt.reloads_applied,
+        reloads_refused: rt.reloads_refused,
+    }
+}
+
 /// Lines of cells as a table with aligned columns.
 fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);

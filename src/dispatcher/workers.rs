@@ -20,6 +20,7 @@ use mio::{Interest, Registry, Token};
 
 use super::policy::{ConnId, Event, WorkerId};
 use super::spawn::{spawn_worker, WorkerSpec};
+use crate::handoff::stats::WorkerStats;
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError};
 
 /// The service and configuration generation a worker belongs to.
@@ -185,7 +186,14 @@ impl Workers {
     }
 
     /// Reads everything the worker has sent, as events.
-    pub fn read(&mut self, registry: &Registry, id: WorkerId) -> Vec<Event> {
+    /// The delivery counters a worker reports (`STATS`) are added to `stats`: they are not
+    /// the policy's business.
+    pub fn read(
+        &mut self,
+        registry: &Registry,
+        id: WorkerId,
+        stats: &mut WorkerStats,
+    ) -> Vec<Event> {
         let mut events = Vec::new();
         let Some(w) = self.procs.get_mut(&id) else {
             return events;
@@ -200,7 +208,10 @@ impl Workers {
                     ToDispatcher::Taken { conn } => Event::Taken { worker: id, conn },
                     ToDispatcher::Ended { conn } => Event::Ended { worker: id, conn },
                     ToDispatcher::Draining => Event::Draining(id),
-                    ToDispatcher::Stats(_) => continue,
+                    ToDispatcher::Stats(s) => {
+                        stats.add(&s);
+                        continue;
+                    }
                 }),
                 Ok(None) => {
                     stop_reading(registry, w);
