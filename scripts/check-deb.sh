@@ -15,6 +15,7 @@
 #       dispatcher said READY=1;
 #     - mail goes over LMTP into a Maildir (as mailsrv) and into /var/mail, with lines in
 #       mail.log_current, so the sandboxing leaves the store, the spool and IMTA_LOG writable;
+#     - `dispatcher --status` reaches the control socket in IMTA_LOG and names the main pid;
 #     - `systemctl reload` applies a good configuration, and refuses (fails on) one without its mappings
 #       file while the service goes on serving (STATUS= says which);
 #     - a SIGKILL of the dispatcher is restarted (Restart=on-failure), a restart into an
@@ -224,6 +225,15 @@ inside() {
     [ "$(in_root grep -c 'to=<alice' "$log/mail.log_current")" -ge 2 ] ||
         fail "mail.log_current lacks the two deliveries: $(in_root cat "$log/mail.log_current" 2>&1)"
     say "ok: under the unit's sandbox: stored into a Maildir as mailsrv and into /var/mail; both in mail.log_current"
+
+    # The control socket answers the packaged program; its status names the unit's main pid.
+    status=$(in_root env IMTA_TAILOR=/opt/SUNWmsgsr/config/imta_tailor \
+        /usr/lib/msdispatcher/dispatcher --status 2>&1) || fail "dispatcher --status: $status"
+    case "$status" in
+        *"pid $(unit MainPID),"*) ;;
+        *) fail "dispatcher --status does not name the main pid $(unit MainPID): $status" ;;
+    esac
+    say "ok: dispatcher --status over the control socket: $(printf '%s' "$status" | head -n 1)"
 
     # Reloads: a good one applied, one without the mappings file refused.
     in_root systemctl reload msdispatcher || fail "systemctl reload failed"
