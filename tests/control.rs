@@ -39,23 +39,17 @@ fn socket(d: &Dispatcher) -> std::path::PathBuf {
 
 /// A JSON document read by Python's json module (no parser of ours), one value out of it.
 fn json_value(doc: &str, expr: &str) -> String {
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            &format!("import json,sys; d=json.load(sys.stdin); print({expr})"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(doc.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python3 ran");
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        &format!("import json,sys; d=json.load(sys.stdin); print({expr})"),
+    ]);
+    let out = common::peers::run_bounded_with_input(
+        cmd,
+        "python3",
+        Duration::from_secs(20),
+        Some(doc.as_bytes()),
+    );
     assert!(
         out.status.success(),
         "python3: {}\n{doc}",

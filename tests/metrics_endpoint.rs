@@ -36,20 +36,14 @@ fn http(addr: SocketAddr, request: &str) -> (String, String) {
 fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
     let (status, body) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
-    let mut child = Command::new(PYTHON)
-        .arg(common::fixtures().join("metrics/parse_openmetrics.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the parser");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(body.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("parser");
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(common::fixtures().join("metrics/parse_openmetrics.py"));
+    let out = peers::run_bounded_with_input(
+        cmd,
+        "the OpenMetrics parser",
+        Duration::from_secs(20),
+        Some(body.as_bytes()),
+    );
     assert!(
         out.status.success(),
         "the parser rejected the scrape: {}\n{body}",

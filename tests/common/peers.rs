@@ -21,13 +21,33 @@ fn missing(tool: &str, e: std::io::Error) -> ! {
 }
 
 /// Runs `cmd`, killing it after `limit`; the output once it has ended.
-pub fn run_bounded(mut cmd: Command, tool: &str, limit: Duration) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
+pub fn run_bounded(cmd: Command, tool: &str, limit: Duration) -> Output {
+    run_bounded_with_input(cmd, tool, limit, None)
+}
+
+/// The same, with `input` on its standard input (then closed).
+pub fn run_bounded_with_input(
+    mut cmd: Command,
+    tool: &str,
+    limit: Duration,
+    input: Option<&[u8]>,
+) -> Output {
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| missing(tool, e));
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        stdin
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("{tool}: writing its input: {e}"));
+    }
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
