@@ -232,6 +232,15 @@ fn stop_returns_once_the_dispatcher_has_exited() {
     assert_eq!(open.line(), "250 last words\r\n");
     open.quit();
     let o = stopper.join().expect("the stopper");
+    // When it answers, the next start finds neither the pid file nor the socket.
+    assert!(
+        !d.root.join("log/dispatcher.pid").exists(),
+        "the pid file is gone"
+    );
+    assert!(
+        !d.root.join("log/dispatcher.socket").exists(),
+        "the socket is gone"
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("stopped"), "{}", text(&o.stdout));
     // By the time it answered, the dispatcher was done: it exits at once.
@@ -478,4 +487,66 @@ fn a_takeover_whose_workers_never_get_ready_leaves_the_old_dispatcher_serving() 
         "{}",
         text(&o.stdout)
     );
+}
+
+#[test]
+fn a_client_that_half_closes_after_its_request_still_gets_the_reply() {
+    let d = Dispatcher::start("MIN_PROCS=0");
+    let mut s = UnixStream::connect(socket(&d)).expect("connect");
+    s.write_all(b"STATUS\n").expect("write");
+    s.shutdown(std::net::Shutdown::Write).expect("half-close");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("read");
+    assert!(reply.starts_with("OK status\n"), "{reply:?}");
+}
+
+#[test]
+fn a_takeover_that_commits_and_then_vanishes_leaves_the_old_dispatcher_serving_again() {
+    let d = Dispatcher::start("MIN_PROCS=1");
+    d.wait_for_started("LMTPSS", 1);
+    let mut t = UnixStream::connect(socket(&d)).expect("connect");
+    t.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    t.write_all(b"TAKEOVER\n").expect("write");
+    let mut buf = [0u8; 512];
+    let n = t.read(&mut buf).expect("the offer");
+    assert!(buf[..n].starts_with(b"OK 2 "), "{}", text(&buf[..n]));
+    t.write_all(b"COMMIT 1\n").expect("write");
+    let n = t.read(&mut buf).expect("the commit's reply");
+    assert!(buf[..n].starts_with(b"OK committed"), "{}", text(&buf[..n]));
+    d.wait_for_log("committed: not accepting");
+    // The old one has let go: no pid file lock, no control socket name; a client waits queued.
+    assert!(
+        !socket(&d).exists(),
+        "the name was let go for the new dispatcher"
+    );
+    let waiting = std::thread::spawn({
+        let addr = d.addr(0);
+        move || {
+            let mut c = Client::connect(RELAY, addr);
+            let greeting = c.line();
+            c.quit();
+            greeting
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !waiting.is_finished(),
+        "nobody accepts between COMMIT and DONE"
+    );
+    // The new dispatcher dies before saying DONE.
+    drop(t);
+    d.wait_for_log("after its commit: accepting again, pid file and control socket taken back");
+    let greeting = waiting.join().expect("the waiting client");
+    assert!(
+        greeting.starts_with("220 LMTPSS echo"),
+        "the queued client was served: {greeting:?}"
+    );
+    let pid_file = std::fs::read_to_string(d.root.join("log/dispatcher.pid")).expect("pid file");
+    assert_eq!(pid_file.trim(), d.child.pid().to_string());
+    let o = ctl(&d.root, &["--status"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains(&format!("pid {}", d.child.pid())));
 }

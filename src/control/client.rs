@@ -128,6 +128,15 @@ impl Client {
         }
         let mut handed = Vec::new();
         for ((kind, address), fd) in offer.listeners.into_iter().zip(fds) {
+            use nix::sys::socket::{getsockopt, sockopt};
+            let listening = getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false)
+                && getsockopt(&fd, sockopt::SockType).ok()
+                    == Some(nix::sys::socket::SockType::Stream);
+            if !listening {
+                return Err(ClientError::Protocol(format!(
+                    "the descriptor for {address} is not a listening stream socket"
+                )));
+            }
             let listener = TcpListener::from(fd);
             // What arrived must be a listening TCP socket bound where it is said to be.
             let bound = listener.local_addr().map_err(|e| {
@@ -165,24 +174,38 @@ pub struct Takeover {
 }
 
 impl Takeover {
-    /// Tells the old dispatcher to stop accepting and hand over the pid file and the control
-    /// socket; returns when it has (its pid), or why not.
-    pub fn commit(mut self, timeout: Duration) -> Result<u32, ClientError> {
+    /// Tells the old dispatcher to stop accepting and let go of the pid file and the control
+    /// socket; returns when it has (its pid), or why not. The conversation stays open for
+    /// [`Takeover::done`].
+    pub fn commit(&mut self, timeout: Duration) -> Result<u32, ClientError> {
         self.stream.set_read_timeout(Some(timeout))?;
-        self.stream.write_all(
-            format!(
-                "{}\n",
-                Request::Commit {
-                    pid: std::process::id()
-                }
-            )
-            .as_bytes(),
-        )?;
+        let line = format!(
+            "{}\n",
+            Request::Commit {
+                pid: std::process::id()
+            }
+        );
+        self.stream.write_all(line.as_bytes())?;
+        let reply = read_line(&mut self.stream)?;
+        let reply = Reply::decode(&reply).map_err(|e| ClientError::Protocol(e.0))?;
+        if reply.ok {
+            Ok(self.old_pid)
+        } else {
+            Err(ClientError::Protocol(reply.text))
+        }
+    }
+
+    /// Tells the old dispatcher this one holds the pid file and the socket and accepts: it
+    /// closes its listeners and drains.
+    pub fn done(mut self, timeout: Duration) -> Result<(), ClientError> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        self.stream
+            .write_all(format!("{}\n", Request::Done).as_bytes())?;
         let mut bytes = Vec::new();
         self.stream.read_to_end(&mut bytes)?;
         let reply = Reply::decode(&bytes).map_err(|e| ClientError::Protocol(e.0))?;
         if reply.ok {
-            Ok(self.old_pid)
+            Ok(())
         } else {
             Err(ClientError::Protocol(reply.text))
         }
@@ -209,6 +232,22 @@ impl Takeover {
             .position(|h| kind(&h.kind) && h.address == address)?;
         Some(self.listeners.remove(i).listener)
     }
+}
+
+/// One reply line (the connection stays open), newline included.
+fn read_line(stream: &mut UnixStream) -> Result<Vec<u8>, ClientError> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        if line.len() > super::protocol::MAX_REQUEST {
+            return Err(ClientError::Protocol("a reply line too long".into()));
+        }
+        match stream.read(&mut byte)? {
+            0 => break,
+            _ => line.push(byte[0]),
+        }
+    }
+    Ok(line)
 }
 
 /// One `recvmsg`: the bytes, with any descriptors that came with them appended to `fds`

@@ -31,6 +31,9 @@ pub enum Request {
     /// The new dispatcher (this pid: not always the one that connected, which may have
     /// detached since) is ready: the old one stops accepting and hands over.
     Commit { pid: u32 },
+    /// The new dispatcher holds the pid file and the control socket and accepts: the old one
+    /// closes its listeners and drains.
+    Done,
 }
 
 /// A request line that is not one of the above.
@@ -67,6 +70,7 @@ impl Request {
                 _ => Err(BadRequest("RESTART takes one service name, or *".into())),
             },
             "STOP" => none(Request::Stop),
+            "DONE" => none(Request::Done),
             "TAKEOVER" => none(Request::Takeover),
             "COMMIT" => match rest.as_slice() {
                 [pid] if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => pid
@@ -95,6 +99,7 @@ impl fmt::Display for Request {
             Request::Stop => write!(f, "STOP"),
             Request::Takeover => write!(f, "TAKEOVER"),
             Request::Commit { pid } => write!(f, "COMMIT {pid}"),
+            Request::Done => write!(f, "DONE"),
         }
     }
 }
@@ -131,7 +136,7 @@ impl Reply {
 
     /// The reply as sent: the first line (its text on one line), then the body.
     pub fn encode(&self) -> Vec<u8> {
-        let text = crate::dispatcher::notify::one_line(&self.text);
+        let text = self.text.replace(['\n', '\r'], " ");
         let mut out = format!("{} {text}\n", if self.ok { "OK" } else { "ERR" }).into_bytes();
         out.extend_from_slice(self.body.as_bytes());
         out
@@ -180,6 +185,7 @@ mod tests {
             Request::Stop,
             Request::Takeover,
             Request::Commit { pid: 42 },
+            Request::Done,
         ] {
             assert_eq!(Request::parse(&r.to_string()), Ok(r.clone()), "{r}");
         }

@@ -1,7 +1,7 @@
 //! The server end of the control socket (`IMTA_LOG/dispatcher.socket`) and of the metrics
 //! endpoint: binding the socket safely, accepting clients, reading their requests and writing
 //! the replies, never blocking the event loop. What a request *does* is
-//! [`super::commands`]'; the protocol is [`crate::control::protocol`].
+//! the event loop's; the protocol is [`crate::control::protocol`].
 //!
 //! The socket is created with mode `0600` (umask `0177` around `bind`), so only the
 //! dispatcher's account (and root) can connect; each client's credentials are checked again
@@ -72,8 +72,13 @@ impl ControlSocket {
             Err(e) => return Err(io(e)),
             Ok(m) if m.is_dir() => return Err(ControlError::Directory(path.to_path_buf())),
             Ok(m) => {
-                if m.file_type().is_socket() && UnixStream::connect(path).is_ok() {
-                    return Err(ControlError::InUse(path.to_path_buf()));
+                if m.file_type().is_socket() {
+                    // Stale only when no one listens; any other answer is not proof.
+                    match UnixStream::connect(path) {
+                        Ok(_) => return Err(ControlError::InUse(path.to_path_buf())),
+                        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
+                        Err(e) => return Err(io(e)),
+                    }
                 }
                 let what = if m.file_type().is_socket() {
                     "a stale control socket"
@@ -144,6 +149,8 @@ struct Conv {
     output: Vec<u8>,
     /// Descriptors to send with the first byte of `output`.
     fds: Vec<OwnedFd>,
+    /// The client has closed its side: close once the reply is out.
+    peer_closed: bool,
     /// A request was read: no more is expected unless `keep`.
     answered: bool,
     /// Stays open after its reply (a takeover waits for COMMIT, a stop for its end).
@@ -159,6 +166,7 @@ struct Conv {
 trait Stream: Read + Write {
     fn fd(&self) -> RawFd;
     fn nonblocking(&self, on: bool) -> std::io::Result<()>;
+    fn write_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
 }
 impl Stream for UnixStream {
     fn fd(&self) -> RawFd {
@@ -167,6 +175,9 @@ impl Stream for UnixStream {
     fn nonblocking(&self, on: bool) -> std::io::Result<()> {
         self.set_nonblocking(on)
     }
+    fn write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        self.set_write_timeout(t)
+    }
 }
 impl Stream for std::net::TcpStream {
     fn fd(&self) -> RawFd {
@@ -174,6 +185,9 @@ impl Stream for std::net::TcpStream {
     }
     fn nonblocking(&self, on: bool) -> std::io::Result<()> {
         self.set_nonblocking(on)
+    }
+    fn write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        self.set_write_timeout(t)
     }
 }
 
@@ -275,7 +289,8 @@ impl Conversations {
         peer: Option<(i32, u32)>,
         token: &impl Fn(ConvId) -> Token,
     ) {
-        let busy = self.convs.len() >= MAX_CLIENTS;
+        // Counted apart: scrapers cannot crowd out the administrator.
+        let busy = self.convs.values().filter(|c| c.speaks == speaks).count() >= MAX_CLIENTS;
         let mut stream = stream;
         let fd = stream.fd();
         if stream.nonblocking(true).is_err() {
@@ -303,6 +318,7 @@ impl Conversations {
                 input: Vec::new(),
                 output: Vec::new(),
                 fds: Vec::new(),
+                peer_closed: false,
                 answered: false,
                 keep: false,
                 deadline: Instant::now() + REQUEST_WAIT,
@@ -347,6 +363,10 @@ impl Conversations {
                     break;
                 }
             }
+            if c.answered && !c.keep {
+                // Nothing more is expected: what comes is dropped, not kept.
+                c.input.clear();
+            }
             if c.input.len() > max {
                 break;
             }
@@ -363,11 +383,16 @@ impl Conversations {
             }
         }
         if eof {
-            let kept = c.keep;
-            self.close(registry, id);
-            if kept || out.is_empty() {
-                out.push(ConvEvent::Closed(id));
+            if !out.is_empty() && !c.keep {
+                // A request, then the client's half-close: the reply still goes out.
+                c.peer_closed = true;
+                let _ =
+                    registry.reregister(&mut SourceFd(&c.stream.fd()), c.token, Interest::WRITABLE);
+                c.writable_watched = true;
+                return out;
             }
+            self.close(registry, id);
+            out.push(ConvEvent::Closed(id));
         }
         out
     }
@@ -389,6 +414,11 @@ impl Conversations {
         let Some(c) = self.convs.get_mut(&id) else {
             return;
         };
+        if keep && c.peer_closed {
+            // Nothing more can come from a client that closed its side.
+            self.close(registry, id);
+            return;
+        }
         c.output.extend_from_slice(&bytes);
         c.fds = fds;
         c.keep = keep;
@@ -457,11 +487,22 @@ impl Conversations {
     /// Ends a kept conversation after writing `bytes` as best it can, now (at exit).
     pub fn finish(&mut self, registry: &Registry, id: ConvId, bytes: &[u8]) {
         if let Some(c) = self.convs.get_mut(&id) {
-            // At exit, briefly blocking: the client asked to wait for this line.
+            // At exit, briefly blocking (at most a second): the client asked for this line.
             let _ = c.stream.nonblocking(false);
+            let _ = c.stream.write_timeout(Some(Duration::from_secs(1)));
             let _ = c.stream.write_all(&c.output);
             let _ = c.stream.write_all(bytes);
         }
+        self.close(registry, id);
+    }
+
+    /// Whether the conversation is still open.
+    pub fn contains(&self, id: ConvId) -> bool {
+        self.convs.contains_key(&id)
+    }
+
+    /// Closes a conversation now.
+    pub fn close_now(&mut self, registry: &Registry, id: ConvId) {
         self.close(registry, id);
     }
 

@@ -95,6 +95,7 @@ pub fn run(mut setup: Setup) -> Result<(), String> {
         convs: Conversations::default(),
         stop_waiters: Vec::new(),
         giving: None,
+        handing_off_until: None,
         ready: false,
         next_status: Instant::now() + STATUS_EVERY,
         takeover_deadline: None,
@@ -117,6 +118,9 @@ struct Loop {
     stop_waiters: Vec<ConvId>,
     /// A takeover of this dispatcher under way.
     giving: Option<Giving>,
+    /// Taken over (`DONE`): the connections still held go to the workers until then, and the
+    /// stop begins.
+    handing_off_until: Option<Instant>,
     ready: bool,
     next_status: Instant,
     /// When a takeover by this dispatcher gives up waiting for its workers.
@@ -209,7 +213,10 @@ impl Loop {
                     }
                     Some(Source::Signals) => signals.drain_wakeups(),
                     Some(Source::Metrics) => {
-                        if let Some(m) = &self.setup.metrics {
+                        // Before a takeover's commit the other dispatcher answers.
+                        if let Some(m) =
+                            self.setup.metrics.as_ref().filter(|_| !self.rt.accept_held)
+                        {
                             self.convs.accept_http(self.rt.poll.registry(), m, |id| {
                                 Source::Conversation(id).token()
                             });
@@ -254,11 +261,23 @@ impl Loop {
                 for id in self.convs.expire(self.rt.poll.registry(), Instant::now()) {
                     self.on_conversation(ConvEvent::Closed(id));
                 }
+                // Clients an accept error or a held takeover left queued (edge-triggered).
+                if let Some(c) = &self.setup.control {
+                    self.convs.accept_control(self.rt.poll.registry(), c, |id| {
+                        Source::Conversation(id).token()
+                    });
+                }
+                if let Some(m) = self.setup.metrics.as_ref().filter(|_| !self.rt.accept_held) {
+                    self.convs.accept_http(self.rt.poll.registry(), m, |id| {
+                        Source::Conversation(id).token()
+                    });
+                }
             }
             if self.rt.accept_again {
                 self.rt.accept_all();
             }
             self.takeover_progress();
+            self.giving_progress();
             self.tell_manager();
             if let Some(deadline) = self.rt.stopping {
                 if self.rt.workers.is_empty() {
@@ -308,6 +327,8 @@ impl Loop {
                     log::warn!(
                         "METRICS_PORT/METRICS_INTERFACE_ADDRESS changed: a reload does not move the metrics endpoint; a restart or a takeover does"
                     );
+                    // Said once for each change.
+                    self.setup.metrics_address = new.metrics;
                 }
                 super::reload::apply(&mut self.rt, new)
             }
@@ -374,17 +395,7 @@ impl Loop {
         match event {
             ConvEvent::Closed(id) => {
                 if self.giving.is_some_and(|g| g.conv == id) {
-                    if let Some(g) = self.giving.take() {
-                        // dispatcher.log points at the new one's file: at ours again.
-                        let relinked = (self.setup.reopen_log)();
-                        log::warn!(
-                            "takeover by pid {} abandoned (the new dispatcher closed the connection); still serving",
-                            g.pid
-                        );
-                        if let Err(e) = relinked {
-                            log::error!("cannot reopen the log file: {e}");
-                        }
-                    }
+                    self.takeover_abandoned("the new dispatcher closed the connection");
                 }
                 self.stop_waiters.retain(|&w| w != id);
             }
@@ -463,7 +474,11 @@ impl Loop {
                         log::info!(
                             "takeover by pid {pid}: listening sockets handed over; still serving until it commits"
                         );
-                        self.giving = Some(Giving { conv: id, pid });
+                        self.giving = Some(Giving {
+                            conv: id,
+                            pid,
+                            committed: None,
+                        });
                         self.convs.reply_with_fds(
                             self.rt.poll.registry(),
                             id,
@@ -475,13 +490,14 @@ impl Loop {
                     Err(e) => self.answer(id, Reply::err(e)),
                 }
             }
-            Request::Commit { pid: new } => {
-                if self.giving.is_none_or(|g| g.conv != id) {
-                    return self.answer(id, Reply::err("COMMIT outside a takeover"));
-                }
-                self.giving = None;
-                self.hand_over(id, new);
-            }
+            Request::Commit { pid: new } => match self.giving {
+                Some(g) if g.conv == id && g.committed.is_none() => self.commit(id, new),
+                _ => self.answer(id, Reply::err("COMMIT outside a takeover")),
+            },
+            Request::Done => match self.giving {
+                Some(g) if g.conv == id && g.committed.is_some() => self.hand_over(id),
+                _ => self.answer(id, Reply::err("DONE outside a committed takeover")),
+            },
         }
     }
 
@@ -491,8 +507,33 @@ impl Loop {
     }
 
     /// The new dispatcher committed: stop accepting, let go of the pid file and the control
-    /// socket's name, and drain.
-    fn hand_over(&mut self, id: ConvId, pid: u32) {
+    /// socket's name, and wait for its `DONE`.
+    fn commit(&mut self, id: ConvId, pid: u32) {
+        self.rt.accept_held = true;
+        if let Some(c) = &mut self.setup.control {
+            c.release_name();
+        }
+        // Closing the file releases the lock; the file stays for the new dispatcher.
+        drop(self.setup.pidfile.take());
+        if let Some(g) = &mut self.giving {
+            g.pid = i32::try_from(pid).unwrap_or(g.pid);
+            g.committed = Some(Instant::now());
+        }
+        log::info!(
+            "takeover by pid {pid} committed: not accepting; pid file and control socket let go; waiting for it to say it serves"
+        );
+        let reply = Reply::ok(format!(
+            "committed; pid {} no longer accepts",
+            std::process::id()
+        ));
+        self.convs
+            .reply(self.rt.poll.registry(), id, reply.encode(), true);
+    }
+
+    /// The new dispatcher serves (`DONE`): close the listeners, let the workers take what is
+    /// still held, then drain.
+    fn hand_over(&mut self, id: ConvId) {
+        let pid = self.giving.take().map_or(0, |g| g.pid);
         self.rt.acceptor.close_all(self.rt.poll.registry());
         if let Some(m) = self.setup.metrics.take() {
             let _ = self
@@ -501,19 +542,78 @@ impl Loop {
                 .registry()
                 .deregister(&mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&m)));
         }
-        if let Some(c) = &mut self.setup.control {
-            c.release_name();
-        }
-        // Closing the file releases the lock; the file stays for the new dispatcher.
-        drop(self.setup.pidfile.take());
         log::info!(
-            "taken over by pid {pid}: listeners, pid file and control socket handed over; workers drain"
+            "taken over by pid {pid}: listeners closed; {} connection(s) still held go to the workers, then they drain",
+            self.rt.held()
         );
         self.answer(
             id,
             Reply::ok(format!("handed over by pid {}", std::process::id())),
         );
-        self.stop();
+        self.handing_off_until = Some(Instant::now() + self.rt.shutdown_bound);
+    }
+
+    /// The new dispatcher went away or fell silent during a takeover: serve on as before,
+    /// taking back what a commit let go of.
+    fn takeover_abandoned(&mut self, why: &str) {
+        let Some(g) = self.giving.take() else {
+            return;
+        };
+        if g.committed.is_some() {
+            self.rt.accept_held = false;
+            self.rt.accept_again = true;
+            match PidFile::lock(&self.setup.pidfile_path).and_then(|mut p| {
+                p.write_pid()?;
+                Ok(p)
+            }) {
+                Ok(p) => self.setup.pidfile = Some(p),
+                Err(e) => log::error!("after an unfinished takeover: {e}"),
+            }
+            self.setup.control = None;
+            match ControlSocket::bind(&self.setup.control_path) {
+                Ok(c) => match register_control(&self.rt.poll, &c) {
+                    Ok(()) => self.setup.control = Some(c),
+                    Err(e) => log::error!("after an unfinished takeover: control socket: {e}"),
+                },
+                Err(e) => log::error!("after an unfinished takeover: {e}"),
+            }
+        }
+        self.convs.close_now(self.rt.poll.registry(), g.conv);
+        // dispatcher.log points at the new one's file: at ours again.
+        let relinked = (self.setup.reopen_log)();
+        log::warn!(
+            "takeover by pid {} abandoned ({why}){}; still serving",
+            g.pid,
+            if g.committed.is_some() {
+                " after its commit: accepting again, pid file and control socket taken back"
+            } else {
+                ""
+            }
+        );
+        if let Err(e) = relinked {
+            log::error!("cannot reopen the log file: {e}");
+        }
+    }
+
+    /// Every round: a takeover whose conversation is gone or silent too long is abandoned;
+    /// once taken over, the stop begins when nothing is held any more.
+    fn giving_progress(&mut self) {
+        if let Some(g) = self.giving {
+            if !self.convs.contains(g.conv) {
+                self.takeover_abandoned("its connection ended");
+            } else if g
+                .committed
+                .is_some_and(|t| t.elapsed() >= super::handover::DONE_WAIT)
+            {
+                self.takeover_abandoned("no DONE after its commit");
+            }
+        }
+        if let Some(until) = self.handing_off_until {
+            if self.rt.held() == 0 || Instant::now() >= until {
+                self.handing_off_until = None;
+                self.stop();
+            }
+        }
     }
 
     /// A takeover by this dispatcher: commit once every service has its MIN_PROCS workers,
@@ -526,20 +626,24 @@ impl Loop {
             let Some((t, _)) = self.setup.takeover.take() else {
                 return;
             };
+            let mut t = t;
             match t.commit(Duration::from_secs(10)) {
-                Ok(old) => match self.take_place() {
-                    Ok(()) => {
-                        self.rt.accept_held = false;
-                        self.rt.accept_again = true;
-                        let text = format!(
-                            "took over from pid {old}; this dispatcher is pid {}",
-                            std::process::id()
-                        );
-                        log::info!("{text}");
-                        (self.setup.started)(Ok(text));
+                Ok(old) => {
+                    // Past the commit the old one no longer accepts: this one serves, whatever
+                    // else fails.
+                    self.take_place();
+                    self.rt.accept_held = false;
+                    self.rt.accept_again = true;
+                    if let Err(e) = t.done(Duration::from_secs(10)) {
+                        log::warn!("takeover: the old dispatcher did not confirm DONE: {e}");
                     }
-                    Err(e) => self.give_up_takeover(e),
-                },
+                    let text = format!(
+                        "took over from pid {old}; this dispatcher is pid {}",
+                        std::process::id()
+                    );
+                    log::info!("{text}");
+                    (self.setup.started)(Ok(text));
+                }
                 Err(e) => {
                     self.give_up_takeover(format!("the running dispatcher refused the commit: {e}"))
                 }
@@ -550,25 +654,31 @@ impl Loop {
         }
     }
 
-    /// After the commit: the pid file and the control socket become this dispatcher's.
-    fn take_place(&mut self) -> Result<(), String> {
-        let mut pid = PidFile::lock(&self.setup.pidfile_path).map_err(|e| e.to_string())?;
-        pid.write_pid().map_err(|e| e.to_string())?;
-        self.setup.pidfile = Some(pid);
+    /// After the commit: the pid file and the control socket become this dispatcher's. What
+    /// fails is logged; serving goes on (the old dispatcher no longer accepts).
+    fn take_place(&mut self) {
+        match PidFile::lock(&self.setup.pidfile_path).and_then(|mut p| {
+            p.write_pid()?;
+            Ok(p)
+        }) {
+            Ok(p) => self.setup.pidfile = Some(p),
+            Err(e) => log::error!("takeover: {e}; serving without the pid file"),
+        }
         match ControlSocket::bind(&self.setup.control_path) {
             Ok(c) => {
-                register_control(&self.rt.poll, &c).map_err(|e| e.to_string())?;
                 if let Some(note) = &c.replaced {
                     log::warn!("{note}");
                 }
-                self.setup.control = Some(c);
+                match register_control(&self.rt.poll, &c) {
+                    Ok(()) => self.setup.control = Some(c),
+                    Err(e) => log::error!("takeover: cannot watch the control socket: {e}"),
+                }
             }
             // Serving matters more than being controllable: said, not fatal.
             Err(e) => {
                 log::error!("{e}; --status and the other commands will not reach this dispatcher")
             }
         }
-        Ok(())
     }
 
     fn give_up_takeover(&mut self, why: String) {
@@ -583,14 +693,15 @@ impl Loop {
 
     /// At the end: the `--stop` clients hear it is done; the pid file goes (unless handed over).
     fn finish(&mut self) {
-        for id in std::mem::take(&mut self.stop_waiters) {
-            let reply = Reply::ok("stopped").encode();
-            self.convs.finish(self.rt.poll.registry(), id, &reply);
-        }
+        // Gone before the `--stop` clients hear it: the next start finds neither.
         if let Some(p) = self.setup.pidfile.take() {
             p.remove();
         }
         self.setup.control = None;
+        for id in std::mem::take(&mut self.stop_waiters) {
+            let reply = Reply::ok("stopped").encode();
+            self.convs.finish(self.rt.poll.registry(), id, &reply);
+        }
     }
 }
 

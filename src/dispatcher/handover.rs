@@ -1,9 +1,11 @@
 //! The running dispatcher's side of a takeover (`dispatcher --takeover`, see `docs/control.md`):
-//! offering copies of its listening sockets to the new dispatcher, and, when that one says
-//! `COMMIT` (its workers are ready), stopping accepting and handing over the pid file and the
-//! control socket's name before draining its workers and exiting. Until `COMMIT` nothing
-//! changes here: if the new dispatcher fails or gives up (closes the connection), this one
-//! goes on serving as before. One takeover at a time.
+//! offering copies of its listening sockets to the new dispatcher; when that one says `COMMIT`
+//! (its workers are ready), no longer accepting and letting go of the pid file and the control
+//! socket's name; when it says `DONE` (it holds both and accepts), closing its listeners,
+//! handing the connections still waiting to its workers, and draining them before it exits.
+//! Until `DONE` nothing is lost: if the new dispatcher fails or gives up (closes the
+//! connection, or is silent for [`DONE_WAIT`] after `COMMIT`), this one takes back what it let
+//! go of and serves on. One takeover at a time.
 
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
@@ -12,11 +14,17 @@ use super::control::ConvId;
 use super::runtime::Runtime;
 use crate::control::takeover::{encode_offer, ListenerKind, MAX_LISTENERS};
 
-/// A takeover under way: the new dispatcher's conversation and pid.
+/// How long, after `COMMIT`, the new dispatcher has to say `DONE` (it has taken the pid file
+/// and the control socket) before this one takes them back and serves on.
+pub const DONE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A takeover under way: the new dispatcher's conversation and pid, and since when it has
+/// committed (this dispatcher no longer accepts and waits for `DONE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Giving {
     pub conv: ConvId,
     pub pid: i32,
+    pub committed: Option<std::time::Instant>,
 }
 
 /// Why a takeover request is refused, if it is.

@@ -123,6 +123,7 @@ fn start_loaded(
             None => Some(listen::open_metrics(address).map_err(|e| e.to_string())?),
         },
     };
+    let mut control_failed = None;
     let (pidfile, control) = if takeover.is_some() {
         (None, None)
     } else {
@@ -131,7 +132,10 @@ fn start_loaded(
         let control = match ControlSocket::bind(&control_path) {
             Ok(c) => Some(c),
             Err(e) => {
-                eprintln!("dispatcher: warning: {e}; --status and the other commands will not reach this dispatcher");
+                let text =
+                    format!("{e}; --status and the other commands will not reach this dispatcher");
+                eprintln!("dispatcher: warning: {text}");
+                control_failed = Some(text);
                 None
             }
         };
@@ -182,6 +186,9 @@ fn start_loaded(
     );
     for w in &diags.warnings {
         log::warn!("configuration: {w}");
+    }
+    if let Some(text) = control_failed {
+        log::error!("{text}");
     }
     let (tailor, origin) = (opts.tailor.clone(), opts.tailor_origin);
     let mail_user = inst.tailor.user();
