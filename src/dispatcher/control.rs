@@ -1,7 +1,7 @@
 //! The server end of the control socket (`IMTA_LOG/dispatcher.socket`) and of the metrics
 //! endpoint: binding the socket safely, accepting clients, reading their requests and writing
 //! the replies, never blocking the event loop. What a request *does* is
-//! the event loop's; the protocol is [`crate::control::protocol`].
+//! [`super::commands`]'; the protocol is [`crate::control::protocol`].
 //!
 //! The socket is created with mode `0600` (umask `0177` around `bind`), so only the
 //! dispatcher's account (and root) can connect; each client's credentials are checked again

@@ -2,7 +2,10 @@
 //! control sockets and the signal socket, and pass what happened to the module that handles
 //! it. The state and the carrying out of the pools' decisions are [`super::runtime`]'s;
 //! accepting is [`super::accept`]'s, the workers' channels [`super::workers`]', a reload
-//! [`super::reload`]'s, the status report [`super::status`]'s, signals [`super::signals`]'.
+//! [`super::reload`]'s, the status report [`super::status`]'s, signals [`super::signals`]';
+//! control clients and metrics scrapers are [`super::control`]'s to read and write and
+//! [`super::commands`]' to answer; the two sides of a takeover are [`super::handover`] (this
+//! dispatcher is taken over) and [`super::takeover`] (it takes over).
 //!
 //! Every [`TICK`] the pools hear the time (lifetimes, health, MIN_PROCS), exited workers are
 //! reaped (a SIGCHLD may come between two polls) and listeners that may hold queued clients
@@ -30,7 +33,7 @@ use super::runtime::{service_account, Runtime, Source};
 use super::signals::{Arrived, Signals};
 use crate::config::service::Service;
 use crate::control::client::Takeover;
-use crate::control::protocol::{Reply, Request};
+use crate::control::protocol::Reply;
 use crate::mapping::table::MappingSet;
 
 pub use super::reload::Reloaded;
@@ -110,23 +113,23 @@ pub fn run(mut setup: Setup) -> Result<(), String> {
 }
 
 /// The loop and everything it owns.
-struct Loop {
-    rt: Runtime,
-    setup: Setup,
-    convs: Conversations,
+pub(super) struct Loop {
+    pub(super) rt: Runtime,
+    pub(super) setup: Setup,
+    pub(super) convs: Conversations,
     /// `--stop` clients waiting for the end.
-    stop_waiters: Vec<ConvId>,
+    pub(super) stop_waiters: Vec<ConvId>,
     /// A takeover of this dispatcher under way.
-    giving: Option<Giving>,
+    pub(super) giving: Option<Giving>,
     /// Taken over (`DONE`): the connections still held go to the workers until then, and the
     /// stop begins.
-    handing_off_until: Option<Instant>,
-    ready: bool,
-    next_status: Instant,
+    pub(super) handing_off_until: Option<Instant>,
+    pub(super) ready: bool,
+    pub(super) next_status: Instant,
     /// When a takeover by this dispatcher gives up waiting for its workers.
-    takeover_deadline: Option<Instant>,
+    pub(super) takeover_deadline: Option<Instant>,
     /// Why this dispatcher stops in error (a takeover that did not complete).
-    failed: Option<String>,
+    pub(super) failed: Option<String>,
 }
 
 impl Loop {
@@ -317,7 +320,7 @@ impl Loop {
 
     /// Reads the configuration again and switches to it, or says why not (both logged and told
     /// to the service manager).
-    fn reload(&mut self) -> Result<u64, String> {
+    pub(super) fn reload(&mut self) -> Result<u64, String> {
         if self.ready {
             self.setup.notify.send(&notify::reloading_message());
         }
@@ -355,7 +358,7 @@ impl Loop {
     }
 
     /// The graceful stop (SIGTERM, `--stop`, the end of a takeover).
-    fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         self.setup
             .notify
             .send("STOPPING=1\nSTATUS=stopping: listeners closed, workers draining");
@@ -403,296 +406,8 @@ impl Loop {
         }
     }
 
-    fn on_request(&mut self, id: ConvId, text: &[u8]) {
-        let Some((speaks, peer)) = self.convs.who(id) else {
-            return;
-        };
-        if speaks == Speaks::Http {
-            let request = super::http::parse(text);
-            let rt = &self.rt;
-            let bytes = super::http::reply(&request, || {
-                super::metrics::render(&super::status::metrics(rt))
-            });
-            return self.convs.reply(self.rt.poll.registry(), id, bytes, false);
-        }
-        let line = String::from_utf8_lossy(text);
-        let line = line.trim_end_matches('\n');
-        let request = match Request::parse(line) {
-            Ok(r) => r,
-            Err(e) => return self.answer(id, Reply::err(e.0)),
-        };
-        let pid = peer.map_or(0, |(pid, _)| pid);
-        if !matches!(request, Request::Status { .. }) {
-            log::info!("control: {request} from pid {pid}");
-        }
-        match request {
-            Request::Status { json } => {
-                let snapshot = super::status::snapshot(&self.rt);
-                let body = if json {
-                    super::status::json(&snapshot)
-                } else {
-                    super::status::text(&snapshot)
-                };
-                self.answer(id, Reply::ok("status").with_body(body));
-            }
-            Request::Reload if self.rt.stopping.is_some() => {
-                self.answer(id, Reply::err("the dispatcher is stopping"))
-            }
-            Request::Reload => {
-                let reply = match self.reload() {
-                    Ok(g) => Reply::ok(format!("applied: configuration reloaded (generation {g})")),
-                    Err(e) => Reply::err(format!(
-                        "reload refused, still running on the previous configuration: {e}"
-                    )),
-                };
-                self.answer(id, reply);
-            }
-            Request::Restart { service } => {
-                let reply = match super::restart::restart(&mut self.rt, service.as_deref()) {
-                    Ok((names, g)) => Reply::ok(format!(
-                        "restarted {} (generation {g}): new workers take new connections, the previous ones drain",
-                        names.join(", ")
-                    )),
-                    Err(e) => Reply::err(e),
-                };
-                self.answer(id, reply);
-            }
-            Request::Stop => {
-                self.convs.hold(id);
-                self.stop_waiters.push(id);
-                if self.rt.stopping.is_none() {
-                    self.stop();
-                }
-            }
-            Request::Takeover => {
-                if let Some(why) = super::handover::refusal(&self.rt, self.giving) {
-                    log::warn!("control: takeover by pid {pid} refused: {why}");
-                    return self.answer(id, Reply::err(why));
-                }
-                match super::handover::offer(&self.rt, self.setup.metrics.as_ref()) {
-                    Ok((text, fds)) => {
-                        log::info!(
-                            "takeover by pid {pid}: listening sockets handed over; still serving until it commits"
-                        );
-                        self.giving = Some(Giving {
-                            conv: id,
-                            pid,
-                            committed: None,
-                        });
-                        self.convs.reply_with_fds(
-                            self.rt.poll.registry(),
-                            id,
-                            text.into_bytes(),
-                            fds,
-                            true,
-                        );
-                    }
-                    Err(e) => self.answer(id, Reply::err(e)),
-                }
-            }
-            Request::Commit { pid: new } => match self.giving {
-                Some(g) if g.conv == id && g.committed.is_none() => self.commit(id, new),
-                _ => self.answer(id, Reply::err("COMMIT outside a takeover")),
-            },
-            Request::Done => match self.giving {
-                Some(g) if g.conv == id && g.committed.is_some() => self.hand_over(id),
-                _ => self.answer(id, Reply::err("DONE outside a committed takeover")),
-            },
-        }
-    }
-
-    fn answer(&mut self, id: ConvId, reply: Reply) {
-        self.convs
-            .reply(self.rt.poll.registry(), id, reply.encode(), false);
-    }
-
-    /// The new dispatcher committed: stop accepting, let go of the pid file and the control
-    /// socket's name, and wait for its `DONE`.
-    fn commit(&mut self, id: ConvId, pid: u32) {
-        self.rt.accept_held = true;
-        if let Some(c) = &mut self.setup.control {
-            c.release_name();
-        }
-        // Closing the file releases the lock; the file stays for the new dispatcher.
-        drop(self.setup.pidfile.take());
-        if let Some(g) = &mut self.giving {
-            g.pid = i32::try_from(pid).unwrap_or(g.pid);
-            g.committed = Some(Instant::now());
-        }
-        log::info!(
-            "takeover by pid {pid} committed: not accepting; pid file and control socket let go; waiting for it to say it serves"
-        );
-        let reply = Reply::ok(format!(
-            "committed; pid {} no longer accepts",
-            std::process::id()
-        ));
-        self.convs
-            .reply(self.rt.poll.registry(), id, reply.encode(), true);
-    }
-
-    /// The new dispatcher serves (`DONE`): close the listeners, let the workers take what is
-    /// still held, then drain.
-    fn hand_over(&mut self, id: ConvId) {
-        let pid = self.giving.take().map_or(0, |g| g.pid);
-        self.rt.acceptor.close_all(self.rt.poll.registry());
-        if let Some(m) = self.setup.metrics.take() {
-            let _ = self
-                .rt
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&m)));
-        }
-        log::info!(
-            "taken over by pid {pid}: listeners closed; {} connection(s) still held go to the workers, then they drain",
-            self.rt.held()
-        );
-        self.answer(
-            id,
-            Reply::ok(format!("handed over by pid {}", std::process::id())),
-        );
-        self.handing_off_until = Some(Instant::now() + self.rt.shutdown_bound);
-    }
-
-    /// The new dispatcher went away or fell silent during a takeover: serve on as before,
-    /// taking back what a commit let go of.
-    fn takeover_abandoned(&mut self, why: &str) {
-        let Some(g) = self.giving.take() else {
-            return;
-        };
-        if g.committed.is_some() {
-            self.rt.accept_held = false;
-            self.rt.accept_again = true;
-            match PidFile::lock(&self.setup.pidfile_path).and_then(|mut p| {
-                p.write_pid()?;
-                Ok(p)
-            }) {
-                Ok(p) => self.setup.pidfile = Some(p),
-                Err(e) => log::error!("after an unfinished takeover: {e}"),
-            }
-            self.setup.control = None;
-            match ControlSocket::bind(&self.setup.control_path) {
-                Ok(c) => match register_control(&self.rt.poll, &c) {
-                    Ok(()) => self.setup.control = Some(c),
-                    Err(e) => log::error!("after an unfinished takeover: control socket: {e}"),
-                },
-                Err(e) => log::error!("after an unfinished takeover: {e}"),
-            }
-        }
-        self.convs.close_now(self.rt.poll.registry(), g.conv);
-        // dispatcher.log points at the new one's file: at ours again.
-        let relinked = (self.setup.reopen_log)();
-        log::warn!(
-            "takeover by pid {} abandoned ({why}){}; still serving",
-            g.pid,
-            if g.committed.is_some() {
-                " after its commit: accepting again, pid file and control socket taken back"
-            } else {
-                ""
-            }
-        );
-        if let Err(e) = relinked {
-            log::error!("cannot reopen the log file: {e}");
-        }
-    }
-
-    /// Every round: a takeover whose conversation is gone or silent too long is abandoned;
-    /// once taken over, the stop begins when nothing is held any more.
-    fn giving_progress(&mut self) {
-        if let Some(g) = self.giving {
-            if !self.convs.contains(g.conv) {
-                self.takeover_abandoned("its connection ended");
-            } else if g
-                .committed
-                .is_some_and(|t| t.elapsed() >= super::handover::DONE_WAIT)
-            {
-                self.takeover_abandoned("no DONE after its commit");
-            }
-        }
-        if let Some(until) = self.handing_off_until {
-            if self.rt.held() == 0 || Instant::now() >= until {
-                self.handing_off_until = None;
-                self.stop();
-            }
-        }
-    }
-
-    /// A takeover by this dispatcher: commit once every service has its MIN_PROCS workers,
-    /// give up at the deadline.
-    fn takeover_progress(&mut self) {
-        if self.setup.takeover.is_none() || self.rt.stopping.is_some() {
-            return;
-        }
-        if self.rt.services.min_procs_ready() {
-            let Some((t, _)) = self.setup.takeover.take() else {
-                return;
-            };
-            let mut t = t;
-            match t.commit(Duration::from_secs(10)) {
-                Ok(old) => {
-                    // Past the commit the old one no longer accepts: this one serves, whatever
-                    // else fails.
-                    self.take_place();
-                    self.rt.accept_held = false;
-                    self.rt.accept_again = true;
-                    if let Err(e) = t.done(Duration::from_secs(10)) {
-                        log::warn!("takeover: the old dispatcher did not confirm DONE: {e}");
-                    }
-                    let text = format!(
-                        "took over from pid {old}; this dispatcher is pid {}",
-                        std::process::id()
-                    );
-                    log::info!("{text}");
-                    (self.setup.started)(Ok(text));
-                }
-                Err(e) => {
-                    self.give_up_takeover(format!("the running dispatcher refused the commit: {e}"))
-                }
-            }
-        } else if self.takeover_deadline.is_some_and(|d| Instant::now() >= d) {
-            self.setup.takeover = None;
-            self.give_up_takeover("its workers were not ready in time".into());
-        }
-    }
-
-    /// After the commit: the pid file and the control socket become this dispatcher's. What
-    /// fails is logged; serving goes on (the old dispatcher no longer accepts).
-    fn take_place(&mut self) {
-        match PidFile::lock(&self.setup.pidfile_path).and_then(|mut p| {
-            p.write_pid()?;
-            Ok(p)
-        }) {
-            Ok(p) => self.setup.pidfile = Some(p),
-            Err(e) => log::error!("takeover: {e}; serving without the pid file"),
-        }
-        match ControlSocket::bind(&self.setup.control_path) {
-            Ok(c) => {
-                if let Some(note) = &c.replaced {
-                    log::warn!("{note}");
-                }
-                match register_control(&self.rt.poll, &c) {
-                    Ok(()) => self.setup.control = Some(c),
-                    Err(e) => log::error!("takeover: cannot watch the control socket: {e}"),
-                }
-            }
-            // Serving matters more than being controllable: said, not fatal.
-            Err(e) => {
-                log::error!("{e}; --status and the other commands will not reach this dispatcher")
-            }
-        }
-    }
-
-    fn give_up_takeover(&mut self, why: String) {
-        let text = format!("takeover failed: {why}; the running dispatcher goes on serving");
-        log::error!("{text}");
-        (self.setup.started)(Err(text.clone()));
-        self.failed = Some(text);
-        if self.rt.stopping.is_none() {
-            self.stop();
-        }
-    }
-
     /// At the end: the `--stop` clients hear it is done; the pid file goes (unless handed over).
-    fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         // Gone before the `--stop` clients hear it: the next start finds neither.
         if let Some(p) = self.setup.pidfile.take() {
             p.remove();
@@ -705,7 +420,7 @@ impl Loop {
     }
 }
 
-fn register_control(poll: &Poll, c: &ControlSocket) -> std::io::Result<()> {
+pub(super) fn register_control(poll: &Poll, c: &ControlSocket) -> std::io::Result<()> {
     poll.registry().register(
         &mut SourceFd(&c.raw_fd()),
         Source::Control.token(),

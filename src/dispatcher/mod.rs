@@ -17,14 +17,15 @@
 //!   environment and no other descriptor.
 //! * [`log`]: `dispatcher.log`; [`logfiles`]: versioned log names; [`pidfile`]: the locked
 //!   pid file; [`notify`]: telling a service manager (systemd) how it is doing.
-//! * [`control`]: the control socket and the metrics endpoint's connections; what a request
-//!   does is the event loop's, with [`restart`] (`--restart`), [`status`] (`--status`) and
-//!   [`handover`] (the running side of `--takeover`); [`metrics`]: the Prometheus exposition,
+//! * [`control`]: the control socket and the metrics endpoint's connections; [`commands`]:
+//!   what each request does, with [`restart`] (`--restart`), [`status`] (`--status`),
+//!   [`handover`] (the running side of `--takeover`) and [`takeover`] (the new side); [`metrics`]: the Prometheus exposition,
 //!   served by [`http`]'s request parsing and replies.
 //! * [`start`]: from the command line to a running event loop.
 pub mod accept;
 pub mod access;
 pub mod account;
+pub mod commands;
 pub mod control;
 pub mod descriptors;
 pub mod detach;
@@ -47,4 +48,5 @@ pub mod signals;
 pub mod spawn;
 pub mod start;
 pub mod status;
+pub mod takeover;
 pub mod workers;
