@@ -56,8 +56,7 @@ impl Client {
         let peer =
             nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
                 .map_err(std::io::Error::from)?;
-        let me = nix::unistd::geteuid().as_raw();
-        if peer.uid() != 0 && peer.uid() != me {
+        if !super::trusted_uid(peer.uid()) {
             return Err(ClientError::Untrusted {
                 path: path.to_path_buf(),
                 uid: peer.uid(),

@@ -12,3 +12,9 @@ use std::path::{Path, PathBuf};
 pub fn socket_path(log_dir: &Path) -> PathBuf {
     log_dir.join(protocol::SOCKET_NAME)
 }
+
+/// Whether a peer with this uid may be trusted on the control socket, either end: root, or
+/// this process's own account.
+pub fn trusted_uid(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}

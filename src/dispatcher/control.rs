@@ -229,7 +229,7 @@ impl Conversations {
                 nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
             let me = nix::unistd::geteuid().as_raw();
             let peer = match cred {
-                Ok(c) if c.uid() == 0 || c.uid() == me => (c.pid(), c.uid()),
+                Ok(c) if crate::control::trusted_uid(c.uid()) => (c.pid(), c.uid()),
                 Ok(c) => {
                     log::warn!(
                         "control socket: refused a client with uid {} (pid {}): only uid {me} and root may use it",
