@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,12 +20,27 @@ pub struct Dispatcher {
     _dir: tempfile::TempDir,
 }
 
-/// Different ports nobody listens on now (all held open while choosing, so they differ).
+/// Different ports no socket uses now on any IPv4 address (all held while choosing, so they
+/// differ). Chosen by binding the wildcard address, never listening: a port merely free on
+/// 127.0.0.1 may be a client's ephemeral port on 127.0.0.2, where a test then listens.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+    let held: Vec<socket2::Socket> = (0..N)
+        .map(|_| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())
+                .expect("a free port");
+            s
+        })
         .collect();
-    std::array::from_fn(|i| held[i].local_addr().map(|a| a.port()).expect("port"))
+    std::array::from_fn(|i| {
+        held[i]
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port())
+            .expect("port")
+    })
 }
 
 /// The account the test installation's workers run as (its tailor's `IMTA_USER`): as root,
