@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::ChildGuard;
 use msdispatcher::dispatcher::spawn::{spawn_worker, WorkerSpec};
 use msdispatcher::handoff::wire::{self, ToDispatcher, ToWorker};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -38,19 +37,14 @@ fn start(max_conns: u64) -> (ChildGuard, OwnedFd) {
     (ChildGuard(child), dispatcher_end)
 }
 
-/// The next message from the worker, waiting at most WAIT.
-fn next(ctrl: &OwnedFd) -> Option<ToDispatcher> {
-    let mut fds = [PollFd::new(ctrl.as_fd(), PollFlags::POLLIN)];
-    let ready = poll(&mut fds, PollTimeout::from(10_000u16)).expect("poll");
-    assert!(ready > 0, "no message from the worker within 10 s");
-    wire::recv_from_worker(ctrl.as_fd()).expect("receive")
-}
-
 /// Accepts a client connection and hands it to the worker, which must confirm it with
 /// `TAKEN`; returns the client's stream.
 fn hand_off(ctrl: &OwnedFd, listener: &TcpListener, conn: u64) -> BufReader<TcpStream> {
     let client = send_hand_off(ctrl, listener, conn);
-    assert_eq!(next(ctrl), Some(ToDispatcher::Taken { conn }));
+    assert_eq!(
+        common::next_message(ctrl),
+        Some(ToDispatcher::Taken { conn })
+    );
     client
 }
 
@@ -83,7 +77,10 @@ fn say(r: &mut BufReader<TcpStream>, text: &str) {
 #[test]
 fn handed_connection_is_served_and_its_end_reported() {
     let (mut child, ctrl) = start(20);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ready { ack: true })
+    );
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut c = hand_off(&ctrl, &listener, 41);
     let greeting = line(&mut c);
@@ -99,9 +96,12 @@ fn handed_connection_is_served_and_its_end_reported() {
     assert_eq!(line(&mut c), "250 hello\r\n");
     say(&mut c, "QUIT");
     assert_eq!(line(&mut c), "221 bye\r\n");
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 41 }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ended { conn: 41 })
+    );
     wire::send_to_worker(ctrl.as_fd(), &ToWorker::Drain, None).expect("drain");
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Draining));
+    assert_eq!(common::next_message(&ctrl), Some(ToDispatcher::Draining));
     let status = child.wait_for(WAIT).expect("exits after draining");
     assert!(status.success(), "{status:?}");
 }
@@ -109,12 +109,15 @@ fn handed_connection_is_served_and_its_end_reported() {
 #[test]
 fn draining_worker_finishes_an_open_session_before_exiting() {
     let (mut child, ctrl) = start(20);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ready { ack: true })
+    );
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut c = hand_off(&ctrl, &listener, 1);
     line(&mut c);
     wire::send_to_worker(ctrl.as_fd(), &ToWorker::Drain, None).expect("drain");
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Draining));
+    assert_eq!(common::next_message(&ctrl), Some(ToDispatcher::Draining));
     assert!(
         child.wait_for(Duration::from_millis(300)).is_none(),
         "must not exit mid-session"
@@ -123,14 +126,20 @@ fn draining_worker_finishes_an_open_session_before_exiting() {
     assert_eq!(line(&mut c), "250 still here\r\n");
     say(&mut c, "QUIT");
     line(&mut c);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 1 }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ended { conn: 1 })
+    );
     assert!(child.wait_for(WAIT).expect("exits").success());
 }
 
 #[test]
 fn worker_whose_dispatcher_is_gone_exits_after_its_sessions() {
     let (mut child, ctrl) = start(20);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ready { ack: true })
+    );
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut c = hand_off(&ctrl, &listener, 1);
     line(&mut c);
@@ -147,31 +156,49 @@ fn worker_whose_dispatcher_is_gone_exits_after_its_sessions() {
 #[test]
 fn worker_enforces_max_conns_on_its_side() {
     let (_child, ctrl) = start(1);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ready { ack: true })
+    );
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut first = hand_off(&ctrl, &listener, 1);
     assert!(line(&mut first).contains("active=1"));
     // Taken (the dispatcher may close its copy), then closed and ended at once.
     let mut second = hand_off(&ctrl, &listener, 2);
     assert_eq!(line(&mut second), "", "closed without a greeting");
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 2 }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ended { conn: 2 })
+    );
     say(&mut first, "QUIT");
     line(&mut first);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 1 }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ended { conn: 1 })
+    );
 }
 
 #[test]
 fn the_socket_is_taken_before_the_connection_is_served() {
     let (_child, ctrl) = start(20);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ready { ack: true })
+    );
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let c = send_hand_off(&ctrl, &listener, 7);
     // The client closes at once: the worker's first word on this connection is still TAKEN.
     c.get_ref()
         .shutdown(std::net::Shutdown::Both)
         .expect("shutdown");
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Taken { conn: 7 }));
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 7 }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Taken { conn: 7 })
+    );
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ended { conn: 7 })
+    );
 }
 
 /// Sends `packet` to the worker as it is, with no descriptor (what a broken dispatcher
@@ -188,12 +215,15 @@ fn send_raw(ctrl: &OwnedFd, packet: &[u8]) {
 /// A receive error ends taking connections, not the connections in hand.
 fn receive_error_drains_and_exits_non_zero(packet: &[u8]) {
     let (mut child, ctrl) = start(20);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ready { ack: true })
+    );
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut c = hand_off(&ctrl, &listener, 3);
     line(&mut c);
     send_raw(&ctrl, packet);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Draining));
+    assert_eq!(common::next_message(&ctrl), Some(ToDispatcher::Draining));
     assert!(
         child.wait_for(Duration::from_millis(300)).is_none(),
         "the worker exited with a connection in hand"
@@ -202,7 +232,10 @@ fn receive_error_drains_and_exits_non_zero(packet: &[u8]) {
     assert_eq!(line(&mut c), "250 still served\r\n");
     say(&mut c, "QUIT");
     assert_eq!(line(&mut c), "221 bye\r\n");
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 3 }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ended { conn: 3 })
+    );
     let status = child.wait_for(WAIT).expect("exits after its last session");
     assert_eq!(status.code(), Some(1), "{status:?}");
 }

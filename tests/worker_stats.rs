@@ -15,7 +15,6 @@ use common::ChildGuard;
 use msdispatcher::dispatcher::account::RunAs;
 use msdispatcher::dispatcher::spawn::{spawn_worker, WorkerSpec};
 use msdispatcher::handoff::wire::{self, ToDispatcher, ToWorker};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 const LIMITS: &str = "MIN_PROCS=1\nMAX_PROCS=2\nMIN_CONNS=1\nMAX_CONNS=20";
 const MESSAGE: &[u8] =
@@ -52,14 +51,6 @@ fn start_store_worker(layout: &Layout) -> (ChildGuard, OwnedFd) {
     (ChildGuard(child), dispatcher_end)
 }
 
-/// The next message from the worker, waiting at most 10 s.
-fn next(ctrl: &OwnedFd) -> Option<ToDispatcher> {
-    let mut fds = [PollFd::new(ctrl.as_fd(), PollFlags::POLLIN)];
-    let ready = poll(&mut fds, PollTimeout::from(10_000u16)).expect("poll");
-    assert!(ready > 0, "no message from the worker within 10 s");
-    wire::recv_from_worker(ctrl.as_fd()).expect("receive")
-}
-
 /// Hands a new connection to the worker (which says TAKEN); the client's LMTP session, past
 /// its greeting.
 fn hand_off(ctrl: &OwnedFd, listener: &TcpListener, conn: u64) -> Lmtp {
@@ -71,7 +62,10 @@ fn hand_off(ctrl: &OwnedFd, listener: &TcpListener, conn: u64) -> Lmtp {
         server: listener.local_addr().expect("addr"),
     };
     wire::send_to_worker(ctrl.as_fd(), &msg, Some(accepted.as_fd())).expect("hand off");
-    assert_eq!(next(ctrl), Some(ToDispatcher::Taken { conn }));
+    assert_eq!(
+        common::next_message(ctrl),
+        Some(ToDispatcher::Taken { conn })
+    );
     // Reads the greeting, which must be 220.
     Lmtp::over(client)
 }
@@ -83,7 +77,10 @@ fn a_connection_s_counts_arrive_just_before_its_end() {
     maildir(&layout.root, "alice");
     maildir(&layout.root, "bob");
     let (mut worker, ctrl) = start_store_worker(&layout);
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ready { ack: true }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ready { ack: true })
+    );
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
 
     let mut c = hand_off(&ctrl, &listener, 1);
@@ -102,7 +99,7 @@ fn a_connection_s_counts_arrive_just_before_its_end() {
     assert!(replies.iter().all(|r| r.code == 250), "{replies:?}");
     c.quit();
 
-    let Some(ToDispatcher::Stats(s)) = next(&ctrl) else {
+    let Some(ToDispatcher::Stats(s)) = common::next_message(&ctrl) else {
         panic!("no STATS before ENDED");
     };
     assert_eq!((s.delivered, s.deferred, s.refused), (2, 0, 1), "{s:?}");
@@ -113,19 +110,25 @@ fn a_connection_s_counts_arrive_just_before_its_end() {
     );
     assert_eq!(s.latency_count(), 1, "one transaction: {s:?}");
     assert!(s.latency_sum_micros > 0, "{s:?}");
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 1 }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ended { conn: 1 })
+    );
 
     // A connection that delivers nothing is followed by ENDED alone.
     let c = hand_off(&ctrl, &listener, 2);
     c.quit();
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Ended { conn: 2 }));
+    assert_eq!(
+        common::next_message(&ctrl),
+        Some(ToDispatcher::Ended { conn: 2 })
+    );
 
     wire::send_to_worker(ctrl.as_fd(), &ToWorker::Drain, None).expect("drain");
-    assert_eq!(next(&ctrl), Some(ToDispatcher::Draining));
+    assert_eq!(common::next_message(&ctrl), Some(ToDispatcher::Draining));
     let status = worker
         .wait_for(std::time::Duration::from_secs(10))
         .expect("the worker exits after DRAIN");
     assert!(status.success(), "{status:?}");
     // Nothing was left to report at exit.
-    assert_eq!(next(&ctrl), None);
+    assert_eq!(common::next_message(&ctrl), None);
 }

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -168,26 +168,36 @@ trait Stream: Read + Write {
     fn nonblocking(&self, on: bool) -> std::io::Result<()>;
     fn write_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
 }
-impl Stream for UnixStream {
+
+impl<S: Read + Write + AsFd> Stream for S {
     fn fd(&self) -> RawFd {
-        self.as_raw_fd()
+        self.as_fd().as_raw_fd()
     }
     fn nonblocking(&self, on: bool) -> std::io::Result<()> {
-        self.set_nonblocking(on)
+        socket2::SockRef::from(self).set_nonblocking(on)
     }
     fn write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
-        self.set_write_timeout(t)
+        socket2::SockRef::from(self).set_write_timeout(t)
     }
 }
-impl Stream for std::net::TcpStream {
-    fn fd(&self) -> RawFd {
-        self.as_raw_fd()
-    }
-    fn nonblocking(&self, on: bool) -> std::io::Result<()> {
-        self.set_nonblocking(on)
-    }
-    fn write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
-        self.set_write_timeout(t)
+
+/// One client from a listener's queue, or `None` when the queue is empty or accepting failed
+/// (said at `level`; the tick tries again). An interrupted call is retried.
+fn accept_one<S, A>(
+    accept: impl Fn() -> std::io::Result<(S, A)>,
+    what: &str,
+    level: log::Level,
+) -> Option<S> {
+    loop {
+        match accept() {
+            Ok((s, _)) => return Some(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::log!(level, "{what}: accept: {e}");
+                return None;
+            }
+        }
     }
 }
 
@@ -215,16 +225,11 @@ impl Conversations {
         socket: &ControlSocket,
         token: impl Fn(ConvId) -> Token,
     ) {
-        loop {
-            let stream = match socket.listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::warn!("control socket: accept: {e}");
-                    return;
-                }
-            };
+        while let Some(stream) = accept_one(
+            || socket.listener.accept(),
+            "control socket",
+            log::Level::Warn,
+        ) {
             let cred =
                 nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
             let me = nix::unistd::geteuid().as_raw();
@@ -268,16 +273,9 @@ impl Conversations {
         listener: &std::net::TcpListener,
         token: impl Fn(ConvId) -> Token,
     ) {
-        loop {
-            match listener.accept() {
-                Ok((s, _)) => self.add(registry, Box::new(s), Speaks::Http, None, &token),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("metrics endpoint: accept: {e}");
-                    return;
-                }
-            }
+        while let Some(s) = accept_one(|| listener.accept(), "metrics endpoint", log::Level::Debug)
+        {
+            self.add(registry, Box::new(s), Speaks::Http, None, &token);
         }
     }
 

@@ -160,6 +160,7 @@ impl Loop {
         }
         if let Some(c) = &self.setup.control {
             register_control(&rt.poll, c)?;
+            // Bound before the log was open: said now.
             if let Some(note) = &c.replaced {
                 log::warn!("{note}");
             }
@@ -407,6 +408,33 @@ impl Loop {
     }
 
     /// At the end: the `--stop` clients hear it is done; the pid file goes (unless handed over).
+    /// Locks the pid file and writes this pid, then binds and watches the control socket (both
+    /// sides of a takeover, once the other has let go). What fails is logged with `context`;
+    /// serving matters more than either, so nothing here stops the dispatcher.
+    pub(super) fn take_pid_file_and_socket(&mut self, context: &str) {
+        match PidFile::lock(&self.setup.pidfile_path).and_then(|mut p| {
+            p.write_pid()?;
+            Ok(p)
+        }) {
+            Ok(p) => self.setup.pidfile = Some(p),
+            Err(e) => log::error!("{context}: {e}; serving without the pid file"),
+        }
+        match ControlSocket::bind(&self.setup.control_path) {
+            Ok(c) => {
+                if let Some(note) = &c.replaced {
+                    log::warn!("{note}");
+                }
+                match register_control(&self.rt.poll, &c) {
+                    Ok(()) => self.setup.control = Some(c),
+                    Err(e) => log::error!("{context}: cannot watch the control socket: {e}"),
+                }
+            }
+            Err(e) => log::error!(
+                "{context}: {e}; --status and the other commands will not reach this dispatcher"
+            ),
+        }
+    }
+
     pub(super) fn finish(&mut self) {
         // Gone before the `--stop` clients hear it: the next start finds neither.
         if let Some(p) = self.setup.pidfile.take() {

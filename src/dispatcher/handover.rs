@@ -14,9 +14,8 @@ use std::time::Instant;
 
 use mio::unix::SourceFd;
 
-use super::control::{ControlSocket, ConvId};
-use super::event_loop::{register_control, Loop};
-use super::pidfile::PidFile;
+use super::control::ConvId;
+use super::event_loop::Loop;
 use super::runtime::Runtime;
 use crate::control::protocol::Reply;
 use crate::control::takeover::{encode_offer, ListenerKind, MAX_LISTENERS};
@@ -138,21 +137,8 @@ impl Loop {
         if g.committed.is_some() {
             self.rt.accept_held = false;
             self.rt.accept_again = true;
-            match PidFile::lock(&self.setup.pidfile_path).and_then(|mut p| {
-                p.write_pid()?;
-                Ok(p)
-            }) {
-                Ok(p) => self.setup.pidfile = Some(p),
-                Err(e) => log::error!("after an unfinished takeover: {e}"),
-            }
             self.setup.control = None;
-            match ControlSocket::bind(&self.setup.control_path) {
-                Ok(c) => match register_control(&self.rt.poll, &c) {
-                    Ok(()) => self.setup.control = Some(c),
-                    Err(e) => log::error!("after an unfinished takeover: control socket: {e}"),
-                },
-                Err(e) => log::error!("after an unfinished takeover: {e}"),
-            }
+            self.take_pid_file_and_socket("after an unfinished takeover");
         }
         self.convs.close_now(self.rt.poll.registry(), g.conv);
         // dispatcher.log points at the new one's file: at ours again.

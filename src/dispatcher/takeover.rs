@@ -6,9 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::control::ControlSocket;
-use super::event_loop::{register_control, Loop};
-use super::pidfile::PidFile;
+use super::event_loop::Loop;
 
 impl Loop {
     /// A takeover by this dispatcher: commit once every service has its MIN_PROCS workers,
@@ -52,28 +50,7 @@ impl Loop {
     /// After the commit: the pid file and the control socket become this dispatcher's. What
     /// fails is logged; serving goes on (the old dispatcher no longer accepts).
     pub(super) fn take_place(&mut self) {
-        match PidFile::lock(&self.setup.pidfile_path).and_then(|mut p| {
-            p.write_pid()?;
-            Ok(p)
-        }) {
-            Ok(p) => self.setup.pidfile = Some(p),
-            Err(e) => log::error!("takeover: {e}; serving without the pid file"),
-        }
-        match ControlSocket::bind(&self.setup.control_path) {
-            Ok(c) => {
-                if let Some(note) = &c.replaced {
-                    log::warn!("{note}");
-                }
-                match register_control(&self.rt.poll, &c) {
-                    Ok(()) => self.setup.control = Some(c),
-                    Err(e) => log::error!("takeover: cannot watch the control socket: {e}"),
-                }
-            }
-            // Serving matters more than being controllable: said, not fatal.
-            Err(e) => {
-                log::error!("{e}; --status and the other commands will not reach this dispatcher")
-            }
-        }
+        self.take_pid_file_and_socket("takeover");
     }
 
     pub(super) fn give_up_takeover(&mut self, why: String) {

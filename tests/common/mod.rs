@@ -175,3 +175,16 @@ pub fn fd_count(pid: u32) -> usize {
         .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
         .count()
 }
+
+/// The next message a worker sends on its control socket (the dispatcher's end), waiting at
+/// most 10 s; `None` at end of file.
+pub fn next_message(
+    ctrl: &std::os::fd::OwnedFd,
+) -> Option<msdispatcher::handoff::wire::ToDispatcher> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(ctrl.as_fd(), PollFlags::POLLIN)];
+    let ready = poll(&mut fds, PollTimeout::from(10_000u16)).expect("poll");
+    assert!(ready > 0, "no message from the worker within 10 s");
+    msdispatcher::handoff::wire::recv_from_worker(ctrl.as_fd()).expect("receive")
+}
