@@ -101,8 +101,8 @@ fn scrape_until(
     }
 }
 
-#[test]
-fn counters_move_with_deliveries_and_outlive_the_workers_that_counted_them() {
+/// The LMTP installation with a metrics endpoint, started; the endpoint's port.
+fn start_with_metrics() -> (Dispatcher, u16) {
     let [port] = free_ports::<1>();
     let layout = Layout::lmtp("MIN_PROCS=1", "");
     let cnf = layout.root.join("config/dispatcher.cnf");
@@ -114,6 +114,42 @@ fn counters_move_with_deliveries_and_outlive_the_workers_that_counted_them() {
     .expect("write");
     let d = Dispatcher::launch(layout, |_| {});
     d.wait_for_log(&format!("metrics on http://127.0.0.1:{port}/metrics"));
+    (d, port)
+}
+
+#[test]
+fn scrapers_that_say_nothing_cannot_crowd_the_administrator_out() {
+    let (d, port) = start_with_metrics();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], port));
+    // More silent scrapers than the endpoint talks to at once.
+    let silent: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect_timeout(&metrics, Duration::from_secs(5)).expect("connect"))
+        .collect();
+    // Within the scrapers' request wait (5 s), the control socket still answers: scrapers
+    // are counted apart.
+    let asked = Instant::now();
+    let table = ctl(&d, &["--status"]);
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "asked while they were all held"
+    );
+    assert!(table.contains(&format!("pid {}", d.child.pid())), "{table}");
+    let mut busy = 0;
+    for s in &silent {
+        s.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        if let Ok(n) = (&*s).read(&mut buf) {
+            busy += usize::from(buf[..n].starts_with(b"HTTP/1.0 503"));
+        }
+    }
+    assert_eq!(busy, 8, "the scrapers beyond 32 are answered 503");
+    drop(silent);
+}
+
+#[test]
+fn counters_move_with_deliveries_and_outlive_the_workers_that_counted_them() {
+    let (d, port) = start_with_metrics();
     d.wait_for_started("LMTPSS", 1);
     let metrics = SocketAddr::from(([127, 0, 0, 1], port));
     common::lmtp::maildir(&d.root, "alice");
