@@ -25,7 +25,9 @@
 //! mailbox, `fsync`, then `link()` into `new/` of every mailbox (a copy where a mailbox is on
 //! another file system), then `fsync` of each `new/` directory, then the `tmp/` name is
 //! removed. Only after its directory `fsync` does a recipient get `Ok`: a `250` means the
-//! message survives a crash. A crash before the link into `new/` leaves at most a file in
+//! message survives a crash. Concurrent deliveries into one directory share that `fsync`
+//! ([`super::group_flush`]): each waits for a flush that began after its own link, so the
+//! promise is the same with one flush for many messages. A crash before the link into `new/` leaves at most a file in
 //! `tmp/`, which readers never look at (Dovecot removes such files after 36 hours); one after
 //! the link but before the client read the `250` leaves the message delivered while the
 //! client will send it again: a duplicate, never a loss (docs/lmtp.md, "Durability"). File
@@ -51,6 +53,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::UnlinkatFlags;
 
 use super::address::Recipient;
+use super::group_flush::DirFlushes;
 use super::maildirsize::{self, UserDir};
 use super::reply::Reply;
 use super::store::{
@@ -75,6 +78,9 @@ pub struct MaildirStore {
     /// This host's name as it may appear in a file name (`/` and `:` escaped).
     host: String,
     counter: AtomicU64,
+    /// Flushes of `new/` (and of directories a delivery creates) shared by concurrent
+    /// deliveries.
+    flushes: DirFlushes,
 }
 
 /// Why one mailbox cannot take a message; the text names the path (escaped: it holds a
@@ -176,6 +182,7 @@ impl MaildirStore {
             settings,
             host,
             counter: AtomicU64::new(0),
+            flushes: DirFlushes::new(),
         }
     }
 
@@ -251,9 +258,9 @@ impl MaildirStore {
         for sub in ["tmp", "new", "cur"] {
             make_dir(dir.as_fd(), Path::new(sub)).map_err(failed)?;
         }
-        nix::unistd::fsync(dir.as_fd()).map_err(failed)?;
+        self.flushes.sync(dir.as_fd()).map_err(failed)?;
         if made_user {
-            nix::unistd::fsync(root).map_err(failed)?;
+            self.flushes.sync(root).map_err(failed)?;
         }
         log::info!("created the mailbox {}", shown(&path));
         Ok(())
@@ -530,7 +537,7 @@ impl Store for MaildirStore {
         }
         for (m, result) in placed.iter().zip(results.iter_mut()) {
             let Some(m) = m else { continue };
-            if let Err(e) = nix::unistd::fsync(m.new.as_fd()) {
+            if let Err(e) = self.flushes.sync(m.new.as_fd()) {
                 let new = m.path.join("new");
                 log::error!(
                     "message {}: fsync of {} failed: {e}",

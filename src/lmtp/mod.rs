@@ -11,6 +11,7 @@
 //! * [`settings`]: the channel in `imta.cnf` and its option file, read once at start.
 //! * [`store`]: what a delivery back end is ([`store::Store`]).
 //! * [`maildir`]: the message store: Maildir++ under a store root.
+//! * [`group_flush`]: directory flushes shared by concurrent deliveries (group commit).
 //! * [`maildirsize`]: the Maildir++ quota cache, so a quota check does not count a mailbox.
 //! * [`mbox`]: native delivery: mbox files in a `/var/mail`-like spool.
 //! * [`trace`]: the trace header, the message identifier and dates.
@@ -20,6 +21,7 @@ pub mod address;
 pub mod body;
 pub mod command;
 pub mod delivery_log;
+pub mod group_flush;
 pub mod input;
 pub mod maildir;
 pub mod maildirsize;

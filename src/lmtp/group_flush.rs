@@ -1,0 +1,212 @@
+//! Directory flushes shared by concurrent deliveries (group commit).
+//!
+//! A delivery is durable once the directory entry that names it is: after the `link()` into
+//! `new/`, that directory must be flushed (`fsync`) before the `250` goes out. Sixteen sessions
+//! delivering into one Maildir would each flush it, one after the other, although one flush
+//! that starts after all sixteen links covers them all. [`DirFlushes::sync`] does that: the
+//! callers wanting a directory flushed form a batch; one of them (the leader) flushes, the
+//! others wait for that flush and share its result. A caller whose change was made while a
+//! flush was already running joins the next batch, whose leader starts only after the running
+//! flush ends, so every caller returns only after a flush that *started after its change*: the
+//! guarantee a `fsync` of its own would give. A failed flush fails every caller of its batch
+//! (each withdraws its own delivery), never a caller of another batch.
+//!
+//! Directories are told apart by device and inode, not by path, so two paths to one directory
+//! share, and a directory replaced under the same name does not. An entry lives only while a
+//! caller uses it: a store that sees a new mailbox for every message does not grow a table.
+//!
+//! The flush itself is a parameter of [`Group`] so the batching is tested with a recording
+//! flush and many threads, without a disk.
+
+use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+
+use nix::errno::Errno;
+
+/// The outcome of one flush, shared by its batch.
+type Outcome = Result<(), Errno>;
+
+/// The flushes of one directory: at most one running, at most one batch gathering.
+#[derive(Default)]
+pub struct Group {
+    state: Mutex<GroupState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// A flush is running (its batch has left `gathering`).
+    running: bool,
+    /// The batch new callers join; it starts when no flush is running.
+    gathering: Option<Arc<OnceLock<Outcome>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The state is consistent at every unlock; a panicking flush cannot leave it half set.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Group {
+    /// Returns once a call of `flush` that began after this call began has ended, with that
+    /// call's result; `flush` runs on one of the waiting threads (this one, or another caller's).
+    pub fn sync(&self, flush: impl FnOnce() -> Outcome) -> Outcome {
+        let mut state = lock(&self.state);
+        let batch = Arc::clone(
+            state
+                .gathering
+                .get_or_insert_with(|| Arc::new(OnceLock::new())),
+        );
+        loop {
+            if let Some(outcome) = batch.get() {
+                return *outcome;
+            }
+            if !state.running {
+                // Not done and not running: it is the gathering batch, and this caller leads it.
+                state.gathering = None;
+                state.running = true;
+                drop(state);
+                let outcome = flush();
+                let _ = batch.set(outcome);
+                let mut state = lock(&self.state);
+                state.running = false;
+                drop(state);
+                self.changed.notify_all();
+                return outcome;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Every directory some delivery of this process is flushing, by device and inode.
+#[derive(Default)]
+pub struct DirFlushes {
+    dirs: Mutex<HashMap<(u64, u64), Arc<Group>>>,
+}
+
+impl DirFlushes {
+    pub fn new() -> DirFlushes {
+        DirFlushes::default()
+    }
+
+    /// Makes durable every change made in `dir` before this call (`fsync` of the directory),
+    /// sharing the flush with concurrent callers for the same directory.
+    pub fn sync(&self, dir: BorrowedFd<'_>) -> Outcome {
+        let st = nix::sys::stat::fstat(dir)?;
+        let key = (st.st_dev, st.st_ino);
+        let group = Arc::clone(lock(&self.dirs).entry(key).or_default());
+        let outcome = group.sync(|| nix::unistd::fsync(dir));
+        let mut dirs = lock(&self.dirs);
+        // Clones are made under this lock: two references (the table's and this one) mean
+        // nobody else is using the entry.
+        if Arc::strong_count(&group) == 2 {
+            dirs.remove(&key);
+        }
+        outcome
+    }
+
+    /// Directories currently being flushed or waited for (for tests).
+    pub fn in_use(&self) -> usize {
+        lock(&self.dirs).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A logical clock: every event takes the next tick.
+    struct Clock(AtomicU64);
+    impl Clock {
+        fn tick(&self) -> u64 {
+            self.0.fetch_add(1, Ordering::SeqCst)
+        }
+    }
+
+    /// Many threads each "change" then sync; every caller must return after a flush that
+    /// began after its change, with that flush's result; and flushes must be fewer than callers.
+    #[test]
+    fn every_caller_is_covered_by_a_flush_that_began_after_its_change() {
+        let group = Arc::new(Group::default());
+        let clock = Arc::new(Clock(AtomicU64::new(0)));
+        let flushes = Arc::new(Mutex::new(Vec::<(u64, u64, Outcome)>::new()));
+        let serial = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let (group, clock, flushes, serial) = (
+                    Arc::clone(&group),
+                    Arc::clone(&clock),
+                    Arc::clone(&flushes),
+                    Arc::clone(&serial),
+                );
+                std::thread::spawn(move || {
+                    let mut calls = Vec::new();
+                    for i in 0..200u64 {
+                        let changed = clock.tick();
+                        let outcome = group.sync(|| {
+                            let begun = clock.tick();
+                            let n = serial.fetch_add(1, Ordering::SeqCst);
+                            // Two flushes of one directory never overlap.
+                            assert_eq!(n % 2, 0, "flushes overlapped");
+                            std::thread::sleep(Duration::from_micros(50 + (i * 7 + t) % 100));
+                            // Every seventh flush fails.
+                            let outcome = if begun % 7 == 0 {
+                                Err(Errno::EIO)
+                            } else {
+                                Ok(())
+                            };
+                            serial.fetch_add(1, Ordering::SeqCst);
+                            let ended = clock.tick();
+                            lock(&flushes).push((begun, ended, outcome));
+                            outcome
+                        });
+                        let returned = clock.tick();
+                        calls.push((changed, returned, outcome));
+                    }
+                    calls
+                })
+            })
+            .collect();
+        let calls: Vec<_> = threads
+            .into_iter()
+            .flat_map(|h| h.join().expect("a caller"))
+            .collect();
+        let flushes = lock(&flushes).clone();
+        for (changed, returned, outcome) in &calls {
+            // The latest flush that ended before this caller returned and began after its
+            // change: its outcome is what the caller got.
+            let covering: Vec<_> = flushes
+                .iter()
+                .filter(|(b, e, _)| b > changed && e < returned)
+                .collect();
+            assert!(
+                !covering.is_empty(),
+                "a caller changed at {changed} returned at {returned} with no flush begun after its change"
+            );
+            assert!(
+                covering.iter().any(|(_, _, o)| o == outcome),
+                "a caller got {outcome:?}, no covering flush had that outcome"
+            );
+        }
+        assert!(calls.iter().any(|c| c.2.is_err()), "no failure was shared");
+        assert!(
+            flushes.len() < calls.len() / 2,
+            "{} flushes for {} callers: nothing was shared",
+            flushes.len(),
+            calls.len()
+        );
+    }
+
+    #[test]
+    fn a_directory_is_flushed_and_forgotten_after_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fd = std::fs::File::open(dir.path()).expect("open the directory");
+        let flushes = DirFlushes::new();
+        use std::os::fd::AsFd;
+        assert_eq!(flushes.sync(fd.as_fd()), Ok(()));
+        assert_eq!(flushes.in_use(), 0);
+    }
+}
