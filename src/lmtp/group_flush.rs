@@ -20,9 +20,15 @@
 
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use nix::errno::Errno;
+
+/// At most this many directories of one message are flushed at the same time.
+pub const PARALLEL_FLUSHES: usize = 8;
+/// A flushing thread only waits in `fsync`.
+const FLUSH_STACK: usize = 64 * 1024;
 
 /// The outcome of one flush, shared by its batch.
 type Outcome = Result<(), Errno>;
@@ -106,6 +112,38 @@ impl DirFlushes {
         outcome
     }
 
+    /// [`DirFlushes::sync`] for every directory of `dirs`, the flushes running side by side
+    /// (on up to [`PARALLEL_FLUSHES`] threads): a message for several mailboxes waits for
+    /// about one flush, not one per mailbox. The outcomes are in the order of `dirs`.
+    pub fn sync_all(&self, dirs: &[BorrowedFd<'_>]) -> Vec<Outcome> {
+        if dirs.len() < 2 {
+            return dirs.iter().map(|d| self.sync(*d)).collect();
+        }
+        let next = AtomicUsize::new(0);
+        let outcomes: Vec<OnceLock<Outcome>> = dirs.iter().map(|_| OnceLock::new()).collect();
+        let work = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(dir) = dirs.get(i) else { break };
+            let _ = outcomes[i].set(self.sync(*dir));
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..dirs.len().min(PARALLEL_FLUSHES) {
+                let spawned = std::thread::Builder::new()
+                    .stack_size(FLUSH_STACK)
+                    .spawn_scoped(scope, work);
+                if spawned.is_err() {
+                    // No thread to spare: this one flushes the rest by itself.
+                    break;
+                }
+            }
+            work();
+        });
+        outcomes
+            .into_iter()
+            .map(|o| o.into_inner().unwrap_or(Err(Errno::EIO)))
+            .collect()
+    }
+
     /// Directories currently being flushed or waited for (for tests).
     pub fn in_use(&self) -> usize {
         lock(&self.dirs).len()
@@ -115,7 +153,7 @@ impl DirFlushes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicU64;
     use std::time::Duration;
 
     /// A logical clock: every event takes the next tick.
@@ -207,6 +245,33 @@ mod tests {
         let flushes = DirFlushes::new();
         use std::os::fd::AsFd;
         assert_eq!(flushes.sync(fd.as_fd()), Ok(()));
+        assert_eq!(flushes.in_use(), 0);
+    }
+
+    #[test]
+    fn several_directories_are_flushed_with_an_outcome_each_in_order() {
+        let dirs: Vec<_> = (0..11)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let fds: Vec<_> = dirs
+            .iter()
+            .map(|d| std::fs::File::open(d.path()).expect("open the directory"))
+            .collect();
+        // A descriptor that is not a directory of ours but a pipe: fsync fails with EINVAL.
+        let (pipe, _w) = nix::unistd::pipe().expect("pipe");
+        use std::os::fd::AsFd;
+        let mut borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        borrowed.insert(5, pipe.as_fd());
+        let flushes = DirFlushes::new();
+        let outcomes = flushes.sync_all(&borrowed);
+        assert_eq!(outcomes.len(), 12);
+        for (i, o) in outcomes.iter().enumerate() {
+            if i == 5 {
+                assert_eq!(*o, Err(Errno::EINVAL), "the pipe");
+            } else {
+                assert_eq!(*o, Ok(()), "directory {i}");
+            }
+        }
         assert_eq!(flushes.in_use(), 0);
     }
 }

@@ -23,7 +23,7 @@
 //!
 //! Delivery of one message to several mailboxes writes it once: to `tmp/` of the first
 //! mailbox, `fsync`, then `link()` into `new/` of every mailbox (a copy where a mailbox is on
-//! another file system), then `fsync` of each `new/` directory, then the `tmp/` name is
+//! another file system), then `fsync` of each `new/` directory (side by side), then the `tmp/` name is
 //! removed. Only after its directory `fsync` does a recipient get `Ok`: a `250` means the
 //! message survives a crash. Concurrent deliveries into one directory share that `fsync`
 //! ([`super::group_flush`]): each waits for a flush that began after its own link, so the
@@ -535,9 +535,12 @@ impl Store for MaildirStore {
                 }
             }
         }
+        // Every new/ that got the message, flushed side by side.
+        let news: Vec<BorrowedFd<'_>> = placed.iter().flatten().map(|m| m.new.as_fd()).collect();
+        let mut flushed = self.flushes.sync_all(&news).into_iter();
         for (m, result) in placed.iter().zip(results.iter_mut()) {
             let Some(m) = m else { continue };
-            if let Err(e) = self.flushes.sync(m.new.as_fd()) {
+            if let Err(e) = flushed.next().unwrap_or(Err(Errno::EIO)) {
                 let new = m.path.join("new");
                 log::error!(
                     "message {}: fsync of {} failed: {e}",
