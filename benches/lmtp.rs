@@ -368,34 +368,47 @@ fn main() {
     for sub in ["tmp", "new"] {
         std::fs::create_dir(disk.path().join(sub)).expect("tmp/ and new/");
     }
-    let group = Load {
+    let loads = [1, 16].map(|sessions| Load {
         size: 1024,
-        sessions: 16,
+        sessions,
         rcpts: 1,
         mode: Mode::Reused,
-    };
+    });
     let mut serial = 0;
     let total = 2000;
-    let (t_disk, t_ours) = interleaved(
-        |n| single_writer(disk.path(), n, &mut serial),
-        |n| send(our_addr, group, n, "group"),
-        total,
-    );
-    let (disk_rate, ours_rate) = (total as f64 / t_disk, total as f64 / t_ours);
+    // Three sides, each round in another order: the disk alone, ours with one session (the
+    // same work as the single writer plus the protocol), ours with sixteen.
+    let mut secs = [0.0f64; 3];
+    for round in 0..ROUNDS {
+        for k in 0..3 {
+            let side = (round + k) % 3;
+            let n = total / ROUNDS;
+            secs[side] += match side {
+                0 => single_writer(disk.path(), n, &mut serial),
+                s => send(our_addr, loads[s - 1], n, &format!("group{s}")),
+            };
+        }
+    }
+    let rates = secs.map(|t| total as f64 / t);
     println!();
-    println!("Table 2: group commit, {total} messages each in {ROUNDS} alternating rounds");
+    println!("Table 2: group commit, {total} messages each in {ROUNDS} rounds in turning order");
     println!();
     println!("| what | stored / expected | durable msg/s | ratio to the disk's single writer |");
     println!("|---|---:|---:|---:|");
     let written = std::fs::read_dir(disk.path().join("new"))
         .map(|rd| rd.count())
         .unwrap_or(0);
-    println!("| the disk, one writer (create, write 1 KiB, fdatasync, rename, fsync new/) | {written} / {total} | {disk_rate:.0} | 1.00 |");
-    println!(
-        "| ours, 16 one-recipient sessions, reused connections, 1 KiB | {} / {total} | {ours_rate:.0} | {:.2} |",
-        stored(&our_store, group, "group"),
-        ours_rate / disk_rate
-    );
+    println!("| the disk, one writer (create, write 1 KiB, fdatasync, rename, fsync new/) | {written} / {total} | {:.0} | 1.00 |", rates[0]);
+    for (s, load) in loads.iter().enumerate() {
+        println!(
+            "| ours, {} session{}, one recipient, reused connections, 1 KiB | {} / {total} | {:.0} | {:.2} |",
+            load.sessions,
+            if load.sessions == 1 { "" } else { "s" },
+            stored(&our_store, *load, &format!("group{}", s + 1)),
+            rates[s + 1],
+            rates[s + 1] / rates[0]
+        );
+    }
     println!();
-    println!("target: ours at least 3.00 times the disk's single writer");
+    println!("target: ours with 16 sessions at least 3.00 times the disk's single writer");
 }
