@@ -10,16 +10,23 @@
 //! went, from `/proc/<pid>/smaps`: thread stacks (anonymous mappings of the service's
 //! STACKSIZE), other anonymous memory (malloc's arenas and heap), and file-backed pages.
 //!
+//! The peer, measured the same way in the same run: Dovecot's LMTP server in the same shape,
+//! 4 `lmtp` processes started up front holding 250 connections each (`client_limit = 250`;
+//! Dovecot's own default is a process per connection, `client_limit = 1`, which would cost a
+//! whole process each), the same clients, the same rows; its cost is the resident memory of
+//! its `lmtp` processes.
+//!
 //! Every wait is bounded: each read by the client's timeout, the whole run by [`DEADLINE`].
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::dispatcher::Dispatcher;
 use common::lmtp::Lmtp;
+use common::peers;
 
 const CONNECTIONS: usize = 1000;
 const WORKERS: usize = 4;
@@ -108,18 +115,98 @@ fn resident(pid: i32) -> Resident {
     r
 }
 
-fn workers_resident(d: &Dispatcher) -> Resident {
-    let pids = d.workers("tcp_lmtp_server");
-    assert_eq!(pids.len(), WORKERS, "tcp_lmtp_server workers: {pids:?}");
+/// A server under test: where its clients connect, and the processes whose memory counts.
+trait Server {
+    fn addr(&self) -> SocketAddr;
+    fn processes(&self) -> Vec<i32>;
+}
+
+struct Ours(Dispatcher);
+
+impl Ours {
+    fn start() -> Ours {
+        let d = Dispatcher::start_lmtp(LIMITS, "CREATE_MAILBOXES=1");
+        d.wait_for_started("LMTPSS", WORKERS);
+        Ours(d)
+    }
+}
+
+impl Server for Ours {
+    fn addr(&self) -> SocketAddr {
+        self.0.addr(0)
+    }
+    fn processes(&self) -> Vec<i32> {
+        self.0.workers("tcp_lmtp_server")
+    }
+}
+
+struct Dovecot {
+    dir: tempfile::TempDir,
+    port: u16,
+    _server: peers::Dovecot,
+}
+
+impl Dovecot {
+    fn start() -> Dovecot {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mail = dir.path().join("mail");
+        std::fs::create_dir_all(&mail).expect("Dovecot's mail root");
+        let port = common::dispatcher::free_ports::<1>()[0];
+        let server = peers::Dovecot::start_with(dir.path(), &mail, Some(port), "optimized");
+        // Our shape: 4 processes started up front, 250 connections each (merged by Dovecot
+        // into the helper's `service lmtp`), applied with a reload.
+        let conf = server.config_path().to_path_buf();
+        let mut text = std::fs::read_to_string(&conf).expect("read dovecot.conf");
+        text.push_str(&format!(
+            "service lmtp {{\n  client_limit = {}\n  process_limit = {WORKERS}\n  \
+             process_min_avail = {WORKERS}\n}}\n",
+            CONNECTIONS / WORKERS
+        ));
+        std::fs::write(&conf, text).expect("write dovecot.conf");
+        let reload = std::process::Command::new("doveadm")
+            .arg("-c")
+            .arg(&conf)
+            .arg("reload")
+            .status()
+            .expect("doveadm reload");
+        assert!(reload.success(), "doveadm reload");
+        Dovecot {
+            dir,
+            port,
+            _server: server,
+        }
+    }
+
+    fn master(&self) -> u32 {
+        let pid = self.dir.path().join("run/master.pid");
+        std::fs::read_to_string(&pid)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {}", pid.display()))
+    }
+}
+
+impl Server for Dovecot {
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+    fn processes(&self) -> Vec<i32> {
+        common::children_named(self.master(), "lmtp")
+    }
+}
+
+fn resident_of(server: &dyn Server) -> Resident {
+    let pids = server.processes();
+    assert_eq!(pids.len(), WORKERS, "server processes: {pids:?}");
     pids.into_iter()
         .map(resident)
         .fold(Resident::default(), |a, b| a + b)
 }
 
 /// Lets threads that were just handed a connection reach their wait, then measures.
-fn settled(d: &Dispatcher) -> Resident {
+fn settled(server: &dyn Server) -> Resident {
     std::thread::sleep(Duration::from_secs(1));
-    workers_resident(d)
+    resident_of(server)
 }
 
 /// The descriptors the client needs (1,000 connections and some).
@@ -137,6 +224,7 @@ fn raise_descriptor_limit() {
 }
 
 struct Row {
+    server: &'static str,
     label: &'static str,
     before: Resident,
     after: Resident,
@@ -157,19 +245,22 @@ fn message() -> Vec<u8> {
     m
 }
 
-/// One dispatcher, 1,000 connections greeted and answered `LHLO`; with `deliver`, each then
-/// delivers one message before it is left idle.
-fn measure(label: &'static str, deliver: bool, started: Instant) -> Row {
-    let d = Dispatcher::start_lmtp(LIMITS, "CREATE_MAILBOXES=1");
-    d.wait_for_started("LMTPSS", WORKERS);
+/// A freshly started server, 1,000 connections greeted and answered `LHLO`; with `deliver`,
+/// each then delivers one message before it is left idle.
+fn measure(
+    server: &'static str,
+    start: fn() -> Box<dyn Server>,
+    label: &'static str,
+    deliver: bool,
+    started: Instant,
+) -> Row {
+    let d = start();
     assert!(
-        common::wait_until(Duration::from_secs(15), || d
-            .workers("tcp_lmtp_server")
-            .len()
-            == WORKERS),
-        "{WORKERS} tcp_lmtp_server workers did not start"
+        common::wait_until(Duration::from_secs(15), || d.processes().len() == WORKERS),
+        "{server}: {WORKERS} processes did not start: {:?}",
+        d.processes()
     );
-    let before = settled(&d);
+    let before = settled(d.as_ref());
     let body = message();
     let mut open = Vec::with_capacity(CONNECTIONS);
     for i in 0..CONNECTIONS {
@@ -177,7 +268,7 @@ fn measure(label: &'static str, deliver: bool, started: Instant) -> Row {
             started.elapsed() < DEADLINE,
             "{label}: only {i} connections open after {DEADLINE:?}"
         );
-        let mut c = Lmtp::connect(Ipv4Addr::LOCALHOST, d.addr(0));
+        let mut c = Lmtp::connect(Ipv4Addr::LOCALHOST, d.addr());
         c.lhlo();
         if deliver {
             let r = c.send_message(
@@ -189,55 +280,67 @@ fn measure(label: &'static str, deliver: bool, started: Instant) -> Row {
         }
         open.push(c);
     }
-    let after = settled(&d);
-    assert_eq!(
-        d.workers("tcp_lmtp_server").len(),
-        WORKERS,
-        "{label}: a worker was replaced during the run"
-    );
+    let after = settled(d.as_ref());
     drop(open);
     Row {
+        server,
         label,
         before,
         after,
     }
 }
 
+fn ours() -> Box<dyn Server> {
+    Box::new(Ours::start())
+}
+
+fn dovecot() -> Box<dyn Server> {
+    Box::new(Dovecot::start())
+}
+
 fn main() {
     raise_descriptor_limit();
     let started = Instant::now();
-    let rows = [
-        measure("LHLO, then idle", false, started),
-        measure("LHLO, one 64 KiB message, then idle", true, started),
-    ];
+    let mut rows = Vec::new();
+    for (label, deliver) in [
+        ("LHLO, then idle", false),
+        ("LHLO, one 64 KiB message, then idle", true),
+    ] {
+        rows.push(measure("ours", ours, label, deliver, started));
+        rows.push(measure("Dovecot", dovecot, label, deliver, started));
+    }
     println!();
     println!(
-        "### Idle LMTP connections: resident memory of the {WORKERS} tcp_lmtp_server workers \
-         ({CONNECTIONS} connections, STACKSIZE={STACKSIZE})"
+        "### Idle LMTP connections: resident memory of the {WORKERS} server processes \
+         (ours: tcp_lmtp_server workers, STACKSIZE={STACKSIZE}; Dovecot: lmtp processes)"
     );
     println!();
-    println!("| connections | workers' RSS before (KiB) | after (KiB) | per connection (KiB) | target (KiB) | met |");
-    println!("|---|---:|---:|---:|---:|---|");
+    println!("| server | connections | RSS before (KiB) | after (KiB) | per connection (KiB) | target (KiB) | met |");
+    println!("|---|---|---:|---:|---:|---:|---|");
     for r in &rows {
         let per = r.per_connection();
+        // The target is ours; the peer's row is there for scale.
+        let (target, met) = match (r.server, per <= TARGET_KIB) {
+            ("ours", true) => (format!("{TARGET_KIB:.0}"), "yes"),
+            ("ours", false) => (format!("{TARGET_KIB:.0}"), "no"),
+            _ => (String::new(), ""),
+        };
         println!(
-            "| {CONNECTIONS} x {} | {} | {} | {per:.1} | {TARGET_KIB:.0} | {} |",
-            r.label,
-            r.before.total,
-            r.after.total,
-            if per <= TARGET_KIB { "yes" } else { "no" }
+            "| {} | {CONNECTIONS} x {} | {} | {} | {per:.1} | {target} | {met} |",
+            r.server, r.label, r.before.total, r.after.total,
         );
     }
     println!();
     println!("Where the difference went (KiB per connection, from /proc/<pid>/smaps):");
     println!();
-    println!("| connections | thread stacks | other anonymous (malloc) | file-backed |");
-    println!("|---|---:|---:|---:|");
+    println!("| server | connections | thread stacks | other anonymous (malloc) | file-backed |");
+    println!("|---|---|---:|---:|---:|");
     for r in &rows {
         let diff = r.after - r.before;
         let per = |kib: u64| kib as f64 / CONNECTIONS as f64;
         println!(
-            "| {CONNECTIONS} x {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {CONNECTIONS} x {} | {:.1} | {:.1} | {:.1} |",
+            r.server,
             r.label,
             per(diff.stacks),
             per(diff.other_anon),
