@@ -3,7 +3,8 @@
 //! create and destroy a thread, with its stack mapping, for every connection. A thread
 //! counts as idle before the end of its connection is reported (the `after` of a job), so
 //! the connection the dispatcher sends on that report finds it: the threads are at most the
-//! dispatcher's `MAX_CONNS`. A panicking job does not end its thread.
+//! dispatcher's `MAX_CONNS`. A panicking job does not end its thread. With a thread per
+//! connection, [`limit_malloc_arenas`] keeps glibc from giving those threads a heap each.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
