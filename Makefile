@@ -44,6 +44,7 @@ bench: build deps
 	$(CARGO) bench --locked --bench handoff
 	$(CARGO) bench --locked --bench lmtp
 	$(CARGO) bench --locked --bench refused_flood
+	$(CARGO) bench --locked --bench idle_memory
 
 # Coverage-guided fuzzing of every reader and parser of untrusted input (docs/fuzzing.md), on
 # the nightly toolchain: each target of fuzz/ runs FUZZ_SECONDS from its committed corpus, which

@@ -83,12 +83,13 @@ impl Body {
         self.spill_dir = dir;
     }
 
-    /// Empties it for the next message; the file, if any, goes away.
+    /// Empties it for the next message and gives back its memory, so a connection waiting
+    /// between messages holds none (the next message grows it again, doubling); the file, if
+    /// any, goes away.
     pub fn clear(&mut self) {
         self.file = None;
         self.in_file = 0;
-        self.mem.clear();
-        self.mem.shrink_to(self.spill_at.min(256 * 1024));
+        self.mem = Vec::new();
     }
 
     pub fn len(&self) -> u64 {
@@ -228,6 +229,16 @@ mod tests {
         assert!(!b.spilled() && b.is_empty());
         b.put(b"next").unwrap();
         assert_eq!(read_back(&b), b"next");
+    }
+
+    #[test]
+    fn a_cleared_body_holds_no_memory_for_the_idle_connection() {
+        let mut b = Body::new(Path::new("."));
+        b.put(&[b'x'; 200 * 1024]).unwrap();
+        assert!(!b.spilled());
+        b.clear();
+        assert!(b.is_empty());
+        assert_eq!(b.mem.capacity(), 0, "the message's memory was kept");
     }
 
     #[test]

@@ -27,6 +27,14 @@
 //! than the limit itself, so a silent client is timed out as before. Before each read the
 //! stream's read timeout is set to the time left; a deadline already passed is a timeout
 //! without another read.
+//!
+//! Memory: a connection that waits for its client holds little, because relays keep many
+//! connections open and idle. The read buffer starts at [`SMALL_CHUNK`] octets, enough for
+//! command lines; a read that fills all the room it was given doubles it, up to
+//! [`READ_CHUNK`], so message data is soon read in large pieces (a 64 KiB message in a
+//! handful of reads, not in a thousand small ones); and once the session waits for a command
+//! again with (almost) nothing buffered, the buffers go back to their small sizes
+//! ([`buffer_size`] decides, without I/O).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -98,7 +106,54 @@ impl WireError {
     }
 }
 
-const READ_CHUNK: usize = 64 * 1024;
+/// The read buffer's size while the session waits for commands.
+pub const SMALL_CHUNK: usize = 1024;
+/// The most a read asks for once reads keep filling the buffer (message data). A line longer
+/// than the buffer still grows it (a command line only up to its limit; message data moves
+/// a long line's head to the body beyond this size).
+pub const READ_CHUNK: usize = 64 * 1024;
+/// The reply buffer's capacity while the session waits (a greeting, an `LHLO` reply).
+const OUT_CHUNK: usize = 1024;
+
+/// What the next read is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// A command line: the session is idle while nothing of it has arrived.
+    Command,
+    /// Message data.
+    Data,
+}
+
+/// The read buffer as [`buffer_size`] sees it before a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BufferState {
+    /// Its size now.
+    len: usize,
+    /// Octets read and not yet taken (moved to its front).
+    held: usize,
+    /// The previous read filled all the room it was given: the client sends faster than
+    /// reads of this size take it.
+    last_read_filled: bool,
+    reading: Reading,
+}
+
+/// The size the read buffer should have before the next read: back to [`SMALL_CHUNK`] when
+/// the session is idle (it waits for a command, at most half of that is buffered, and the
+/// last read did not fill its room, which would mean more is on its way); doubled when there
+/// is no room left (a line longer than the buffer); doubled up to [`READ_CHUNK`] when the
+/// last read filled the room it had; else unchanged.
+fn buffer_size(b: BufferState) -> usize {
+    let idle = b.reading == Reading::Command && b.held <= SMALL_CHUNK / 2 && !b.last_read_filled;
+    if idle && b.len > SMALL_CHUNK {
+        SMALL_CHUNK
+    } else if b.held == b.len {
+        b.len * 2
+    } else if b.last_read_filled && b.len < READ_CHUNK {
+        (b.len * 2).min(READ_CHUNK)
+    } else {
+        b.len
+    }
+}
 
 /// How long a client may take (see the module comment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +223,8 @@ pub struct Wire<S> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The last read filled all of `buf[end..]` it was given (see [`buffer_size`]).
+    last_read_filled: bool,
     out: Vec<u8>,
     mode: Terminators,
     /// A bare CR ended the last read and was taken as a line end: an LF that comes next is
@@ -198,10 +255,11 @@ impl<S: Read + Write> Wire<S> {
     pub fn new(stream: S, mode: Terminators) -> Wire<S> {
         Wire {
             stream,
-            buf: vec![0; READ_CHUNK],
+            buf: vec![0; SMALL_CHUNK],
             start: 0,
             end: 0,
-            out: Vec::with_capacity(1024),
+            last_read_filled: false,
+            out: Vec::with_capacity(OUT_CHUNK),
             mode,
             skip_lf: false,
             timing: None,
@@ -254,39 +312,44 @@ impl<S: Read + Write> Wire<S> {
         Ok(())
     }
 
-    /// Gives back memory a large message made the read buffer take, keeping what is
-    /// buffered.
-    pub fn shrink(&mut self) {
-        if self.buf.len() > 2 * READ_CHUNK && self.end - self.start <= READ_CHUNK {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            self.buf.truncate(READ_CHUNK);
-            self.buf.shrink_to_fit();
-        }
-    }
-
     /// Whether input is buffered that has not been read yet.
     pub fn has_buffered(&self) -> bool {
         self.start < self.end
     }
 
-    /// Reads more input, sending collected replies first. Returns the octets read.
-    fn fill(&mut self) -> Result<usize, WireError> {
+    /// Reads more input, sending collected replies first, into a buffer sized for what is
+    /// read ([`buffer_size`]). Returns the octets read.
+    fn fill(&mut self, reading: Reading) -> Result<usize, WireError> {
         self.flush().map_err(WireError::from_io)?;
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end == self.buf.len() {
-            self.buf.resize(self.buf.len() * 2, 0);
+        let size = buffer_size(BufferState {
+            len: self.buf.len(),
+            held: self.end,
+            last_read_filled: self.last_read_filled,
+            reading,
+        });
+        if size < self.buf.len() {
+            // Idle: the memory a message or a long batch of commands needed goes back.
+            self.buf.truncate(size);
+            self.buf.shrink_to_fit();
+        } else if size > self.buf.len() {
+            self.buf.resize(size, 0);
+        }
+        if reading == Reading::Command {
+            // Sent and empty: the room many replies to a pipelined batch took goes back too.
+            self.out.shrink_to(OUT_CHUNK);
         }
         loop {
             self.limit_the_wait()?;
+            let room = self.buf.len() - self.end;
             match self.stream.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Err(WireError::Closed),
                 Ok(n) => {
+                    self.last_read_filled = n == room;
                     self.earn(n);
                     let n = if self.mode == Terminators::Any {
                         self.bare_cr_to_lf(n)
@@ -421,7 +484,7 @@ impl<S: Read + Write> Wire<S> {
                 self.start = self.end;
                 scanned = 0;
             }
-            self.fill()?;
+            self.fill(Reading::Command)?;
         }
     }
 
@@ -468,7 +531,7 @@ impl<S: Read + Write> Wire<S> {
                     continue;
                 }
                 scanned = have;
-                self.fill()?;
+                self.fill(Reading::Data)?;
                 continue;
             };
             let lf = self.start + scanned + i;
@@ -508,7 +571,7 @@ impl<S: Read + Write> Wire<S> {
     ) -> Result<(), WireError> {
         loop {
             if self.start == self.end {
-                self.fill()?;
+                self.fill(Reading::Data)?;
             }
             let pending = &self.buf[self.start..self.end];
             let end_at = match self.mode {
@@ -540,7 +603,7 @@ impl<S: Read + Write> Wire<S> {
                     };
                     if n == 0 {
                         // Only a CR is buffered: read on.
-                        self.fill()?;
+                        self.fill(Reading::Data)?;
                         continue;
                     }
                     let text = pending[..n].to_vec();
@@ -907,8 +970,158 @@ mod tests {
             w.buf.len()
         );
         assert_eq!(w.read_line(512).unwrap(), Line::Text(b"QUIT".to_vec()));
-        w.shrink();
-        assert!(w.buf.len() <= 2 * READ_CHUNK);
+    }
+
+    fn state(len: usize, held: usize, last_read_filled: bool, reading: Reading) -> BufferState {
+        BufferState {
+            len,
+            held,
+            last_read_filled,
+            reading,
+        }
+    }
+
+    #[test]
+    fn the_buffer_doubles_while_reads_fill_it_up_to_the_read_chunk() {
+        let mut len = SMALL_CHUNK;
+        let mut sizes = vec![len];
+        while len < READ_CHUNK {
+            len = buffer_size(state(len, 10, true, Reading::Data));
+            sizes.push(len);
+        }
+        assert_eq!(len, READ_CHUNK);
+        assert_eq!(sizes.len(), 7, "1 KiB to 64 KiB in doublings: {sizes:?}");
+        assert_eq!(
+            buffer_size(state(READ_CHUNK, 10, true, Reading::Data)),
+            READ_CHUNK
+        );
+        // Reads that leave room do not grow it.
+        assert_eq!(buffer_size(state(4096, 10, false, Reading::Data)), 4096);
+    }
+
+    #[test]
+    fn a_buffer_without_room_doubles_even_beyond_the_read_chunk() {
+        assert_eq!(
+            buffer_size(state(SMALL_CHUNK, SMALL_CHUNK, false, Reading::Command)),
+            2 * SMALL_CHUNK
+        );
+        assert_eq!(
+            buffer_size(state(READ_CHUNK, READ_CHUNK, true, Reading::Data)),
+            2 * READ_CHUNK
+        );
+    }
+
+    #[test]
+    fn the_buffer_shrinks_back_only_when_the_session_waits_idle() {
+        assert_eq!(
+            buffer_size(state(READ_CHUNK, 0, false, Reading::Command)),
+            SMALL_CHUNK
+        );
+        assert_eq!(
+            buffer_size(state(READ_CHUNK, SMALL_CHUNK / 2, false, Reading::Command)),
+            SMALL_CHUNK
+        );
+        // Not while message data is read, nor while more is on its way (the last read filled
+        // its room), nor while a long command line is being read.
+        assert_eq!(
+            buffer_size(state(READ_CHUNK, 0, false, Reading::Data)),
+            READ_CHUNK
+        );
+        assert_eq!(buffer_size(state(4096, 0, true, Reading::Command)), 8192);
+        assert_eq!(
+            buffer_size(state(8192, 3000, false, Reading::Command)),
+            8192
+        );
+    }
+
+    /// A stream that returns its parts one after the other (a read never spans two, as when
+    /// the client pauses between them), and records the room each read offered.
+    struct Parts {
+        parts: std::collections::VecDeque<Vec<u8>>,
+        offered: Vec<usize>,
+    }
+
+    impl Read for Parts {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.offered.push(buf.len());
+            let Some(part) = self.parts.front_mut() else {
+                return Ok(0);
+            };
+            let n = buf.len().min(part.len());
+            buf[..n].copy_from_slice(&part[..n]);
+            part.drain(..n);
+            if part.is_empty() {
+                self.parts.pop_front();
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Parts {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn parts(parts: &[&[u8]]) -> Wire<Parts> {
+        Wire::new(
+            Parts {
+                parts: parts.iter().map(|p| p.to_vec()).collect(),
+                offered: Vec::new(),
+            },
+            Terminators::Crlf,
+        )
+    }
+
+    /// 64 KiB of message data in 64-octet lines, with the end-of-data line.
+    fn message_64k() -> Vec<u8> {
+        let mut m = [&[b'x'; 62][..], b"\r\n"].concat().repeat(1024);
+        m.extend_from_slice(b".\r\n");
+        m
+    }
+
+    #[test]
+    fn a_connection_waiting_for_its_first_command_holds_a_small_buffer() {
+        let mut w = parts(&[b"LHLO relay.example\r\n", b"MAIL FROM:<a@b>\r\n"]);
+        assert_eq!(
+            w.read_line(512).unwrap(),
+            Line::Text(b"LHLO relay.example".to_vec())
+        );
+        assert_eq!(
+            w.read_line(512).unwrap(),
+            Line::Text(b"MAIL FROM:<a@b>".to_vec())
+        );
+        assert_eq!(w.buf.len(), SMALL_CHUNK);
+        assert!(w.out.capacity() <= OUT_CHUNK);
+    }
+
+    #[test]
+    fn a_large_message_is_read_in_growing_pieces_and_the_buffer_shrinks_back_when_idle() {
+        let message = message_64k();
+        let mut w = parts(&[b"DATA\r\n", &message, b"QUIT\r\n"]);
+        assert_eq!(w.read_line(512).unwrap(), Line::Text(b"DATA".to_vec()));
+        let mut body = Vec::new();
+        let o = w.read_data(&mut body, 1 << 20).unwrap();
+        assert_eq!(o.size, 64 * 1024);
+        let data_reads = w.stream().offered.len() - 1;
+        assert!(
+            data_reads <= 10,
+            "64 KiB read in {data_reads} reads: {:?}",
+            w.stream().offered
+        );
+        assert_eq!(w.buf.len(), READ_CHUNK, "{:?}", w.stream().offered);
+        // Many replies were queued: they go out before the wait, and their room goes too.
+        w.out().extend_from_slice(&[b'r'; 16 * 1024]);
+        assert_eq!(w.read_line(512).unwrap(), Line::Text(b"QUIT".to_vec()));
+        assert_eq!(
+            w.buf.len(),
+            SMALL_CHUNK,
+            "the session waits idle with a large buffer"
+        );
+        assert!(w.out.capacity() <= OUT_CHUNK, "{}", w.out.capacity());
     }
 
     #[test]

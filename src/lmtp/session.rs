@@ -704,9 +704,9 @@ impl Session<'_> {
             self.reply(reply);
         }
         self.ctx.counters.transaction(started.elapsed());
-        // A large message's memory or file goes; the next message starts small again.
+        // A large message's memory or file goes; the next message starts small again (the
+        // wire's read buffer shrinks back by itself when the session next waits idle).
         self.body.clear();
-        self.wire.shrink();
         if oversize.is_some() {
             log::warn!(
                 "connection {} from {}: message larger than its declared SIZE; closing the connection",
