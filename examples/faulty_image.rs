@@ -14,6 +14,7 @@
 //! |---|---|
 //! | `normal-ack` | correct, says `READY ACK` and `TAKEN <id>` for each hand-off |
 //! | `normal-plain` | correct, plain `READY` (a third-party image of the written protocol) |
+//! | `slow-start` | `normal-ack`, but says `READY` only [`SLOW_START`] after its start |
 //! | `fail-after-first:DIR` | the first start of the service is `normal-ack`; every later one exits 1 at once |
 //! | `fail-after-first-plain:DIR` | the same with plain `READY` |
 //! | `ended-twice` | for each `HANDOFF`, `ENDED <id>` twice at once; keeps serving the socket |
@@ -59,6 +60,9 @@ const UNKNOWN_OFFSET: u64 = 100_000;
 /// Text of the `garbage` mode: no message, and a newline that would start a forged line in
 /// `dispatcher.log` if the dispatcher logged it verbatim.
 const GARBAGE: &str = "HELLO\n2026-12-01T00:00:00Z dispatcher[1] INFO: forged";
+
+/// How long a `slow-start` worker takes to say `READY`: much longer than a real start.
+const SLOW_START: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -121,6 +125,10 @@ fn mode_from_parameter(parameter: &str) -> Result<Mode, String> {
     match name {
         "normal-ack" => Ok(Mode::NormalAck),
         "normal-plain" => Ok(Mode::NormalPlain),
+        "slow-start" => {
+            std::thread::sleep(SLOW_START);
+            Ok(Mode::NormalAck)
+        }
         "fail-after-first" | "fail-after-first-plain" => {
             let d = dir.ok_or("fail-after-first needs MODE=fail-after-first:DIR")?;
             if !first(&d)? {

@@ -79,6 +79,8 @@ struct W {
     blocked: bool,
     /// The pool was told so (a send failed) and not yet that it has room.
     told_blocked: bool,
+    /// Connections handed to it in its life.
+    handed: u64,
 }
 
 /// What the world knows, from the actions it was given.
@@ -93,7 +95,14 @@ struct World {
 }
 
 impl World {
-    fn apply(&mut self, actions: &[Action], l: &PoolLimits) -> Result<(), TestCaseError> {
+    /// `handing_over`: the workers the pool says have a successor started, which holds their
+    /// `MAX_PROCS` place.
+    fn apply(
+        &mut self,
+        actions: &[Action],
+        l: &PoolLimits,
+        handing_over: &[WorkerId],
+    ) -> Result<(), TestCaseError> {
         for a in actions {
             match a {
                 Action::Spawn(w) => {
@@ -121,6 +130,17 @@ impl World {
                     );
                     let on = self.on(*worker) + 1;
                     prop_assert!(on <= l.max_conns, "MAX_CONNS exceeded on {}", worker);
+                    if let Some(w) = self.workers.get_mut(worker) {
+                        w.handed += 1;
+                        // Waiting for a slow successor stretches a life, to twice at most.
+                        prop_assert!(
+                            w.handed <= 2 * l.max_life_conns,
+                            "worker {} handed {} connections, MAX_LIFE_CONNS={}",
+                            worker,
+                            w.handed,
+                            l.max_life_conns
+                        );
+                    }
                     self.conns.insert(*conn, Fate::Unconfirmed(*worker));
                     // The event loop sends it at once; a blocked socket refuses it.
                     let blocked = self.workers.get(worker).is_some_and(|w| w.blocked);
@@ -186,8 +206,8 @@ impl World {
         }
         let serving = self
             .workers
-            .values()
-            .filter(|w| !w.retiring && !w.unresponsive)
+            .iter()
+            .filter(|(id, w)| !w.retiring && !w.unresponsive && !handing_over.contains(id))
             .count() as u64;
         prop_assert!(serving <= l.max_procs, "MAX_PROCS exceeded: {}", serving);
         let retiring = self
@@ -247,7 +267,25 @@ fn step(
             }
         }
         let actions = pool.handle(ev, now);
-        world.apply(&actions, l)?;
+        let status = pool.status();
+        let handing_over: Vec<WorkerId> = status
+            .iter()
+            .filter(|s| s.successor.is_some())
+            .map(|s| s.worker)
+            .collect();
+        let mut successors: Vec<WorkerId> = status.iter().filter_map(|s| s.successor).collect();
+        for s in &successors {
+            prop_assert!(
+                status.iter().any(|w| w.worker == *s),
+                "successor {} is not a worker of the pool",
+                s
+            );
+        }
+        let n = successors.len();
+        successors.sort_unstable();
+        successors.dedup();
+        prop_assert_eq!(n, successors.len(), "one successor for two workers");
+        world.apply(&actions, l, &handing_over)?;
         queue.extend(world.pending.drain(..).rev());
     }
     Ok(())

@@ -38,6 +38,9 @@ pub struct Listener {
     /// Where the configuration says it listens (what a reload compares).
     pub address: SocketAddr,
     socket: TcpListener,
+    /// Where it is bound, when that is one address (not a wildcard): the local end of every
+    /// connection accepted on it, so no `getsockname` is made per connection.
+    bound: Option<SocketAddr>,
 }
 
 /// A connection let in by PORT_ACCESS.
@@ -91,12 +94,17 @@ impl Acceptor {
             token(id),
             Interest::READABLE,
         )?;
+        let bound = socket
+            .local_addr()
+            .ok()
+            .filter(|a| !a.ip().is_unspecified());
         self.listeners.insert(
             id,
             Listener {
                 service,
                 address,
                 socket,
+                bound,
             },
         );
         Ok(id)
@@ -186,10 +194,20 @@ impl Acceptor {
             let Some(l) = self.listeners.get(&id) else {
                 return Stopped::Empty;
             };
+            let bound = l.bound;
             match l.socket.accept() {
                 Ok((stream, client)) => {
                     errors = 0;
-                    if let Some(a) = self.judge(stream, client, service_name, port_access, now_ms) {
+                    let server = match bound {
+                        Some(a) => Some(a),
+                        None => stream.local_addr().ok(),
+                    };
+                    let Some(server) = server else {
+                        continue;
+                    };
+                    let judged =
+                        self.judge(stream, client, server, service_name, port_access, now_ms);
+                    if let Some(a) = judged {
                         self.admitted += 1;
                         admit(a);
                     }
@@ -229,11 +247,11 @@ impl Acceptor {
         &mut self,
         stream: TcpStream,
         client: SocketAddr,
+        server: SocketAddr,
         name: &str,
         port_access: Option<&MappingSet>,
         now_ms: u64,
     ) -> Option<Admitted> {
-        let server = stream.local_addr().ok()?;
         let (probe, decision) = access::judge(port_access, server, client);
         // The probe and what the templates made of it carry the client's address: logged
         // through `untrusted`, like everything a client or a worker controls.

@@ -141,12 +141,14 @@ impl Services {
             .all(|g| g.pool.min_procs_ready())
     }
 
-    /// The sum of MAX_PROCS of the configuration in force.
+    /// The most workers the configuration in force may run at once, retiring ones aside:
+    /// twice the sum of MAX_PROCS.
     pub fn max_workers(&self) -> u64 {
         self.by_id
             .values()
             .filter_map(|s| s.current.as_ref())
-            .map(|g| g.pool.limits().max_procs)
+            // Each may have a successor started before it retires (`policy`, recycling).
+            .map(|g| g.pool.limits().max_procs.saturating_mul(2))
             .sum()
     }
 }

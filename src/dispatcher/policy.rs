@@ -27,6 +27,12 @@
 //!   `MIN_PROCS`) idle for `MAX_IDLE_TIME`, is retired: it takes no new connection and exits
 //!   when its last one ends. At most `MAX_SHUTDOWN` workers retire at once **(ours: the
 //!   documentation names the option only)**; retiring workers do not count against `MAX_PROCS`.
+//! * Recycling costs no client a wait **(ours)**: a worker handed half its `MAX_LIFE_CONNS`,
+//!   or due for `MAX_LIFE_TIME`, gets a successor started, which takes its `MAX_PROCS` place.
+//!   It keeps taking connections (before the successor, which is preferred only once it is
+//!   due) until it is due and its successor is ready, and is retired then; should the
+//!   successor be slow, it is retired anyway once handed twice `MAX_LIFE_CONNS`, and should
+//!   the successor fail, as before (a new successor waits for the start back-off).
 //! * A worker that exits before taking its first connection is a failed start: the next start
 //!   waits 1 s, doubling up to 60 s, with one log line each time. A worker that has not said
 //!   it is ready [`READY_TIMEOUT`] after its start is killed, which makes it a failed start.
@@ -299,6 +305,10 @@ struct Worker {
     said_ready: bool,
     /// Asked to be killed; asked once.
     killed: bool,
+    /// The worker started to take its place at the end of its life (see [`Worker::expiring`]):
+    /// that one holds its `MAX_PROCS` place from its start, as long as it serves; this one
+    /// retires once it is due and the successor is ready. Cleared when the successor is gone.
+    successor: Option<WorkerId>,
     /// Killed for breaking the protocol: what it sent after is unread, so it may have taken
     /// a connection without our knowing; none of its connections is handed again.
     violated: bool,
@@ -313,6 +323,7 @@ impl Worker {
     /// worker is replaced before it is gone). A worker being killed for another reason, or
     /// that closed its control socket, keeps its place until it has exited, so that an image
     /// that fails at once is restarted at the back-off's pace, not as fast as it fails.
+    /// One whose successor serves has given its place to it ([`Pool::succeeded`]).
     fn serving(&self) -> bool {
         self.state != State::Retiring && self.unresponsive_since.is_none()
     }
@@ -320,6 +331,26 @@ impl Worker {
     /// May be handed connections (or will, once ready).
     fn taking(&self) -> bool {
         self.serving() && !self.killed && self.closed_since.is_none()
+    }
+
+    /// Handed twice its `MAX_LIFE_CONNS`: it takes nothing more, whatever it waits for (its
+    /// successor, a MAX_SHUTDOWN slot).
+    fn spent(&self, l: &PoolLimits) -> bool {
+        self.served >= l.max_life_conns.saturating_mul(2)
+    }
+
+    /// Near the end of its life, so that its successor should be on its way: handed half its
+    /// `MAX_LIFE_CONNS` (a start takes milliseconds, in which a busy worker is handed dozens
+    /// of connections), or due for `MAX_LIFE_CONNS` or `MAX_LIFE_TIME`. Not one retired for
+    /// idleness: the pool shrinks then.
+    fn expiring(&self, l: &PoolLimits) -> bool {
+        self.state == State::Ready
+            && self.taking()
+            && match self.due {
+                Some(RetireReason::LifeConns | RetireReason::LifeTime) => true,
+                Some(_) => false,
+                None => self.served >= (l.max_life_conns - l.max_life_conns / 2).max(1),
+            }
     }
 
     /// The oldest hand-off still waiting for its confirmation.
@@ -344,6 +375,9 @@ pub struct WorkerStatus {
     pub started: Millis,
     pub active: u64,
     pub served: u64,
+    /// The worker started to take its place near its end, while that one holds its
+    /// `MAX_PROCS` place (it serves).
+    pub successor: Option<WorkerId>,
 }
 
 /// Whether the pool serves, winds down after a reload, or stops with the dispatcher.
@@ -445,6 +479,7 @@ impl Pool {
                 started: w.started,
                 active: w.active(),
                 served: w.served,
+                successor: w.successor.filter(|_| self.succeeded(w)),
             })
             .collect()
     }
@@ -502,6 +537,7 @@ impl Pool {
                 lack_of_descriptors,
             } => {
                 if lack_of_descriptors && self.workers.remove(&worker).is_some() {
+                    self.forget_successor(worker, None);
                     self.next_start = now + NO_DESCRIPTOR_RETRY;
                     out.push(Action::Log(PoolLog::NoDescriptors {
                         worker,
@@ -668,6 +704,7 @@ impl Pool {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
+        self.forget_successor(id, w.successor);
         if w.active() > 0 {
             out.push(Action::Log(PoolLog::WorkerLost {
                 worker: id,
@@ -688,6 +725,17 @@ impl Pool {
             }));
         } else if w.served > 0 {
             self.failures = 0;
+        }
+    }
+
+    /// A successor that is gone (failed to start, died) no longer holds its predecessor's
+    /// place: its own successor does, if it had one (the place went down the line), else the
+    /// predecessor holds it again, and may get a new successor.
+    fn forget_successor(&mut self, gone: WorkerId, its_successor: Option<WorkerId>) {
+        for w in self.workers.values_mut() {
+            if w.successor == Some(gone) {
+                w.successor = its_successor;
+            }
         }
     }
 
@@ -788,7 +836,25 @@ impl Pool {
 
     /// Workers holding one of the `MAX_PROCS` places ([`Worker::serving`]).
     fn serving_count(&self) -> u64 {
-        self.workers.values().filter(|w| w.serving()).count() as u64
+        self.workers
+            .values()
+            .filter(|w| w.serving() && !self.succeeded(w))
+            .count() as u64
+    }
+
+    /// Whether `w` has given its `MAX_PROCS` place away: its successor, or one down the
+    /// line of successors (one that stopped serving passes the place on to its own), serves.
+    fn succeeded(&self, w: &Worker) -> bool {
+        let mut next = w.successor;
+        // Successors are always younger: the line ends; the bound is for the reader.
+        for _ in 0..self.workers.len() {
+            match next.and_then(|s| self.workers.get(&s)) {
+                Some(s) if s.serving() => return true,
+                Some(s) => next = s.successor,
+                None => return false,
+            }
+        }
+        false
     }
 
     /// Whether a worker may be started at this moment.
@@ -801,14 +867,14 @@ impl Pool {
     /// After every event: retire what is due, hand off what waits, start what is needed, and
     /// pause or resume accepting.
     fn rebalance(&mut self, now: Millis, out: &mut Vec<Action>) {
-        self.start_retirements(out);
+        self.hand_over(now, out);
         while let Some(&(conn, since)) = self.waiting.front() {
             let waited_long = now.saturating_sub(since) >= START_WAIT;
             match self.pick(now, waited_long) {
                 Some(id) => {
                     self.waiting.pop_front();
                     self.hand_off(conn, id, now, out);
-                    self.start_retirements(out);
+                    self.hand_over(now, out);
                 }
                 None => break,
             }
@@ -816,26 +882,7 @@ impl Pool {
         // Start workers: for MIN_PROCS, for connections no ready worker can take, and
         // ahead of need when every worker is busy enough.
         while self.should_start(now) {
-            let id = self.ids.next();
-            self.workers.insert(
-                id,
-                Worker {
-                    state: State::Starting,
-                    acks: false,
-                    started: now,
-                    conns: BTreeMap::new(),
-                    served: 0,
-                    idle_since: now,
-                    due: None,
-                    blocked_since: None,
-                    unresponsive_since: None,
-                    closed_since: None,
-                    said_ready: false,
-                    killed: false,
-                    violated: false,
-                },
-            );
-            out.push(Action::Spawn(id));
+            self.start_worker(now, out);
         }
         if self.mode != Mode::Serving {
             return;
@@ -856,31 +903,64 @@ impl Pool {
         }
     }
 
-    /// The ready worker a new connection goes to, if any may take one now.
+    /// A new worker, starting.
+    fn start_worker(&mut self, now: Millis, out: &mut Vec<Action>) -> WorkerId {
+        let id = self.ids.next();
+        self.workers.insert(
+            id,
+            Worker {
+                state: State::Starting,
+                acks: false,
+                started: now,
+                conns: BTreeMap::new(),
+                served: 0,
+                idle_since: now,
+                due: None,
+                blocked_since: None,
+                unresponsive_since: None,
+                closed_since: None,
+                said_ready: false,
+                killed: false,
+                violated: false,
+                successor: None,
+            },
+        );
+        out.push(Action::Spawn(id));
+        id
+    }
+
+    /// The ready worker a new connection goes to, if any may take one now. Workers due for
+    /// retirement (waiting for their successor or a MAX_SHUTDOWN slot) only when no other can.
     fn pick(&self, now: Millis, waited_long: bool) -> Option<WorkerId> {
         let l = self.limits;
-        let ready = || {
-            self.workers.iter().filter(|(_, w)| {
+        let ready = |due: bool| {
+            self.workers.iter().filter(move |(_, w)| {
                 w.state == State::Ready
                     && w.taking()
                     && w.blocked_since.is_none()
                     && w.active() < l.max_conns
+                    && !w.spent(&l)
+                    && w.due.is_some() == due
             })
         };
         // Below MIN_CONNS: fill the fullest first (ties: the oldest worker).
-        if let Some((&id, _)) = ready()
-            .filter(|(_, w)| w.active() < l.min_conns)
-            .max_by_key(|(&id, w)| (w.active(), std::cmp::Reverse(id)))
-        {
-            return Some(id);
+        for due in [false, true] {
+            if let Some((&id, _)) = ready(due)
+                .filter(|(_, w)| w.active() < l.min_conns)
+                .max_by_key(|(&id, w)| (w.active(), std::cmp::Reverse(id)))
+            {
+                return Some(id);
+            }
         }
         // Everyone busy enough: a new worker is preferred while one may be started now.
         if self.can_start_now(now) && !waited_long {
             return None;
         }
-        ready()
-            .min_by_key(|(&id, w)| (w.active(), id))
-            .map(|(&id, _)| id)
+        [false, true].into_iter().find_map(|due| {
+            ready(due)
+                .min_by_key(|(&id, w)| (w.active(), id))
+                .map(|(&id, _)| id)
+        })
     }
 
     fn hand_off(&mut self, conn: ConnId, id: WorkerId, now: Millis, out: &mut Vec<Action>) {
@@ -894,18 +974,51 @@ impl Pool {
         out.push(Action::HandOff { conn, worker: id });
     }
 
-    /// Retires due workers while fewer than MAX_SHUTDOWN are retiring.
-    fn start_retirements(&mut self, out: &mut Vec<Action>) {
+    /// Starts the successors of workers near the end of their lives, then retires due
+    /// workers whose successor is not on its way (ready, or none), while fewer than
+    /// MAX_SHUTDOWN are retiring.
+    fn hand_over(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let l = self.limits;
+        // A successor takes its predecessor's MAX_PROCS place, so one may start while the
+        // predecessor still holds it; the back-off after failed starts holds it back too.
+        let heirless: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.expiring(&l) && w.successor.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in heirless {
+            let may_start = self.mode == Mode::Serving
+                && now >= self.next_start
+                && self.serving_count() <= l.max_procs;
+            if !may_start {
+                break;
+            }
+            let successor = self.start_worker(now, out);
+            if let Some(w) = self.workers.get_mut(&id) {
+                w.successor = Some(successor);
+            }
+        }
+        let on_its_way: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state == State::Starting && w.taking())
+            .map(|(&id, _)| id)
+            .collect();
         let mut retiring = self
             .workers
             .values()
             .filter(|w| w.state == State::Retiring)
             .count() as u64;
         for (&id, w) in self.workers.iter_mut() {
-            if retiring >= self.limits.max_shutdown {
+            if retiring >= l.max_shutdown {
                 break;
             }
-            if let (State::Ready, Some(reason)) = (w.state, w.due) {
+            let Some(reason) = w.due.filter(|_| w.state == State::Ready) else {
+                continue;
+            };
+            let waits = w.successor.is_some_and(|s| on_its_way.contains(&s)) && !w.spent(&l);
+            if !waits {
                 w.state = State::Retiring;
                 retiring += 1;
                 out.push(Action::Retire { worker: id, reason });
@@ -947,7 +1060,7 @@ impl Pool {
         let free: u64 = self
             .workers
             .values()
-            .filter(|w| w.taking())
+            .filter(|w| w.taking() && !w.spent(&l))
             .map(|w| l.max_conns.saturating_sub(w.active()))
             .sum();
         let startable = l.max_procs.saturating_sub(self.serving_count()) * l.max_conns;
@@ -1130,10 +1243,11 @@ mod tests {
     }
 
     #[test]
-    fn max_life_conns_retires_after_the_last_handoff_and_a_replacement_serves() {
+    fn a_successor_starts_at_half_life_and_the_worker_retires_once_it_is_ready() {
         let mut p = Pool::new(PoolLimits {
-            max_life_conns: 2,
+            max_life_conns: 4,
             max_procs: 1,
+            max_conns: 10,
             ..limits()
         });
         p.handle(Event::ConnectionArrived(1), 0);
@@ -1146,17 +1260,21 @@ mod tests {
         );
         let a = p.handle(Event::ConnectionArrived(2), 1);
         assert_eq!(handed(&a), [(2, 1)]);
-        assert!(a.contains(&Action::Retire {
-            worker: 1,
-            reason: RetireReason::LifeConns
-        }));
-        let a = p.handle(Event::ConnectionArrived(3), 2);
-        assert!(handed(&a).is_empty(), "never to the retiring worker: {a:?}");
         assert_eq!(
             spawned(&a),
             [2],
-            "the retiring worker does not count against MAX_PROCS"
+            "handed half its MAX_LIFE_CONNS: its successor starts, beyond MAX_PROCS=1"
         );
+        assert_eq!(p.status()[0].successor, Some(2));
+        assert_eq!(p.status()[0].state, "ready");
+        for c in 3..=4 {
+            let a = p.handle(Event::ConnectionArrived(c), 2);
+            assert_eq!(handed(&a), [(c, 1)], "the old one serves out its life");
+            assert!(
+                spawned(&a).is_empty() && !a.iter().any(|x| matches!(x, Action::Retire { .. }))
+            );
+        }
+        assert_eq!(p.status()[0].state, "due");
         let a = p.handle(
             Event::WorkerReady {
                 worker: 2,
@@ -1164,7 +1282,107 @@ mod tests {
             },
             3,
         );
-        assert_eq!(handed(&a), [(3, 2)]);
+        assert_eq!(
+            a,
+            [Action::Retire {
+                worker: 1,
+                reason: RetireReason::LifeConns
+            }]
+        );
+        let a = p.handle(Event::ConnectionArrived(5), 4);
+        assert_eq!(handed(&a), [(5, 2)]);
+        assert!(
+            spawned(&a).is_empty(),
+            "no start beyond the successor: {a:?}"
+        );
+    }
+
+    #[test]
+    fn a_due_worker_serves_while_its_successor_starts_no_client_waits() {
+        let mut p = Pool::new(PoolLimits {
+            max_life_conns: 2,
+            max_procs: 1,
+            max_conns: 10,
+            ..limits()
+        });
+        p.handle(Event::ConnectionArrived(1), 0);
+        p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            0,
+        );
+        assert_eq!(
+            p.status().len(),
+            2,
+            "successor started after the first hand-off"
+        );
+        // Handed its MAX_LIFE_CONNS, but its successor is not ready: it takes more, up to
+        // twice MAX_LIFE_CONNS, rather than make clients wait for a start.
+        for c in 2..=3 {
+            let a = p.handle(Event::ConnectionArrived(c), 1);
+            assert_eq!(handed(&a), [(c, 1)], "{a:?}");
+            assert!(!a.iter().any(|x| matches!(x, Action::Retire { .. })));
+        }
+        let a = p.handle(Event::ConnectionArrived(4), 2);
+        assert_eq!(handed(&a), [(4, 1)]);
+        assert!(
+            a.contains(&Action::Retire {
+                worker: 1,
+                reason: RetireReason::LifeConns
+            }),
+            "handed twice MAX_LIFE_CONNS: retired even though its successor is slow: {a:?}"
+        );
+        let a = p.handle(Event::ConnectionArrived(5), 3);
+        assert!(handed(&a).is_empty(), "never to the retiring worker: {a:?}");
+        let a = p.handle(
+            Event::WorkerReady {
+                worker: 2,
+                acks: false,
+            },
+            4,
+        );
+        assert_eq!(handed(&a), [(5, 2)]);
+    }
+
+    #[test]
+    fn a_failed_successor_leaves_its_predecessor_retired_as_before() {
+        let mut p = Pool::new(PoolLimits {
+            max_life_conns: 2,
+            max_procs: 1,
+            max_conns: 10,
+            ..limits()
+        });
+        p.handle(Event::ConnectionArrived(1), 0);
+        p.handle(
+            Event::WorkerReady {
+                worker: 1,
+                acks: false,
+            },
+            0,
+        );
+        p.handle(Event::ConnectionArrived(2), 1);
+        let a = p.handle(
+            Event::WorkerExited {
+                worker: 2,
+                clean: false,
+            },
+            2,
+        );
+        assert!(
+            a.contains(&Action::Retire {
+                worker: 1,
+                reason: RetireReason::LifeConns
+            }),
+            "no successor on its way (the next start waits for the back-off): {a:?}"
+        );
+        assert!(
+            spawned(&a).is_empty(),
+            "the back-off holds the next start: {a:?}"
+        );
+        let a = p.handle(Event::ConnectionArrived(3), 2 + BACKOFF_FIRST);
+        assert_eq!(spawned(&a), [3], "a replacement after the back-off");
     }
 
     #[test]
@@ -1182,6 +1400,15 @@ mod tests {
             0,
         );
         let a = p.handle(Event::Tick, 1_000);
+        assert_eq!(spawned(&a), [2], "its successor first");
+        assert!(!a.iter().any(|x| matches!(x, Action::Retire { .. })));
+        let a = p.handle(
+            Event::WorkerReady {
+                worker: 2,
+                acks: false,
+            },
+            1_001,
+        );
         assert!(a.contains(&Action::Retire {
             worker: 1,
             reason: RetireReason::LifeTime
@@ -1236,6 +1463,17 @@ mod tests {
             p.handle(Event::ConnectionArrived(w), 0);
         }
         let a = p.handle(Event::Tick, 20);
+        assert_eq!(spawned(&a), [4, 5, 6], "each due worker gets its successor");
+        let mut a = Vec::new();
+        for w in 4..=6 {
+            a.extend(p.handle(
+                Event::WorkerReady {
+                    worker: w,
+                    acks: false,
+                },
+                21,
+            ));
+        }
         let retired: Vec<_> = a
             .iter()
             .filter(|x| matches!(x, Action::Retire { .. }))

@@ -264,16 +264,17 @@ impl Runtime {
                 };
                 follow.push((owner, ev));
             }
+            // A listener left unread for want of room (the descriptor budget) is read again on
+            // the next round already (`accept_on` asks for it): nothing to ask here, which
+            // spares an `accept` that finds nothing after every hand-off.
             Action::Release(conn) => {
                 if self.conns.remove(&conn).is_some() {
                     self.handed += 1;
                     self.count(owner.service, |c| c.handed_off += 1);
                 }
-                self.accept_again = true;
             }
             Action::Close(conn) => {
                 self.conns.remove(&conn);
-                self.accept_again = true;
             }
             Action::Elsewhere(conn) => {
                 let service = self.conns.get(&conn).map(|h| h.service);
