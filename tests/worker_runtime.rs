@@ -8,7 +8,6 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
 use std::time::Duration;
 
 use common::ChildGuard;
@@ -22,14 +21,14 @@ fn start(max_conns: u64) -> (ChildGuard, OwnedFd) {
     let (dispatcher_end, worker_end) = wire::control_pair().expect("control pair");
     let image = common::example("echo_image");
     let spec = WorkerSpec {
-        image: &image,
-        service: "ECHO",
-        parameter: "CHANNEL=none",
+        image: image.clone(),
+        service: "ECHO".into(),
+        parameter: "CHANNEL=none".into(),
         stack_size: 256 * 1024,
         max_conns,
         debug: 0,
-        tailor: Path::new("/nonexistent/imta_tailor"),
-        import_environment: &[],
+        tailor: "/nonexistent/imta_tailor".into(),
+        import_environment: Vec::new(),
         run_as: None,
     };
     let child = spawn_worker(&spec, &worker_end, None).expect("spawn echo image");

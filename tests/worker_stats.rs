@@ -36,14 +36,14 @@ fn start_store_worker(layout: &Layout) -> (ChildGuard, OwnedFd) {
     });
     let log = std::fs::File::create(layout.root.join("worker.log")).expect("log file");
     let spec = WorkerSpec {
-        image: &image,
-        service: "tcp_lmtp",
-        parameter: "CHANNEL=tcp_lmtpss",
+        image: image.clone(),
+        service: "tcp_lmtp".into(),
+        parameter: "CHANNEL=tcp_lmtpss".into(),
         stack_size: 512 * 1024,
         max_conns: 5,
         debug: 0,
-        tailor: &tailor,
-        import_environment: &[],
+        tailor: tailor.clone(),
+        import_environment: Vec::new(),
         run_as,
     };
     let child = spawn_worker(&spec, &worker_end, Some(log)).expect("spawn the LMTP image");

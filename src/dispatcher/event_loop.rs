@@ -216,6 +216,7 @@ impl Loop {
                         }
                     }
                     Some(Source::Signals) => signals.drain_wakeups(),
+                    Some(Source::Spawned) => self.rt.take_spawned(),
                     Some(Source::Metrics) => {
                         // Before a takeover's commit the other dispatcher answers.
                         if let Some(m) =
@@ -259,6 +260,8 @@ impl Loop {
             self.on_signals(arrived);
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + TICK;
+                // Also heard without the waker (one that failed to wake).
+                self.rt.take_spawned();
                 self.rt.reap();
                 self.rt.feed_all(&Event::Tick);
                 self.rt.accept_again = true;

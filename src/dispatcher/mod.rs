@@ -15,6 +15,7 @@
 //! * [`account`]: which account a service's workers run as, with which capability.
 //! * [`spawn`]: starting a worker process with its control socket on descriptor 3, a clean
 //!   environment and no other descriptor.
+//! * [`spawner`]: the thread that makes those starts, so the event loop does not wait for them.
 //! * [`log`]: `dispatcher.log`; [`logfiles`]: versioned log names; [`pidfile`]: the locked
 //!   pid file; [`notify`]: telling a service manager (systemd) how it is doing.
 //! * [`control`]: the control socket and the metrics endpoint's connections; [`commands`]:
@@ -46,6 +47,7 @@ pub mod restart;
 pub mod runtime;
 pub mod signals;
 pub mod spawn;
+pub mod spawner;
 pub mod start;
 pub mod status;
 pub mod takeover;

@@ -23,7 +23,8 @@ use super::policy::{
     Action, ConnId, Event, KillReason, Pool, PoolLimits, PoolLog, WorkerId, WorkerIds,
 };
 use super::spawn::WorkerSpec;
-use super::workers::{Owner, Workers};
+use super::spawner::{self, SpawnJob, Spawned, Spawner};
+use super::workers::{Owner, StartError, Workers};
 use crate::config::service::Service;
 use crate::log_text::{untrusted, Throttle};
 use crate::mapping::table::MappingSet;
@@ -32,6 +33,8 @@ use crate::mapping::table::MappingSet;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Signals,
+    /// The starting thread has made a start ([`super::spawner`]).
+    Spawned,
     Listener(ListenerId),
     Worker(WorkerId),
     /// The control socket.
@@ -46,6 +49,7 @@ impl Source {
     pub fn token(self) -> Token {
         let (id, kind) = match self {
             Source::Signals => (0, 0),
+            Source::Spawned => (1, 0),
             Source::Listener(id) => (id, 1),
             Source::Worker(id) => (id, 2),
             Source::Control => (0, 3),
@@ -58,7 +62,8 @@ impl Source {
     pub fn of(token: Token) -> Option<Source> {
         let id = (token.0 >> 2) as u64;
         match token.0 & 3 {
-            0 => Some(Source::Signals),
+            0 if id == 0 => Some(Source::Signals),
+            0 => Some(Source::Spawned),
             1 => Some(Source::Listener(id)),
             2 => Some(Source::Worker(id)),
             _ => Some(match id {
@@ -121,11 +126,24 @@ pub struct Runtime {
     pub accept_again: bool,
     /// Starts failing for lack of descriptors are retried every second: logged once a minute.
     no_descriptors_log: Throttle,
+    /// Makes the starts off the event loop; `None` when its thread could not be started
+    /// (starts are then made in the loop).
+    spawner: Option<Spawner>,
 }
 
 impl Runtime {
     pub fn new(poll: Poll, tailor: PathBuf, port_access: Option<MappingSet>, nofile: u64) -> Self {
+        let spawner = mio::Waker::new(poll.registry(), Source::Spawned.token())
+            .and_then(|waker| Spawner::new(std::sync::Arc::new(waker)));
+        let spawner = match spawner {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!("no thread to start workers ({e}): they are started in the event loop");
+                None
+            }
+        };
         Runtime {
+            spawner,
             poll,
             services: Services::default(),
             workers: Workers::default(),
@@ -389,64 +407,121 @@ impl Runtime {
     fn spawn(&mut self, owner: Owner, id: WorkerId) -> Option<Event> {
         let gp = self.services.pool_of(owner)?;
         let config = Rc::clone(&gp.config);
-        let account = gp.account;
         let spec = WorkerSpec {
-            image: &config.image.value,
-            service: &config.name,
-            parameter: config.parameter.value.as_deref().unwrap_or(""),
+            image: config.image.value.clone(),
+            service: config.name.clone(),
+            parameter: config.parameter.value.clone().unwrap_or_default(),
             stack_size: config.limits.stacksize.value,
             max_conns: config.limits.max_conns.value,
             debug: config.debug.value,
-            tailor: &self.tailor,
-            import_environment: &config.import_environment.value,
-            run_as: account,
-        };
-        // Each worker writes its own version of the service's LOGFILE, as the original does.
-        let keep = config.limits.history_to_retain.value;
-        let output = match &config.logfile.value {
-            Some(base) => match super::logfiles::open_version(base, keep) {
-                Ok((_, f)) => Some(f),
-                Err(e) => {
-                    log::error!(
-                        "[SERVICE={}] cannot open LOGFILE {}: {e}; worker output is discarded",
-                        config.name,
-                        base.display()
-                    );
-                    None
-                }
-            },
-            None => None,
+            tailor: self.tailor.clone(),
+            import_environment: config.import_environment.value.clone(),
+            run_as: gp.account,
         };
         let token = Source::Worker(id).token();
-        let registry = self.poll.registry();
-        match self
-            .workers
-            .start(registry, id, token, owner, &spec, output)
-        {
-            Ok(pid) => {
-                self.count(owner.service, |c| c.starts += 1);
-                log::info!("[SERVICE={}] worker {id} started, pid {pid}", config.name);
-                None
-            }
-            Err(e) => {
-                // Out of descriptors: said (once a minute) by the pool's NoDescriptors line.
-                if !e.lack_of_descriptors {
-                    log::error!(
-                        "[SERVICE={}] cannot start {}: {}",
-                        config.name,
-                        config.image.value.display(),
-                        e.error
-                    );
-                }
-                Some(Event::SpawnFailed {
-                    worker: id,
-                    lack_of_descriptors: e.lack_of_descriptors,
-                })
+        let control = match self.workers.prepare(self.poll.registry(), id, token, owner) {
+            Ok(fd) => fd,
+            Err(e) => return Some(self.start_failed(owner, id, e)),
+        };
+        // Each worker writes its own version of the service's LOGFILE, as the original does.
+        let job = SpawnJob {
+            id,
+            spec,
+            control,
+            logfile: config
+                .logfile
+                .value
+                .clone()
+                .map(|base| (base, config.limits.history_to_retain.value)),
+        };
+        let job = match &mut self.spawner {
+            Some(spawner) => match spawner.submit(Box::new(job)) {
+                Ok(()) => return None,
+                Err(job) => *job,
+            },
+            None => job,
+        };
+        // No starting thread: made here, the loop waiting for it.
+        let done = spawner::run(job);
+        self.on_spawned(done)
+    }
+
+    /// Every start the starting thread has made since the last call.
+    pub fn take_spawned(&mut self) {
+        let done = self
+            .spawner
+            .as_mut()
+            .map(Spawner::take_done)
+            .unwrap_or_default();
+        for s in done {
+            let Some(owner) = self.workers.owner(s.id) else {
+                continue;
+            };
+            if let Some(ev) = self.on_spawned(s) {
+                self.feed(owner, ev);
             }
         }
     }
 
-    /// Accepts on every listener whose service's current pool has room, within the budget.
+    /// A start is done: the worker runs, or its failure for the pool.
+    fn on_spawned(&mut self, s: Spawned) -> Option<Event> {
+        let Some(owner) = self.workers.owner(s.id) else {
+            // Forgotten meanwhile (cannot happen while starts are waited for before the
+            // workers are killed): none may run unseen.
+            if let Ok(mut child) = s.result {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            return None;
+        };
+        let name = self.services.name(owner.service).to_string();
+        if let Some((base, e)) = &s.logfile_error {
+            log::error!(
+                "[SERVICE={name}] cannot open LOGFILE {}: {e}; worker output is discarded",
+                base.display()
+            );
+        }
+        match s.result {
+            Ok(child) => match self.workers.started(s.id, child) {
+                Ok(pid) => {
+                    self.count(owner.service, |c| c.starts += 1);
+                    log::info!("[SERVICE={name}] worker {} started, pid {pid}", s.id);
+                    None
+                }
+                Err(mut child) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    None
+                }
+            },
+            Err(e) => {
+                self.workers.not_started(self.poll.registry(), s.id);
+                Some(self.start_failed(owner, s.id, StartError::from(e)))
+            }
+        }
+    }
+
+    /// A worker that could not be started, for the pool (and the log unless the host is out
+    /// of descriptors, which the pool's NoDescriptors line says once a minute).
+    fn start_failed(&mut self, owner: Owner, id: WorkerId, e: StartError) -> Event {
+        if !e.lack_of_descriptors {
+            let image = self
+                .services
+                .pool_of(owner)
+                .map(|gp| gp.config.image.value.display().to_string())
+                .unwrap_or_default();
+            log::error!(
+                "[SERVICE={}] cannot start {image}: {}",
+                self.services.name(owner.service),
+                e.error
+            );
+        }
+        Event::SpawnFailed {
+            worker: id,
+            lack_of_descriptors: e.lack_of_descriptors,
+        }
+    }
+
     pub fn accept_all(&mut self) {
         self.accept_again = false;
         for (id, _, _) in self.acceptor.list() {
@@ -609,6 +684,15 @@ impl Runtime {
 
     /// The shutdown bound has passed: whatever still runs is killed.
     pub fn kill_all(&mut self) {
+        // Starts still being made first: their workers are killed with the others.
+        let waited = self
+            .spawner
+            .as_mut()
+            .map(Spawner::wait_all)
+            .unwrap_or_default();
+        for s in waited {
+            let _ = self.on_spawned(s);
+        }
         for (id, owner, pid) in self.workers.kill_all() {
             let name = self.services.name(owner.service);
             log::warn!(

@@ -22,7 +22,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use super::account::RunAs;
@@ -34,19 +34,20 @@ use crate::handoff::wire::CONTROL_FD;
 /// `IMPORT_ENVIRONMENT`.
 pub const PASSED_ENVIRONMENT: &[&str] = &["PATH", "TZ", "LANG", "LC_ALL"];
 
-/// Everything a worker is started with.
+/// Everything a worker is started with (owned: a start may run on another thread,
+/// [`super::spawner`]).
 #[derive(Debug, Clone)]
-pub struct WorkerSpec<'a> {
-    pub image: &'a Path,
-    pub service: &'a str,
-    pub parameter: &'a str,
+pub struct WorkerSpec {
+    pub image: PathBuf,
+    pub service: String,
+    pub parameter: String,
     pub stack_size: u64,
     pub max_conns: u64,
     pub debug: u32,
-    pub tailor: &'a Path,
+    pub tailor: PathBuf,
     /// The service's `IMPORT_ENVIRONMENT`: more names passed on from the dispatcher's
     /// environment.
-    pub import_environment: &'a [String],
+    pub import_environment: Vec<String>,
     /// Switch to this account before running the image (the dispatcher must be root).
     pub run_as: Option<RunAs>,
 }
@@ -56,7 +57,7 @@ pub struct WorkerSpec<'a> {
 /// and error (taken, not copied: a start costs as few descriptors as it can, for a dispatcher
 /// near its limit); without it they go to /dev/null.
 pub fn spawn_worker(
-    spec: &WorkerSpec<'_>,
+    spec: &WorkerSpec,
     control: &OwnedFd,
     output: Option<File>,
 ) -> std::io::Result<Child> {
@@ -69,7 +70,7 @@ pub fn spawn_worker(
     let fd = control.as_raw_fd();
     let run_as = spec.run_as;
     let highest_fd = highest_descriptor();
-    let mut cmd = Command::new(spec.image);
+    let mut cmd = Command::new(&spec.image);
     cmd.env_clear();
     let passed = PASSED_ENVIRONMENT
         .iter()
@@ -80,12 +81,12 @@ pub fn spawn_worker(
             cmd.env(name, value);
         }
     }
-    cmd.env(env::SERVICE, spec.service)
-        .env(env::PARAMETER, spec.parameter)
+    cmd.env(env::SERVICE, &spec.service)
+        .env(env::PARAMETER, &spec.parameter)
         .env(env::STACKSIZE, spec.stack_size.to_string())
         .env(env::MAX_CONNS, spec.max_conns.to_string())
         .env(env::DEBUG, spec.debug.to_string())
-        .env(env::TAILOR, spec.tailor)
+        .env(env::TAILOR, &spec.tailor)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(Stdio::inherit())

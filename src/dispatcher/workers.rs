@@ -19,7 +19,6 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use super::policy::{ConnId, Event, WorkerId};
-use super::spawn::{spawn_worker, WorkerSpec};
 use crate::handoff::stats::WorkerStats;
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError};
 
@@ -32,7 +31,13 @@ pub struct Owner {
 
 struct WorkerProc {
     owner: Owner,
-    child: Child,
+    /// `None` while its start is being made ([`super::spawner`]).
+    child: Option<Child>,
+    /// The worker's end of the control socket, kept until the start is done, so that the
+    /// socket does not look closed meanwhile.
+    their_end: Option<OwnedFd>,
+    /// Asked to be killed before its start was done: killed as soon as it is.
+    kill_when_started: bool,
     ctrl: OwnedFd,
     token: Token,
     /// Watched for room: a hand-off or a `DRAIN` did not fit.
@@ -49,6 +54,15 @@ pub struct StartError {
     pub error: std::io::Error,
     /// Out of descriptors: the host's fault, not the image's.
     pub lack_of_descriptors: bool,
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(error: std::io::Error) -> StartError {
+        StartError {
+            lack_of_descriptors: super::descriptors::is_exhaustion(&error),
+            error,
+        }
+    }
 }
 
 /// Every running worker, of every service and generation, by its id.
@@ -71,41 +85,31 @@ impl Workers {
     }
 
     pub fn pid(&self, id: WorkerId) -> Option<u32> {
-        self.procs.get(&id).map(|w| w.child.id())
+        self.procs.get(&id)?.child.as_ref().map(Child::id)
     }
 
-    /// Starts a worker; its control socket is watched with `token`.
-    pub fn start(
+    /// Makes the control socket of a worker about to be started and watches it with
+    /// `token`; a copy of the worker's end, for the start ([`super::spawner::SpawnJob`]),
+    /// which [`Workers::started`] or [`Workers::not_started`] then reports.
+    pub fn prepare(
         &mut self,
         registry: &Registry,
         id: WorkerId,
         token: Token,
         owner: Owner,
-        spec: &WorkerSpec<'_>,
-        output: Option<std::fs::File>,
-    ) -> Result<u32, StartError> {
-        let fail = |error: std::io::Error| StartError {
-            lack_of_descriptors: super::descriptors::is_exhaustion(&error),
-            error,
-        };
-        let (ctrl, theirs) = wire::control_pair().map_err(fail)?;
-        let child = spawn_worker(spec, &theirs, output).map_err(fail)?;
-        drop(theirs);
-        if let Err(e) =
-            registry.register(&mut SourceFd(&ctrl.as_raw_fd()), token, Interest::READABLE)
-        {
-            // Unwatched, it could never be heard: stop it now rather than hand it anything.
-            let mut child = child;
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(fail(e));
-        }
-        let pid = child.id();
+    ) -> Result<OwnedFd, StartError> {
+        let (ctrl, theirs) = wire::control_pair().map_err(StartError::from)?;
+        let copy = theirs.try_clone().map_err(StartError::from)?;
+        registry
+            .register(&mut SourceFd(&ctrl.as_raw_fd()), token, Interest::READABLE)
+            .map_err(StartError::from)?;
         self.procs.insert(
             id,
             WorkerProc {
                 owner,
-                child,
+                child: None,
+                their_end: Some(theirs),
+                kill_when_started: false,
                 ctrl,
                 token,
                 want_write: false,
@@ -113,7 +117,29 @@ impl Workers {
                 closed: false,
             },
         );
+        Ok(copy)
+    }
+
+    /// The start of a prepared worker is done: its pid. The child back when the worker is no
+    /// longer known (the caller kills and reaps it).
+    pub fn started(&mut self, id: WorkerId, child: Child) -> Result<u32, Child> {
+        let Some(w) = self.procs.get_mut(&id) else {
+            return Err(child);
+        };
+        let pid = child.id();
+        w.their_end = None;
+        let child = w.child.insert(child);
+        if w.kill_when_started {
+            let _ = child.kill();
+        }
         Ok(pid)
+    }
+
+    /// The start of a prepared worker failed: it is forgotten.
+    pub fn not_started(&mut self, registry: &Registry, id: WorkerId) {
+        if let Some(w) = self.procs.remove(&id) {
+            let _ = registry.deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
+        }
     }
 
     /// Sends `conn` to the worker, lending it the socket; says how it went.
@@ -149,7 +175,8 @@ impl Workers {
                 failed(true)
             }
             Err(e) => {
-                log::warn!("worker {id} (pid {}): {e}", w.child.id());
+                let pid = w.child.as_ref().map_or(0, Child::id);
+                log::warn!("worker {id} (pid {pid}): {e}");
                 failed(false)
             }
         }
@@ -232,10 +259,16 @@ impl Workers {
         events
     }
 
-    /// Sends SIGKILL (the exit is reaped as usual).
+    /// Sends SIGKILL (the exit is reaped as usual); one whose start is not done yet is
+    /// killed once it is.
     pub fn kill(&mut self, id: WorkerId) {
         if let Some(w) = self.procs.get_mut(&id) {
-            let _ = w.child.kill();
+            match &mut w.child {
+                Some(child) => {
+                    let _ = child.kill();
+                }
+                None => w.kill_when_started = true,
+            }
         }
     }
 
@@ -244,7 +277,10 @@ impl Workers {
     pub fn exited(&mut self) -> Vec<(WorkerId, ExitStatus)> {
         self.procs
             .iter_mut()
-            .filter_map(|(&id, w)| w.child.try_wait().ok().flatten().map(|st| (id, st)))
+            .filter_map(|(&id, w)| {
+                let child = w.child.as_mut()?;
+                child.try_wait().ok().flatten().map(|st| (id, st))
+            })
             .collect()
     }
 
@@ -252,18 +288,20 @@ impl Workers {
     pub fn forget(&mut self, registry: &Registry, id: WorkerId) -> Option<(Owner, u32)> {
         let w = self.procs.remove(&id)?;
         let _ = registry.deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
-        Some((w.owner, w.child.id()))
+        Some((w.owner, w.child.as_ref().map_or(0, Child::id)))
     }
 
     /// Kills and reaps every worker (the shutdown bound has passed); returns their ids and
-    /// pids.
+    /// pids. Starts still being made must have been reported first
+    /// ([`super::spawner::Spawner::wait_all`]): a worker without its process is only forgotten.
     pub fn kill_all(&mut self) -> Vec<(WorkerId, Owner, u32)> {
         self.procs
             .drain()
-            .map(|(id, mut w)| {
-                let _ = w.child.kill();
-                let _ = w.child.wait();
-                (id, w.owner, w.child.id())
+            .filter_map(|(id, w)| {
+                let mut child = w.child?;
+                let _ = child.kill();
+                let _ = child.wait();
+                Some((id, w.owner, child.id()))
             })
             .collect()
     }
