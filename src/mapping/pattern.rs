@@ -81,48 +81,80 @@ pub enum IpGlob {
     V6Prefix { addr: Ipv6Addr, bits: u8 },
 }
 
+/// The address family an IP glob matches, with what its text can be made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// Bits in an address of this family.
+    pub fn width(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    /// Characters an address of this family can contain (in folded, lower-case text).
+    pub fn address_char(self, c: char) -> bool {
+        match self {
+            Family::V4 => c.is_ascii_digit() || c == '.',
+            Family::V6 => c.is_ascii_hexdigit() || c == ':' || c == '.',
+        }
+    }
+
+    /// The longest text that can be an address of this family: four octets of at most three
+    /// digits (RFC 6943: no leading zeros beyond that), or six groups of four hex digits with
+    /// an embedded IPv4 address (RFC 4291 2.2). An index that enumerates the addresses in a
+    /// string needs to look no further.
+    pub fn longest_text(self) -> usize {
+        match self {
+            Family::V4 => 15,
+            Family::V6 => 45,
+        }
+    }
+
+    /// `text` as an address of this family (an IPv4 address in the low 32 bits).
+    pub fn parse(self, text: &str) -> Option<u128> {
+        match self {
+            Family::V4 => text
+                .parse::<Ipv4Addr>()
+                .ok()
+                .map(|a| u128::from(u32::from(a))),
+            Family::V6 => text.parse::<Ipv6Addr>().ok().map(u128::from),
+        }
+    }
+
+    /// The mask keeping the first `bits` bits of an address of this family.
+    pub fn mask(self, bits: u8) -> u128 {
+        let full = u128::MAX >> (128 - u32::from(self.width()));
+        full & !full.checked_shr(u32::from(bits)).unwrap_or(0)
+    }
+}
+
 impl IpGlob {
-    fn accepts(&self, text: &str) -> bool {
+    /// The family, address and number of leading bits that count: every form is a prefix.
+    pub fn prefix(&self) -> (Family, u128, u8) {
         match self {
-            IpGlob::V4Prefix { addr, bits } => text
-                .parse::<Ipv4Addr>()
-                .is_ok_and(|a| same_prefix4(*addr, a, *bits)),
-            IpGlob::V4Ignore { addr, ignored } => text
-                .parse::<Ipv4Addr>()
-                .is_ok_and(|a| same_prefix4(*addr, a, 32 - *ignored)),
-            IpGlob::V6Prefix { addr, bits } => {
-                let a = text.parse::<Ipv6Addr>();
-                a.is_ok_and(|a| {
-                    let mask = mask128(*bits);
-                    u128::from(*addr) & mask == u128::from(a) & mask
-                })
+            IpGlob::V4Prefix { addr, bits } => (Family::V4, u128::from(u32::from(*addr)), *bits),
+            IpGlob::V4Ignore { addr, ignored } => {
+                (Family::V4, u128::from(u32::from(*addr)), 32 - *ignored)
             }
+            IpGlob::V6Prefix { addr, bits } => (Family::V6, u128::from(*addr), *bits),
         }
     }
 
-    /// Characters an address of this family can contain.
+    fn accepts(&self, text: &str) -> bool {
+        let (family, addr, bits) = self.prefix();
+        let mask = family.mask(bits);
+        family.parse(text).is_some_and(|a| a & mask == addr & mask)
+    }
+
+    /// Characters an address of this glob's family can contain.
     fn address_char(&self, c: char) -> bool {
-        match self {
-            IpGlob::V4Prefix { .. } | IpGlob::V4Ignore { .. } => c.is_ascii_digit() || c == '.',
-            IpGlob::V6Prefix { .. } => c.is_ascii_hexdigit() || c == ':' || c == '.',
-        }
-    }
-}
-
-fn same_prefix4(a: Ipv4Addr, b: Ipv4Addr, bits: u8) -> bool {
-    let mask = if bits == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(bits.min(32)))
-    };
-    u32::from(a) & mask == u32::from(b) & mask
-}
-
-fn mask128(bits: u8) -> u128 {
-    if bits == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(bits.min(128)))
+        self.prefix().0.address_char(c)
     }
 }
 
@@ -337,6 +369,12 @@ impl Pattern {
         })
     }
 
+    /// The compiled elements, left to right (what an index reads to learn what every
+    /// matching input contains).
+    pub fn tokens(&self) -> &[Token] {
+        &self.tokens
+    }
+
     /// How many wildcards the pattern saves.
     pub fn saved(&self) -> usize {
         self.saved
@@ -398,6 +436,11 @@ impl Subject {
         let chars: Vec<char> = input.chars().collect();
         let folded = chars.iter().map(|&c| fold(c)).collect();
         Subject { chars, folded }
+    }
+
+    /// The characters lower-cased as patterns compare them.
+    pub fn folded(&self) -> &[char] {
+        &self.folded
     }
 }
 

@@ -20,7 +20,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use super::table::{InputFlags, MappingSet, Notes, Table};
+use super::table::{InputFlags, MappingSet, Notes, Table, Walk};
 use super::template::Flags;
 
 /// The table the dispatcher consults.
@@ -86,8 +86,13 @@ fn address_text(ip: IpAddr) -> String {
 
 /// Decides on a probe string.
 pub fn decide(set: &MappingSet, probe: &str) -> Decision {
+    decide_with(set, probe, Walk::Auto)
+}
+
+/// [`decide`] with a chosen walk of the table (the linear one is the index's oracle).
+pub fn decide_with(set: &MappingSet, probe: &str, walk: Walk) -> Decision {
     let mut notes = Notes::default();
-    let mapped = set.map(TABLE, probe, &InputFlags::new(), &mut notes);
+    let mapped = set.map_with(TABLE, probe, &InputFlags::new(), &mut notes, walk);
     let mut decision = Decision {
         verdict: Verdict::Accept,
         log_match: None,
@@ -155,7 +160,7 @@ fn reply_lines(text: &str) -> String {
 /// no entries accepts every connection, as no table does, so it counts as none.
 pub fn judging_table(set: Option<&MappingSet>) -> Option<&Table> {
     set.and_then(|s| s.table(TABLE))
-        .filter(|t| !t.entries.is_empty())
+        .filter(|t| !t.entries().is_empty())
 }
 
 /// Why the configuration read from `mappings` (`set`: `None` when the file is absent) accepts

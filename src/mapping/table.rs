@@ -14,6 +14,11 @@
 //!   [`ITERATION_LIMIT`] the mapping stops with what it has (the documented loop guard);
 //! * flags accumulate over the entries that ran; the output is the last entry's.
 //!
+//! Which entries are tried is the walk's business ([`Walk`]): every one, or only those the
+//! table's [`EntryIndex`] says can match the string; either way in table order, and entries
+//! passed over count against the entry budget as if they had been tried, so both walks give
+//! the same result, notes included.
+//!
 //! `$|TABLE;arg|` calls another table of the same file; calls nest at most
 //! [`CALL_DEPTH_LIMIT`] deep, so a table that calls itself ends with a failed substitution
 //! rather than a stack overflow. No string grows past [`OUTPUT_LIMIT`], and no mapping tries
@@ -21,6 +26,7 @@
 
 use std::collections::HashMap;
 
+use super::index::{Candidates, EntryIndex};
 use super::pattern::{Pattern, Subject};
 use super::template::{Control, Environment, Expansion, Flags, Template, Unsupported};
 use crate::config::error::{ConfigError, Diagnostics, Loc};
@@ -40,6 +46,23 @@ pub const ENTRY_BUDGET: usize = 1_000_000;
 /// ends the mapping with the string it had, so `$0$0$R` cannot exhaust memory.
 pub const OUTPUT_LIMIT: usize = 16 * 1024;
 
+/// Tables with fewer entries are walked entry by entry under [`Walk::Auto`]: looking a
+/// string up costs about as much as trying a few dozen entries (`benches/mapping.rs`, "index
+/// forced": the seed's five entries run at about 0.7 of the linear rate when indexed). The
+/// exact crossover is not measured; either walk decides alike.
+pub const INDEX_MIN_ENTRIES: usize = 32;
+
+/// How a mapping finds the entries to try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// Every entry, top to bottom: the documented algorithm as written (the index's oracle).
+    Linear,
+    /// Only the entries the table's index finds for the string, top to bottom.
+    Indexed,
+    /// [`Walk::Indexed`] for tables of at least [`INDEX_MIN_ENTRIES`] entries, else linear.
+    Auto,
+}
+
 /// One compiled entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -52,7 +75,41 @@ pub struct Entry {
 #[derive(Debug, Clone)]
 pub struct Table {
     pub name: String,
-    pub entries: Vec<Entry>,
+    /// Never changed after compiling: `index` describes these.
+    entries: Vec<Entry>,
+    /// Built from `entries` when the table is compiled (a reload compiles a new table).
+    index: std::sync::Arc<EntryIndex>,
+}
+
+impl Table {
+    /// A table of `entries`, with its index.
+    pub fn new(name: String, entries: Vec<Entry>) -> Table {
+        let index = EntryIndex::new(entries.iter().map(|e| &e.pattern));
+        Table {
+            name,
+            entries,
+            index: std::sync::Arc::new(index),
+        }
+    }
+
+    /// The entries, in the file's order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The entries `walk` tries for `subject`.
+    fn candidates(&self, subject: &Subject, walk: Walk) -> Candidates<'_> {
+        let indexed = match walk {
+            Walk::Linear => false,
+            Walk::Indexed => true,
+            Walk::Auto => self.entries.len() >= INDEX_MIN_ENTRIES,
+        };
+        if indexed {
+            self.index.candidates(subject)
+        } else {
+            Candidates::Every
+        }
+    }
 }
 
 /// The result of a mapping that matched.
@@ -122,10 +179,7 @@ impl MappingSet {
             }
             tables.insert(
                 t.name.to_ascii_uppercase(),
-                Table {
-                    name: t.name.clone(),
-                    entries,
-                },
+                Table::new(t.name.clone(), entries),
             );
         }
         let set = MappingSet { tables };
@@ -164,8 +218,21 @@ impl MappingSet {
         input_flags: &InputFlags,
         notes: &mut Notes,
     ) -> Option<Mapped> {
+        self.map_with(name, input, input_flags, notes, Walk::Auto)
+    }
+
+    /// [`MappingSet::map`] with a chosen walk (for all the tables it calls too).
+    pub fn map_with(
+        &self,
+        name: &str,
+        input: &str,
+        input_flags: &InputFlags,
+        notes: &mut Notes,
+        walk: Walk,
+    ) -> Option<Mapped> {
         let mut run = Run {
             set: self,
+            walk,
             input_flags,
             notes,
             depth: 0,
@@ -186,6 +253,7 @@ fn seed() -> u64 {
 
 struct Run<'a> {
     set: &'a MappingSet,
+    walk: Walk,
     input_flags: &'a InputFlags,
     notes: &'a mut Notes,
     depth: usize,
@@ -206,7 +274,22 @@ impl Run<'_> {
         let mut i = 0;
         // Prepared once per string, not once per entry.
         let mut subject = Subject::new(&current);
+        let mut candidates = table.candidates(&subject, self.walk);
         loop {
+            // Entries the walk passes over could not have matched; they use the budget as if
+            // tried, so that where the budget ends does not depend on the walk.
+            let next = candidates.next(i, table.entries.len());
+            let passed = next - i;
+            if passed > self.budget {
+                self.budget = 0;
+                self.notes.entry_budget_hit = true;
+                return matched.then_some(Mapped {
+                    output: current,
+                    flags,
+                });
+            }
+            self.budget -= passed;
+            i = next;
             let Some(entry) = table.entries.get(i) else {
                 if extra_pass && self.count_restart(&current, &mut previous_len, &mut restarts) {
                     extra_pass = false;
@@ -256,6 +339,7 @@ impl Run<'_> {
                     flags.extend(entry_flags);
                     current = output;
                     subject = Subject::new(&current);
+                    candidates = table.candidates(&subject, self.walk);
                     match control {
                         Control::End => {
                             return Some(Mapped {
