@@ -109,10 +109,25 @@ fn stop_with_a_lost_worker(loss: Loss) {
     let status = d.child.wait_for(PROMPT);
     let log = d.log();
     let late = log_from(&log, "stopping:");
-    assert!(
-        !late.contains(" started, pid "),
-        "a worker was started after the stop began:\n{late}"
-    );
+    // A start asked for before the stop may be reported after it (starts are made off the
+    // event loop); such a worker was there at the stop and was told to retire with the
+    // others. A worker no stop line names was asked for after the stop.
+    let at_the_stop: Vec<&str> = late
+        .lines()
+        .filter(|l| l.contains(" retires (Stop)"))
+        .filter_map(|l| l.split(" worker ").nth(1)?.split(' ').next())
+        .collect();
+    for l in late.lines().filter(|l| l.contains(" started, pid ")) {
+        let id = l
+            .split(" worker ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("?");
+        assert!(
+            at_the_stop.contains(&id),
+            "worker {id} was started after the stop began:\n{late}"
+        );
+    }
     let status = status.unwrap_or_else(|| {
         panic!(
             "the dispatcher still runs {:?} after SIGTERM, its last session over:\n{log}",
