@@ -146,6 +146,10 @@ impl World {
                     let blocked = self.workers.get(worker).is_some_and(|w| w.blocked);
                     if blocked {
                         self.conns.insert(*conn, Fate::Waiting);
+                        // Not handed after all: the worker never had it.
+                        if let Some(w) = self.workers.get_mut(worker) {
+                            w.handed -= 1;
+                        }
                     }
                     self.pending.push(if blocked {
                         Event::SendFailed {
