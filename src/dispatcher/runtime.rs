@@ -453,11 +453,15 @@ impl Runtime {
             .as_mut()
             .map(Spawner::take_done)
             .unwrap_or_default();
+        self.spawned(done);
+    }
+
+    /// Gives each finished start to the pool that asked for it.
+    fn spawned(&mut self, done: Vec<Spawned>) {
         for s in done {
-            let Some(owner) = self.workers.owner(s.id) else {
-                continue;
-            };
-            if let Some(ev) = self.on_spawned(s) {
+            // Taken before: a failed start forgets the worker.
+            let owner = self.workers.owner(s.id);
+            if let (Some(ev), Some(owner)) = (self.on_spawned(s), owner) {
                 self.feed(owner, ev);
             }
         }
@@ -690,9 +694,7 @@ impl Runtime {
             .as_mut()
             .map(Spawner::wait_all)
             .unwrap_or_default();
-        for s in waited {
-            let _ = self.on_spawned(s);
-        }
+        self.spawned(waited);
         for (id, owner, pid) in self.workers.kill_all() {
             let name = self.services.name(owner.service);
             log::warn!(
