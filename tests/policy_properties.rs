@@ -75,6 +75,9 @@ struct W {
     retired: bool,
     killed: bool,
     unresponsive: bool,
+    /// Was unresponsive once: its place was given to another then (by design), and it keeps
+    /// its sessions when it recovers.
+    was_unresponsive: bool,
     /// Its socket is full.
     blocked: bool,
     /// The pool was told so (a send failed) and not yet that it has room.
@@ -96,12 +99,13 @@ struct World {
 
 impl World {
     /// `handing_over`: the workers the pool says have a successor started, which holds their
-    /// `MAX_PROCS` place.
+    /// `MAX_PROCS` place; `due`: those it says are due for retirement.
     fn apply(
         &mut self,
         actions: &[Action],
         l: &PoolLimits,
         handing_over: &[WorkerId],
+        due: &[WorkerId],
     ) -> Result<(), TestCaseError> {
         for a in actions {
             match a {
@@ -198,6 +202,7 @@ impl World {
                 Action::Log(PoolLog::Unresponsive { worker, .. }) => {
                     if let Some(w) = self.workers.get_mut(worker) {
                         w.unresponsive = true;
+                        w.was_unresponsive = true;
                     }
                 }
                 Action::Log(PoolLog::Recovered { worker }) => {
@@ -214,6 +219,22 @@ impl World {
             .filter(|(id, w)| !w.retiring && !w.unresponsive && !handing_over.contains(id))
             .count() as u64;
         prop_assert!(serving <= l.max_procs, "MAX_PROCS exceeded: {}", serving);
+        // A worker and its successor share one place: the sessions on workers that take
+        // connections (not retiring, and not due: a due one is replaced and finishing, as a
+        // retiring one is; not one that was unresponsive, whose place was given away) never
+        // exceed what MAX_PROCS places of MAX_CONNS hold.
+        let sessions: u64 = self
+            .workers
+            .iter()
+            .filter(|(id, w)| !w.retiring && !w.was_unresponsive && !w.killed && !due.contains(id))
+            .map(|(&id, _)| self.on(id))
+            .sum();
+        prop_assert!(
+            sessions <= l.max_procs * l.max_conns,
+            "{} sessions on serving workers, MAX_PROCS x MAX_CONNS = {}",
+            sessions,
+            l.max_procs * l.max_conns
+        );
         let retiring = self
             .workers
             .values()
@@ -289,7 +310,12 @@ fn step(
         successors.sort_unstable();
         successors.dedup();
         prop_assert_eq!(n, successors.len(), "one successor for two workers");
-        world.apply(&actions, l, &handing_over)?;
+        let due: Vec<WorkerId> = status
+            .iter()
+            .filter(|s| s.state == "due")
+            .map(|s| s.worker)
+            .collect();
+        world.apply(&actions, l, &handing_over, &due)?;
         queue.extend(world.pending.drain(..).rev());
     }
     Ok(())

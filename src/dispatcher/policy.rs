@@ -743,8 +743,16 @@ impl Pool {
     fn expire(&mut self, now: Millis) {
         let l = self.limits;
         let mut serving = self.serving_count();
-        for w in self.workers.values_mut() {
-            if w.state != State::Ready || w.due.is_some() {
+        // A successor waiting for its predecessor's end is idle by design, not for want of
+        // clients: it is not retired for that.
+        let successors: Vec<WorkerId> = self
+            .workers
+            .keys()
+            .copied()
+            .filter(|&id| self.waits_for_predecessor(id))
+            .collect();
+        for (id, w) in self.workers.iter_mut() {
+            if w.state != State::Ready || w.due.is_some() || successors.contains(id) {
                 continue;
             }
             if now.saturating_sub(w.started) >= l.max_life_time {
@@ -934,13 +942,14 @@ impl Pool {
     fn pick(&self, now: Millis, waited_long: bool) -> Option<WorkerId> {
         let l = self.limits;
         let ready = |due: bool| {
-            self.workers.iter().filter(move |(_, w)| {
+            self.workers.iter().filter(move |(&id, w)| {
                 w.state == State::Ready
                     && w.taking()
                     && w.blocked_since.is_none()
                     && w.active() < l.max_conns
                     && !w.spent(&l)
                     && w.due.is_some() == due
+                    && !self.waits_for_predecessor(id)
             })
         };
         // Below MIN_CONNS: fill the fullest first (ties: the oldest worker).
@@ -960,6 +969,16 @@ impl Pool {
             ready(due)
                 .min_by_key(|(&id, w)| (w.active(), id))
                 .map(|(&id, _)| id)
+        })
+    }
+
+    /// Whether `id` is the successor of a worker that still takes connections (ready, not
+    /// due): the two share one `MAX_PROCS` place, and one of them takes connections at a
+    /// time, so the place never holds more than `MAX_CONNS` new sessions; the successor
+    /// takes over once its predecessor is due.
+    fn waits_for_predecessor(&self, id: WorkerId) -> bool {
+        self.workers.values().any(|p| {
+            p.successor == Some(id) && p.state == State::Ready && p.taking() && p.due.is_none()
         })
     }
 
@@ -1047,8 +1066,11 @@ impl Pool {
         // Ahead of need: every worker taking connections busy enough, none on its way.
         let mut takers = self
             .workers
-            .values()
-            .filter(|w| w.state == State::Ready && w.taking())
+            .iter()
+            .filter(|(&id, w)| {
+                w.state == State::Ready && w.taking() && !self.waits_for_predecessor(id)
+            })
+            .map(|(_, w)| w)
             .peekable();
         starting == 0 && takers.peek().is_some() && takers.all(|w| w.active() >= l.min_conns)
     }
@@ -1059,9 +1081,9 @@ impl Pool {
         let l = self.limits;
         let free: u64 = self
             .workers
-            .values()
-            .filter(|w| w.taking() && !w.spent(&l))
-            .map(|w| l.max_conns.saturating_sub(w.active()))
+            .iter()
+            .filter(|(&id, w)| w.taking() && !w.spent(&l) && !self.waits_for_predecessor(id))
+            .map(|(_, w)| l.max_conns.saturating_sub(w.active()))
             .sum();
         let startable = l.max_procs.saturating_sub(self.serving_count()) * l.max_conns;
         (free + startable).saturating_sub(self.waiting.len() as u64)

@@ -15,6 +15,7 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -66,6 +67,9 @@ pub fn run(job: SpawnJob) -> Spawned {
 /// The starting thread and the starts it has not reported yet.
 pub struct Spawner {
     jobs: Option<Sender<Box<SpawnJob>>>,
+    /// Set when the dispatcher lets go of the thread: starts still queued are not made (no
+    /// one would reap them).
+    cancelled: Arc<AtomicBool>,
     done: Receiver<Spawned>,
     thread: Option<JoinHandle<()>>,
     pending: usize,
@@ -76,11 +80,25 @@ impl Spawner {
     pub fn new(waker: Arc<mio::Waker>) -> std::io::Result<Spawner> {
         let (jobs, inbox) = mpsc::channel::<Box<SpawnJob>>();
         let (report, done) = mpsc::channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&cancelled);
         let thread = std::thread::Builder::new()
             .name("spawner".to_string())
             .spawn(move || {
                 for job in inbox {
-                    if report.send(run(*job)).is_err() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let id = job.id;
+                    // A start that panics is reported as failed, not lost: its worker's place
+                    // would otherwise be held for good.
+                    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(*job)))
+                        .unwrap_or_else(|_| Spawned {
+                            id,
+                            result: Err(std::io::Error::other("the start failed (panic)")),
+                            logfile_error: None,
+                        });
+                    if report.send(done).is_err() {
                         break;
                     }
                     // A loop that cannot be woken still sees the start on its next tick.
@@ -89,6 +107,7 @@ impl Spawner {
             })?;
         Ok(Spawner {
             jobs: Some(jobs),
+            cancelled,
             done,
             thread: Some(thread),
             pending: 0,
@@ -144,7 +163,10 @@ impl Spawner {
 
 impl Drop for Spawner {
     fn drop(&mut self) {
-        // Closing the queue ends the thread once it has made the starts it holds.
+        // Closing the queue ends the thread after the start in hand, if any; the queued ones
+        // are not made. (A start in hand when the dispatcher exits leaves a worker whose
+        // control socket ends with the dispatcher: it finds its end of file and exits.)
+        self.cancelled.store(true, Ordering::SeqCst);
         self.jobs = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();

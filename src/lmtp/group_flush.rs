@@ -49,8 +49,20 @@ struct GroupState {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The state is consistent at every unlock; a panicking flush cannot leave it half set.
+    // The state is consistent at every unlock (a flush runs outside the lock, and
+    // [`Running`] clears its mark even if it panics).
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The running mark of a flush: cleared, and the waiters woken, when the leader is done, also
+/// if its flush panicked (the waiters then lead the next one).
+struct Running<'a>(&'a Group);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).running = false;
+        self.0.changed.notify_all();
+    }
 }
 
 impl Group {
@@ -58,7 +70,7 @@ impl Group {
     /// call's result; `flush` runs on one of the waiting threads (this one, or another caller's).
     pub fn sync(&self, flush: impl FnOnce() -> Outcome) -> Outcome {
         let mut state = lock(&self.state);
-        let batch = Arc::clone(
+        let mut batch = Arc::clone(
             state
                 .gathering
                 .get_or_insert_with(|| Arc::new(OnceLock::new())),
@@ -68,16 +80,22 @@ impl Group {
                 return *outcome;
             }
             if !state.running {
-                // Not done and not running: it is the gathering batch, and this caller leads it.
-                state.gathering = None;
+                // Not done and nothing running: this caller leads the gathering batch, which
+                // is its own, or, should its own leader have given up without an outcome (a
+                // panic), the one gathering now, which begins after this caller's change too.
+                let gathering = state
+                    .gathering
+                    .take()
+                    .unwrap_or_else(|| Arc::new(OnceLock::new()));
+                if !Arc::ptr_eq(&gathering, &batch) {
+                    batch = gathering;
+                }
                 state.running = true;
                 drop(state);
+                let running = Running(self);
                 let outcome = flush();
                 let _ = batch.set(outcome);
-                let mut state = lock(&self.state);
-                state.running = false;
-                drop(state);
-                self.changed.notify_all();
+                drop(running);
                 return outcome;
             }
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
@@ -104,9 +122,10 @@ impl DirFlushes {
         let group = Arc::clone(lock(&self.dirs).entry(key).or_default());
         let outcome = group.sync(|| nix::unistd::fsync(dir));
         let mut dirs = lock(&self.dirs);
-        // Clones are made under this lock: two references (the table's and this one) mean
-        // nobody else is using the entry.
-        if Arc::strong_count(&group) == 2 {
+        // Clones are made and dropped under this lock: once this one is dropped, the table's
+        // being the only one left means nobody else is using the entry.
+        drop(group);
+        if dirs.get(&key).is_some_and(|g| Arc::strong_count(g) == 1) {
             dirs.remove(&key);
         }
         outcome
@@ -246,6 +265,55 @@ mod tests {
         use std::os::fd::AsFd;
         assert_eq!(flushes.sync(fd.as_fd()), Ok(()));
         assert_eq!(flushes.in_use(), 0);
+    }
+
+    #[test]
+    fn concurrent_callers_leave_no_entry_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let flushes = Arc::new(DirFlushes::new());
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (flushes, path) = (Arc::clone(&flushes), dir.path().to_path_buf());
+                std::thread::spawn(move || {
+                    let fd = std::fs::File::open(path).expect("open the directory");
+                    use std::os::fd::AsFd;
+                    for _ in 0..50 {
+                        assert_eq!(flushes.sync(fd.as_fd()), Ok(()));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("a caller");
+        }
+        assert_eq!(flushes.in_use(), 0, "an entry was left in the table");
+    }
+
+    #[test]
+    fn a_flush_that_panics_does_not_stop_the_others() {
+        let group = Arc::new(Group::default());
+        let started = Arc::new(std::sync::Barrier::new(2));
+        let (g, b) = (Arc::clone(&group), Arc::clone(&started));
+        let leader = std::thread::spawn(move || {
+            g.sync(|| {
+                b.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("a flush that panics");
+            })
+        });
+        started.wait();
+        // Joins the batch after the running one, whose leader then panics.
+        let follower = {
+            let g = Arc::clone(&group);
+            std::thread::spawn(move || g.sync(|| Ok(())))
+        };
+        assert!(leader.join().is_err(), "the leader's flush panicked");
+        assert_eq!(follower.join().expect("the follower"), Ok(()));
+        assert_eq!(
+            group.sync(|| Err(Errno::EIO)),
+            Err(Errno::EIO),
+            "later callers still flush"
+        );
     }
 
     #[test]
