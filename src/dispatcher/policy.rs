@@ -1064,13 +1064,12 @@ impl Pool {
             return true;
         }
         // Ahead of need: every worker taking connections busy enough, none on its way.
+        // A successor waiting for its predecessor counts: it is a ready process, the one to
+        // take the place's connections next.
         let mut takers = self
             .workers
-            .iter()
-            .filter(|(&id, w)| {
-                w.state == State::Ready && w.taking() && !self.waits_for_predecessor(id)
-            })
-            .map(|(_, w)| w)
+            .values()
+            .filter(|w| w.state == State::Ready && w.taking())
             .peekable();
         starting == 0 && takers.peek().is_some() && takers.all(|w| w.active() >= l.min_conns)
     }
