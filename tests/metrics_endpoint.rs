@@ -253,7 +253,12 @@ fn counters_move_with_deliveries_and_outlive_the_workers_that_counted_them() {
         !common::pid_alive(old_worker.as_raw()),
         "the old worker exited"
     );
-    let m = scrape(metrics);
+    // A start is counted once it is done (starts are made off the event loop), which may
+    // be just after the old worker has gone.
+    let m = scrape_until(metrics, |m| {
+        m.get(&format!("msdispatcher_worker_starts_total{SS}"))
+            .is_some_and(|v| *v >= 2.0)
+    });
     assert_eq!(
         get(
             &m,
