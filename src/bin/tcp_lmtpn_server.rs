@@ -2,7 +2,5 @@
 //! `/var/mail`), run by the dispatcher for a service such as the seed's `[SERVICE=LMTPSN]`.
 //! See `docs/lmtp.md`.
 fn main() -> std::process::ExitCode {
-    // A thread per connection: at most one malloc arena per CPU (see the function).
-    msdispatcher::worker::threads::limit_malloc_arenas();
     msdispatcher::lmtp::server::main_for(msdispatcher::lmtp::settings::ImageKind::Native)
 }

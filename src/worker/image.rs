@@ -1,6 +1,7 @@
-//! The `main` every worker image shares: `--version`, the worker settings from the
-//! environment, the worker log, the control socket on descriptor 3, then the runtime with the
-//! image's [`Handler`], or the reason it cannot start.
+//! The `main` every worker image shares: `--version`, the allocator's arena cap
+//! ([`super::threads::limit_malloc_arenas`]), the worker settings from the environment, the
+//! worker log, the control socket on descriptor 3, then the runtime with the image's
+//! [`Handler`], or the reason it cannot start.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub fn main_for(
         println!("{program} {}", crate::VERSION);
         return ExitCode::SUCCESS;
     }
+    // Before any thread exists: a thread per connection, at most one malloc arena per CPU.
+    super::threads::limit_malloc_arenas();
     let config = WorkerConfig::from_env();
     runtime::init_logging(program, &config);
     let control = match runtime::control_socket() {
