@@ -62,8 +62,11 @@ impl Source {
     pub fn of(token: Token) -> Option<Source> {
         let id = (token.0 >> 2) as u64;
         match token.0 & 3 {
-            0 if id == 0 => Some(Source::Signals),
-            0 => Some(Source::Spawned),
+            0 => match id {
+                0 => Some(Source::Signals),
+                1 => Some(Source::Spawned),
+                _ => None,
+            },
             1 => Some(Source::Listener(id)),
             2 => Some(Source::Worker(id)),
             _ => Some(match id {
@@ -73,6 +76,12 @@ impl Source {
             }),
         }
     }
+}
+
+/// Kills and reaps a worker process no entry of [`Workers`] stands for: none may run unseen.
+fn stop_unseen(mut child: std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A connection the dispatcher holds.
@@ -472,9 +481,8 @@ impl Runtime {
         let Some(owner) = self.workers.owner(s.id) else {
             // Forgotten meanwhile (cannot happen while starts are waited for before the
             // workers are killed): none may run unseen.
-            if let Ok(mut child) = s.result {
-                let _ = child.kill();
-                let _ = child.wait();
+            if let Ok(child) = s.result {
+                stop_unseen(child);
             }
             return None;
         };
@@ -492,9 +500,8 @@ impl Runtime {
                     log::info!("[SERVICE={name}] worker {} started, pid {pid}", s.id);
                     None
                 }
-                Err(mut child) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                Err(child) => {
+                    stop_unseen(child);
                     None
                 }
             },
