@@ -1265,20 +1265,7 @@ mod tests {
 
     #[test]
     fn a_successor_starts_at_half_life_and_the_worker_retires_once_it_is_ready() {
-        let mut p = Pool::new(PoolLimits {
-            max_life_conns: 4,
-            max_procs: 1,
-            max_conns: 10,
-            ..limits()
-        });
-        p.handle(Event::ConnectionArrived(1), 0);
-        p.handle(
-            Event::WorkerReady {
-                worker: 1,
-                acks: false,
-            },
-            0,
-        );
+        let mut p = one_worker_serving(4);
         let a = p.handle(Event::ConnectionArrived(2), 1);
         assert_eq!(handed(&a), [(2, 1)]);
         assert_eq!(
@@ -1296,13 +1283,7 @@ mod tests {
             );
         }
         assert_eq!(p.status()[0].state, "due");
-        let a = p.handle(
-            Event::WorkerReady {
-                worker: 2,
-                acks: false,
-            },
-            3,
-        );
+        let a = ready_plain(&mut p, 2, 3);
         assert_eq!(
             a,
             [Action::Retire {
@@ -1320,20 +1301,7 @@ mod tests {
 
     #[test]
     fn a_due_worker_serves_while_its_successor_starts_no_client_waits() {
-        let mut p = Pool::new(PoolLimits {
-            max_life_conns: 2,
-            max_procs: 1,
-            max_conns: 10,
-            ..limits()
-        });
-        p.handle(Event::ConnectionArrived(1), 0);
-        p.handle(
-            Event::WorkerReady {
-                worker: 1,
-                acks: false,
-            },
-            0,
-        );
+        let mut p = one_worker_serving(2);
         assert_eq!(
             p.status().len(),
             2,
@@ -1357,32 +1325,13 @@ mod tests {
         );
         let a = p.handle(Event::ConnectionArrived(5), 3);
         assert!(handed(&a).is_empty(), "never to the retiring worker: {a:?}");
-        let a = p.handle(
-            Event::WorkerReady {
-                worker: 2,
-                acks: false,
-            },
-            4,
-        );
+        let a = ready_plain(&mut p, 2, 4);
         assert_eq!(handed(&a), [(5, 2)]);
     }
 
     #[test]
     fn a_failed_successor_leaves_its_predecessor_retired_as_before() {
-        let mut p = Pool::new(PoolLimits {
-            max_life_conns: 2,
-            max_procs: 1,
-            max_conns: 10,
-            ..limits()
-        });
-        p.handle(Event::ConnectionArrived(1), 0);
-        p.handle(
-            Event::WorkerReady {
-                worker: 1,
-                acks: false,
-            },
-            0,
-        );
+        let mut p = one_worker_serving(2);
         p.handle(Event::ConnectionArrived(2), 1);
         let a = p.handle(
             Event::WorkerExited {
@@ -1423,13 +1372,7 @@ mod tests {
         let a = p.handle(Event::Tick, 1_000);
         assert_eq!(spawned(&a), [2], "its successor first");
         assert!(!a.iter().any(|x| matches!(x, Action::Retire { .. })));
-        let a = p.handle(
-            Event::WorkerReady {
-                worker: 2,
-                acks: false,
-            },
-            1_001,
-        );
+        let a = ready_plain(&mut p, 2, 1_001);
         assert!(a.contains(&Action::Retire {
             worker: 1,
             reason: RetireReason::LifeTime
@@ -1487,13 +1430,7 @@ mod tests {
         assert_eq!(spawned(&a), [4, 5, 6], "each due worker gets its successor");
         let mut a = Vec::new();
         for w in 4..=6 {
-            a.extend(p.handle(
-                Event::WorkerReady {
-                    worker: w,
-                    acks: false,
-                },
-                21,
-            ));
+            a.extend(ready_plain(&mut p, w, 21));
         }
         let retired: Vec<_> = a
             .iter()
@@ -1642,6 +1579,30 @@ mod tests {
             worker: 2,
             retry_in: 2_000
         })));
+    }
+
+    /// A pool of `MAX_PROCS=1` whose one worker is ready and holds connection 1.
+    fn one_worker_serving(max_life_conns: u64) -> Pool {
+        let mut p = Pool::new(PoolLimits {
+            max_life_conns,
+            max_procs: 1,
+            max_conns: 10,
+            ..limits()
+        });
+        p.handle(Event::ConnectionArrived(1), 0);
+        ready_plain(&mut p, 1, 0);
+        p
+    }
+
+    /// Worker `w` says `READY` (without `ACK`).
+    fn ready_plain(p: &mut Pool, w: WorkerId, now: Millis) -> Vec<Action> {
+        p.handle(
+            Event::WorkerReady {
+                worker: w,
+                acks: false,
+            },
+            now,
+        )
     }
 
     fn ready_acking(p: &mut Pool, w: WorkerId, now: Millis) -> Vec<Action> {
