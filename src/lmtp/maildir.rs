@@ -23,12 +23,12 @@
 //!
 //! Delivery of one message to several mailboxes writes it once: to `tmp/` of the first
 //! mailbox, `fsync`, then `link()` into `new/` of every mailbox (a copy where a mailbox is on
-//! another file system), then `fsync` of each `new/` directory (side by side), then the `tmp/` name is
-//! removed. Only after its directory `fsync` does a recipient get `Ok`: a `250` means the
-//! message survives a crash. Concurrent deliveries into one directory share that `fsync`
-//! ([`super::group_flush`]): each waits for a flush that began after its own link, so the
-//! promise is the same with one flush for many messages. A crash before the link into `new/` leaves at most a file in
-//! `tmp/`, which readers never look at (Dovecot removes such files after 36 hours); one after
+//! another file system), then `fsync` of each `new/` directory (side by side), then the
+//! `tmp/` name is removed. Only after its directory `fsync` does a recipient get `Ok`: a `250`
+//! means the message survives a crash. Concurrent deliveries into one directory share that
+//! `fsync` ([`super::group_flush`]): each waits for a flush that began after its own link, so
+//! the promise is the same with one flush for many messages. A crash before the link into
+//! `new/` leaves at most a file in `tmp/`, which readers never look at (Dovecot removes such files after 36 hours); one after
 //! the link but before the client read the `250` leaves the message delivered while the
 //! client will send it again: a duplicate, never a loss (docs/lmtp.md, "Durability"). File
 //! names follow the
