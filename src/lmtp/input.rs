@@ -174,6 +174,11 @@ pub trait Timeouts {
     fn set_read_timeout(&self, limit: Duration) -> io::Result<()>;
     /// Makes a write that waits longer than `limit` fail with a timeout.
     fn set_write_timeout(&self, limit: Duration) -> io::Result<()>;
+    /// Writes what the stream takes now, without waiting: `WouldBlock` when it takes
+    /// nothing. A stream that cannot say so always waits (the default).
+    fn write_now(&self, _buf: &[u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
 }
 
 impl Timeouts for &TcpStream {
@@ -182,6 +187,20 @@ impl Timeouts for &TcpStream {
     }
     fn set_write_timeout(&self, limit: Duration) -> io::Result<()> {
         TcpStream::set_write_timeout(self, Some(limit))
+    }
+    fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `buf` is valid for `buf.len()` octets for the call; the descriptor is the
+        // stream's own, open while `self` is borrowed.
+        let n = unsafe {
+            libc::send(
+                self.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 }
 
@@ -213,6 +232,7 @@ struct Timing<S> {
     limits: TimeLimits,
     set_read_timeout: fn(&S, Duration) -> io::Result<()>,
     set_write_timeout: fn(&S, Duration) -> io::Result<()>,
+    write_now: fn(&S, &[u8]) -> io::Result<usize>,
 }
 
 /// Buffered reading and reply batching over a stream.
@@ -245,6 +265,7 @@ impl<S: Read + Write + Timeouts> Wire<S> {
             limits,
             set_read_timeout: <S as Timeouts>::set_read_timeout,
             set_write_timeout: <S as Timeouts>::set_write_timeout,
+            write_now: <S as Timeouts>::write_now,
         });
         wire
     }
@@ -289,9 +310,22 @@ impl<S: Read + Write> Wire<S> {
             self.out.clear();
             return Ok(());
         };
+        // First without waiting: replies that fit in the socket's send buffer, as nearly all
+        // do, need no time limit set (a system call saved per flush).
+        let mut sent = match (timing.write_now)(&self.stream, &self.out) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                0
+            }
+            Err(e) => return Err(e),
+        };
         let limit = timing.limits.command;
         let at = Instant::now() + limit;
-        let mut sent = 0;
         while sent < self.out.len() {
             let left = at.saturating_duration_since(Instant::now());
             if left.is_zero() {

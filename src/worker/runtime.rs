@@ -22,12 +22,12 @@
 //! What a connection means is the image's business: it passes a [`Handler`].
 
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 
 pub use super::counters::Counters;
 pub use super::drain::DrainSignal;
-use super::threads::Threads;
+use super::threads::{Next, Pool, Source, IDLE_EXIT};
 use crate::handoff::env;
 use crate::handoff::log_line::WorkerLog;
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError, CONTROL_FD};
@@ -90,53 +90,71 @@ pub trait Handler: Send + Sync + 'static {
 pub enum WorkerError {
     #[error("{0}")]
     Wire(#[from] WireError),
+    #[error("cannot start a thread to receive connections: {0}")]
+    Thread(std::io::Error),
     #[error("descriptor 3 is not a control socket from the dispatcher ({0}); images are started by the dispatcher")]
     NoControlSocket(std::io::Error),
 }
 
-/// Connections in hand, and a signal when that number drops.
+/// Connections in hand, and a signal when that number drops to what the runtime waits for.
 #[derive(Default)]
 struct Active {
-    count: Mutex<usize>,
+    state: Mutex<ActiveState>,
     changed: Condvar,
 }
 
+#[derive(Default)]
+struct ActiveState {
+    count: usize,
+    /// The runtime waits for the count to drop (only while draining): each drop wakes it.
+    /// Otherwise a connection's end wakes nobody, and costs no system call.
+    watched: bool,
+}
+
 impl Active {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActiveState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn add(&self) -> usize {
-        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        *n += 1;
-        *n
+        let mut s = self.lock();
+        s.count += 1;
+        s.count
     }
 
     /// Frees a slot and runs `report` (telling the dispatcher) under the same lock, so that
     /// the next connection the dispatcher sends on the strength of that report finds the
     /// slot free, and a drain does not finish before the report is out.
     fn remove_and(&self, report: impl FnOnce()) {
-        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        *n = n.saturating_sub(1);
+        let mut s = self.lock();
+        s.count = s.count.saturating_sub(1);
         report();
-        self.changed.notify_all();
+        if s.watched {
+            self.changed.notify_all();
+        }
     }
 
     fn get(&self) -> usize {
-        *self.count.lock().unwrap_or_else(|p| p.into_inner())
+        self.lock().count
     }
 
     fn wait_until_zero(&self) {
-        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        while *n > 0 {
-            n = self.changed.wait(n).unwrap_or_else(|p| p.into_inner());
+        let mut s = self.lock();
+        s.watched = true;
+        while s.count > 0 {
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
         }
     }
 
     /// Waits at most `limit` for the count to reach zero; whether it did.
     fn wait_until_zero_for(&self, limit: std::time::Duration) -> bool {
-        let n = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        let (n, _) = self
+        let mut s = self.lock();
+        s.watched = true;
+        let (s, _) = self
             .changed
-            .wait_timeout_while(n, limit, |n| *n > 0)
+            .wait_timeout_while(s, limit, |s| s.count > 0)
             .unwrap_or_else(|p| p.into_inner());
-        *n == 0
+        s.count == 0
     }
 }
 
@@ -171,6 +189,221 @@ pub fn control_socket() -> Result<OwnedFd, WorkerError> {
     Ok(unsafe { OwnedFd::from_raw_fd(CONTROL_FD) })
 }
 
+/// Why the worker stops taking connections.
+enum Stop {
+    /// The dispatcher said `DRAIN`.
+    Drained,
+    /// End of file on the control socket: the dispatcher is gone.
+    Gone,
+    /// Receiving failed.
+    Failed(WireError),
+}
+
+#[derive(Default)]
+struct StopState {
+    /// Set by the first thread that sees a stop; nothing is received after it.
+    stopped: bool,
+    /// That stop, until the runtime takes it.
+    why: Option<Stop>,
+    /// Threads inside [`Receiver::next`]: waiting in `recvmsg`, or counting what it returned.
+    receiving: usize,
+}
+
+/// The stop, and the threads still receiving: the runtime drains only once none is, so that
+/// every connection received before the stop is counted in [`Active`] first (a `HANDOFF` just
+/// ahead of `DRAIN` may be in another thread's hands when `DRAIN` is read).
+#[derive(Default)]
+struct Stopping {
+    state: Mutex<StopState>,
+    changed: Condvar,
+}
+
+impl Stopping {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StopState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a thread in before it receives; `false` once stopped.
+    fn enter(&self) -> bool {
+        let mut s = self.lock();
+        if s.stopped {
+            return false;
+        }
+        s.receiving += 1;
+        true
+    }
+
+    fn leave(&self) {
+        let mut s = self.lock();
+        s.receiving -= 1;
+        // Only the runtime waits, and only for a stop: no wake-up per connection.
+        if s.stopped {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Records `why` unless a stop came first; whether it was the first.
+    fn stop(&self, why: Stop) -> bool {
+        let mut s = self.lock();
+        if s.stopped {
+            return false;
+        }
+        s.stopped = true;
+        s.why = Some(why);
+        self.changed.notify_all();
+        true
+    }
+
+    /// Waits for the stop and for the last receiving thread to leave; the stop.
+    fn wait(&self) -> Stop {
+        let mut s = self.lock();
+        loop {
+            if s.receiving == 0 {
+                if let Some(why) = s.why.take() {
+                    return why;
+                }
+            }
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Where the worker's threads wait for connections: `recvmsg` on the control socket, on all
+/// idle threads at once (the kernel hands each message to one of them).
+struct Receiver {
+    control: Arc<OwnedFd>,
+    max_conns: usize,
+    handler: Arc<dyn Handler>,
+    active: Arc<Active>,
+    drain: DrainSignal,
+    counters: Arc<Counters>,
+    stopping: Stopping,
+}
+
+impl Source for Receiver {
+    fn next(&self) -> Next {
+        if !self.stopping.enter() {
+            return Next::Stop;
+        }
+        let next = self.receive();
+        self.stopping.leave();
+        next
+    }
+}
+
+impl Receiver {
+    /// One message that gives this thread something to do: a connection, the idle time
+    /// passed, or a stop. A connection beyond `MAX_CONNS` is refused here and the thread
+    /// receives on.
+    fn receive(&self) -> Next {
+        loop {
+            let received = match wire::recv_from_dispatcher(self.control.as_fd()) {
+                Ok(r) => r,
+                // The receive timeout (IDLE_EXIT): this thread may exit.
+                Err(e) if e.is_would_block() => return Next::Idle,
+                Err(e) => return self.stop(Stop::Failed(e)),
+            };
+            let (conn, client, server, fd) = match received {
+                None => return self.stop(Stop::Gone),
+                // DRAINING is said by the runtime, once no thread is receiving: it tells the
+                // dispatcher that every TAKEN is out (a HANDOFF just ahead of this DRAIN may
+                // be in another thread's hands, its TAKEN not sent yet).
+                Some((ToWorker::Drain, _)) => return self.stop(Stop::Drained),
+                Some((
+                    ToWorker::HandOff {
+                        conn,
+                        client,
+                        server,
+                    },
+                    Some(fd),
+                )) => (conn, client, server, fd),
+                Some((ToWorker::HandOff { conn, .. }, None)) => {
+                    // recv_from_dispatcher already refuses this; kept for completeness.
+                    return self.stop(Stop::Failed(WireError::Descriptors {
+                        message: format!("HANDOFF {conn}"),
+                        count: 0,
+                        expected: 1,
+                    }));
+                }
+            };
+            // First of all: the dispatcher holds its copy of the socket until it reads this.
+            if let Err(e) =
+                wire::send_to_dispatcher(self.control.as_fd(), &ToDispatcher::Taken { conn })
+            {
+                log::warn!("cannot say TAKEN {conn}: {e}");
+            }
+            let stream = TcpStream::from(fd);
+            // Once, here, for everything that shows the addresses later (the handler's
+            // replies, trace headers, logs): an IPv4 client of the dual-stack listener is
+            // written as IPv4, not as `::ffff:a.b.c.d`.
+            let (client, server) = (
+                net_address::canonical(client),
+                net_address::canonical(server),
+            );
+            if self.active.add() > self.max_conns {
+                log::warn!(
+                    "connection {conn} from {client} refused: already {} connections (MAX_CONNS)",
+                    self.max_conns
+                );
+                drop(stream);
+                end(&self.control, &self.active, &self.counters, conn);
+                continue;
+            }
+            return self.task(Connection {
+                id: conn,
+                client,
+                server,
+                stream,
+                drain: self.drain.clone(),
+                counters: Arc::clone(&self.counters),
+            });
+        }
+    }
+
+    /// The first thread to see a stop records it and shuts the reading side of the control
+    /// socket: every other thread waiting in `recvmsg` returns (end of file once what is
+    /// queued has been read), and nothing more is received.
+    fn stop(&self, why: Stop) -> Next {
+        if self.stopping.stop(why) {
+            // Only our reading side: ENDED, STATS and DRAINING still go out.
+            let _ = nix::sys::socket::shutdown(
+                self.control.as_raw_fd(),
+                nix::sys::socket::Shutdown::Read,
+            );
+        }
+        Next::Stop
+    }
+
+    /// The session of `connection`, served on the thread that received it, and the report
+    /// of its end.
+    fn task(&self, connection: Connection) -> Next {
+        let id = connection.id;
+        let client = connection.client;
+        let handler = Arc::clone(&self.handler);
+        let (control, active, counters) = (
+            Arc::clone(&self.control),
+            Arc::clone(&self.active),
+            Arc::clone(&self.counters),
+        );
+        Next::Serve(
+            Box::new(move || {
+                log::debug!("connection {id} from {client}");
+                handler.serve(connection);
+                log::debug!("connection {id} ended");
+            }),
+            // Also after a panic (the thread survives it): the slot must not stay counted.
+            Box::new(move |panicked| {
+                if panicked {
+                    log::error!(
+                        "connection {id}: the handler failed (panic, above); connection closed"
+                    );
+                }
+                end(&control, &active, &counters, id);
+            }),
+        )
+    }
+}
+
 /// Serves connections from the dispatcher until told to drain (or the dispatcher is gone, or
 /// the control socket fails) and the last connection has ended. An error is returned only
 /// after the sessions in hand have finished.
@@ -183,7 +416,21 @@ pub fn run(
     let active = Arc::new(Active::default());
     let drain = DrainSignal::new();
     let counters = Arc::new(Counters::new());
-    let threads = Threads::new(config.stack_size);
+    // A thread that waited this long for a connection exits, unless it is the last one.
+    if let Err(e) = socket2::SockRef::from(&*control).set_read_timeout(Some(IDLE_EXIT)) {
+        log::warn!("cannot set the control socket's receive timeout ({e}); idle threads stay");
+    }
+    let receiver = Arc::new(Receiver {
+        control: Arc::clone(&control),
+        max_conns: config.max_conns,
+        handler,
+        active: Arc::clone(&active),
+        drain: drain.clone(),
+        counters: Arc::clone(&counters),
+        stopping: Stopping::default(),
+    });
+    let _pool = Pool::start(Arc::clone(&receiver) as Arc<dyn Source>, config.stack_size)
+        .map_err(WorkerError::Thread)?;
     wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Ready { ack: true })?;
     log::info!(
         "[SERVICE={}] worker ready ({}, up to {} connections)",
@@ -191,90 +438,40 @@ pub fn run(
         config.parameter,
         config.max_conns
     );
-    let failure = loop {
-        let received = match wire::recv_from_dispatcher(control.as_fd()) {
-            Ok(r) => r,
-            Err(e) => break Some(e),
-        };
-        match received {
-            None => {
-                log::info!(
-                    "the dispatcher has gone away; finishing {} connection(s)",
-                    active.get()
-                );
-                break None;
-            }
-            Some((ToWorker::Drain, _)) => {
-                if let Err(e) = wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Draining) {
-                    log::warn!("cannot say DRAINING: {e}");
-                }
-                log::info!("draining: {} connection(s) left", active.get());
-                break None;
-            }
-            Some((
-                ToWorker::HandOff {
-                    conn,
-                    client,
-                    server,
-                },
-                Some(fd),
-            )) => {
-                // First of all: the dispatcher holds its copy of the socket until it reads this.
-                if let Err(e) =
-                    wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Taken { conn })
-                {
-                    log::warn!("cannot say TAKEN {conn}: {e}");
-                }
-                let stream = TcpStream::from(fd);
-                // Once, here, for everything that shows the addresses later (the handler's
-                // replies, trace headers, logs): an IPv4 client of the dual-stack listener is
-                // written as IPv4, not as `::ffff:a.b.c.d`.
-                let (client, server) = (
-                    net_address::canonical(client),
-                    net_address::canonical(server),
-                );
-                if active.add() > config.max_conns {
-                    log::warn!(
-                        "connection {conn} from {client} refused: already {} connections (MAX_CONNS)",
-                        config.max_conns
-                    );
-                    drop(stream);
-                    end(&control, &active, &counters, conn);
-                    continue;
-                }
-                let connection = Connection {
-                    id: conn,
-                    client,
-                    server,
-                    stream,
-                    drain: drain.clone(),
-                    counters: Arc::clone(&counters),
-                };
-                spawn_connection(&threads, &handler, &control, &active, connection);
-            }
-            Some((ToWorker::HandOff { conn, .. }, None)) => {
-                // recv_from_dispatcher already refuses this; kept for completeness.
-                break Some(WireError::Descriptors {
-                    message: format!("HANDOFF {conn}"),
-                    count: 0,
-                    expected: 1,
-                });
-            }
-        }
-    };
+    let stop = receiver.stopping.wait();
     drain.start();
-    if let Some(e) = &failure {
-        // Connections in hand are finished, not dropped with the process; the dispatcher
-        // sends nothing more once it reads DRAINING, and replaces this worker when it exits.
-        log::error!(
-            "[SERVICE={}] {e}; draining: finishing {} connection(s), then exiting",
-            config.service,
-            active.get()
-        );
+    if matches!(stop, Stop::Drained) {
         if let Err(e) = wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Draining) {
             log::warn!("cannot say DRAINING: {e}");
         }
     }
+    let failure = match stop {
+        Stop::Gone => {
+            log::info!(
+                "the dispatcher has gone away; finishing {} connection(s)",
+                active.get()
+            );
+            None
+        }
+        Stop::Drained => {
+            log::info!("draining: {} connection(s) left", active.get());
+            None
+        }
+        Stop::Failed(e) => {
+            // Connections in hand are finished, not dropped with the process; the dispatcher
+            // sends nothing more once it reads DRAINING, and replaces this worker when it
+            // exits.
+            log::error!(
+                "[SERVICE={}] {e}; draining: finishing {} connection(s), then exiting",
+                config.service,
+                active.get()
+            );
+            if let Err(e) = wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Draining) {
+                log::warn!("cannot say DRAINING: {e}");
+            }
+            Some(e)
+        }
+    };
     if !active.wait_until_zero_for(super::drain::OWED_GRACE) {
         drain.end_grace();
         active.wait_until_zero();
@@ -289,45 +486,6 @@ pub fn run(
     match failure {
         Some(e) => Err(e.into()),
         None => Ok(()),
-    }
-}
-
-fn spawn_connection(
-    threads: &Threads,
-    handler: &Arc<dyn Handler>,
-    control: &Arc<OwnedFd>,
-    active: &Arc<Active>,
-    connection: Connection,
-) {
-    let id = connection.id;
-    let counters = Arc::clone(&connection.counters);
-    let (h, c, a, n) = (
-        Arc::clone(handler),
-        Arc::clone(control),
-        Arc::clone(active),
-        Arc::clone(&counters),
-    );
-    let client = connection.client;
-    let spawned = threads.run(
-        move || {
-            log::debug!("connection {id} from {client}");
-            h.serve(connection);
-            log::debug!("connection {id} ended");
-        },
-        // Also after a panic (the thread survives it): the slot must not stay counted.
-        move |panicked| {
-            if panicked {
-                log::error!(
-                    "connection {id}: the handler failed (panic, above); connection closed"
-                );
-            }
-            end(&c, &a, &n, id);
-        },
-    );
-    if let Err(e) = spawned {
-        // The job (and with it the socket) was dropped: the client sees the close.
-        log::error!("connection {id}: cannot start a thread ({e}); closed");
-        end(control, active, &counters, id);
     }
 }
 

@@ -1,38 +1,61 @@
-//! The threads a worker serves its connections on. A thread that has served a connection
-//! waits for the next one (up to [`IDLE_EXIT`]) instead of exiting, so a busy worker does not
-//! create and destroy a thread, with its stack mapping, for every connection. A thread
-//! counts as idle before the end of its connection is reported (the `after` of a job), so
-//! the connection the dispatcher sends on that report finds it: the threads are at most the
-//! dispatcher's `MAX_CONNS`. A panicking job does not end its thread. With a thread per
-//! connection, [`limit_malloc_arenas`] keeps glibc from giving those threads a heap each.
+//! The threads a worker serves its connections on; each of them also receives them. Every
+//! idle thread waits in the [`Source`] (the runtime's: `recvmsg` on the control socket, where
+//! the kernel wakes one waiting thread per message), and the thread that receives a
+//! connection serves it itself: a connection costs no hop from a receiving thread to a
+//! serving one (a wake-up and a switch each). Before it serves, a thread that was the last
+//! idle one starts another, so that one always waits for the next connection; a thread that
+//! has served one goes back to waiting, and one that waited in vain for the source's idle
+//! time exits, unless it is the last. So the threads are at most the connections in hand
+//! plus one. A thread counts as idle again before the end of its connection is announced
+//! (the `after` of a task), so the connection the dispatcher sends on that announcement finds
+//! a thread. A panicking session does not end its thread. With a thread per connection,
+//! [`limit_malloc_arenas`] keeps glibc from giving those threads a heap each.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// How long a thread with nothing to do waits for a connection before it exits.
+/// How long a thread waits in the source for a connection before it exits (when it is not
+/// the last one waiting): the runtime's receive timeout on the control socket.
 pub const IDLE_EXIT: Duration = Duration::from_secs(60);
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+/// A session to run on the thread that received it.
+pub type Job = Box<dyn FnOnce() + Send + 'static>;
 /// Runs after its job, told whether the job panicked.
-type After = Box<dyn FnOnce(bool) + Send + 'static>;
+pub type After = Box<dyn FnOnce(bool) + Send + 'static>;
 
-#[derive(Default)]
-struct State {
-    queue: VecDeque<(Job, After)>,
-    idle: usize,
+/// What a thread waiting in the source got.
+pub enum Next {
+    /// A connection: its session, then what announces its end.
+    Serve(Job, After),
+    /// Nothing within the source's idle time: the thread may exit.
+    Idle,
+    /// Nothing more will come: the thread exits.
+    Stop,
+}
+
+/// Where the threads wait for connections. Called on many threads at once.
+pub trait Source: Send + Sync + 'static {
+    fn next(&self) -> Next;
 }
 
 #[derive(Default)]
+struct Counts {
+    /// Threads waiting in the source, or on their way to it.
+    idle: usize,
+    /// Threads alive.
+    threads: usize,
+}
+
 struct Shared {
-    state: Mutex<State>,
-    work: Condvar,
+    source: Arc<dyn Source>,
+    stack_size: usize,
+    counts: Mutex<Counts>,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Jobs run outside the lock: a panic in one cannot leave the state half changed.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Counts> {
+        // Nothing runs under the lock but counting: a poisoned lock still holds whole counts.
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -70,85 +93,91 @@ fn arena_cap(arena_max_in_env: bool, glibc_tunables: &str, cpus: usize) -> Optio
     (!arena_max_in_env && !glibc_tunables.contains("malloc.arena_max")).then_some(cpus.max(1))
 }
 
-/// Runs jobs on reused threads of a fixed stack size.
-pub struct Threads {
+/// The threads of one worker, receiving from one source.
+pub struct Pool {
     shared: Arc<Shared>,
-    stack_size: usize,
-    idle_exit: Duration,
 }
 
-impl Threads {
-    pub fn new(stack_size: usize) -> Threads {
-        Threads::with_idle_exit(stack_size, IDLE_EXIT)
-    }
-
-    pub fn with_idle_exit(stack_size: usize, idle_exit: Duration) -> Threads {
-        Threads {
-            shared: Arc::new(Shared::default()),
+impl Pool {
+    /// Starts the first thread, with stacks of `stack_size` bytes for it and all that follow.
+    pub fn start(source: Arc<dyn Source>, stack_size: usize) -> std::io::Result<Pool> {
+        let shared = Arc::new(Shared {
+            source,
             stack_size,
-            idle_exit,
-        }
+            counts: Mutex::new(Counts::default()),
+        });
+        start_thread(&shared)?;
+        Ok(Pool { shared })
     }
 
-    /// Runs `job` on an idle thread, or on a new one when none is idle; then `after`, told
-    /// whether the job panicked (the thread survives a panic). The thread counts as idle
-    /// again before `after` runs, so whatever `after` announces (a free connection slot)
-    /// finds a thread ready. An error means no thread could be created; `job` and `after`
-    /// (and what they own) have been dropped without running.
-    pub fn run(
-        &self,
-        job: impl FnOnce() + Send + 'static,
-        after: impl FnOnce(bool) + Send + 'static,
-    ) -> std::io::Result<()> {
-        let task: (Job, After) = (Box::new(job), Box::new(after));
-        {
-            let mut state = self.shared.lock();
-            if state.idle > state.queue.len() {
-                state.queue.push_back(task);
-                self.shared.work.notify_one();
-                return Ok(());
-            }
-        }
-        let shared = Arc::clone(&self.shared);
-        let idle_exit = self.idle_exit;
-        std::thread::Builder::new()
-            .name("conn".into())
-            .stack_size(self.stack_size)
-            .spawn(move || serve(&shared, task, idle_exit))
-            .map(|_| ())
-    }
-
-    /// Threads waiting for a job now.
+    /// Threads waiting for a connection now.
     pub fn idle(&self) -> usize {
         self.shared.lock().idle
     }
+
+    /// Threads alive now.
+    pub fn threads(&self) -> usize {
+        self.shared.lock().threads
+    }
 }
 
-/// A thread's life: its first task, then queued ones until none comes for `idle_exit`.
-fn serve(shared: &Shared, first: (Job, After), idle_exit: Duration) {
-    let mut task = first;
-    loop {
-        let (job, after) = task;
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err();
-        shared.lock().idle += 1;
-        after(panicked);
-        let mut state = shared.lock();
-        task = loop {
-            if let Some(next) = state.queue.pop_front() {
-                state.idle -= 1;
-                break next;
-            }
-            let (next, timeout) = shared
-                .work
-                .wait_timeout(state, idle_exit)
-                .unwrap_or_else(|p| p.into_inner());
-            state = next;
-            if timeout.timed_out() && state.queue.is_empty() {
-                state.idle -= 1;
-                return;
-            }
-        };
+/// Starts a thread that waits in the source; counted idle from before it exists, so that two
+/// threads taking connections at once do not both start one.
+fn start_thread(shared: &Arc<Shared>) -> std::io::Result<()> {
+    {
+        let mut c = shared.lock();
+        c.idle += 1;
+        c.threads += 1;
     }
+    let s = Arc::clone(shared);
+    let started = std::thread::Builder::new()
+        .name("conn".into())
+        .stack_size(shared.stack_size)
+        .spawn(move || serve(&s));
+    if started.is_err() {
+        let mut c = shared.lock();
+        c.idle -= 1;
+        c.threads -= 1;
+    }
+    started.map(|_| ())
+}
+
+/// A thread's life: wait in the source, serve what it gives, until it says stop or its idle
+/// time passes while another thread waits too.
+fn serve(shared: &Arc<Shared>) {
+    loop {
+        match shared.source.next() {
+            Next::Stop => break,
+            Next::Idle => {
+                let mut c = shared.lock();
+                if c.idle > 1 {
+                    c.idle -= 1;
+                    c.threads -= 1;
+                    return;
+                }
+            }
+            Next::Serve(job, after) => {
+                let last = {
+                    let mut c = shared.lock();
+                    c.idle -= 1;
+                    c.idle == 0
+                };
+                if last {
+                    if let Err(e) = start_thread(shared) {
+                        // This connection is served all the same; the next one waits in the
+                        // control socket until a thread is free.
+                        log::error!("cannot start a thread to wait for the next connection: {e}");
+                    }
+                }
+                let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err();
+                shared.lock().idle += 1;
+                after(panicked);
+            }
+        }
+    }
+    let mut c = shared.lock();
+    c.idle -= 1;
+    c.threads -= 1;
 }
 
 #[cfg(test)]
@@ -164,83 +193,173 @@ mod tests {
         assert_eq!(arena_cap(false, "glibc.malloc.arena_max=4", 2), None);
     }
 
+    /// A source fed by a channel: `None` says stop; one thread waits in it at a time, as the
+    /// kernel wakes one `recvmsg` per message.
+    struct Channel {
+        rx: Mutex<mpsc::Receiver<Option<(Job, After)>>>,
+        idle_time: Duration,
+    }
+
+    impl Source for Channel {
+        fn next(&self) -> Next {
+            let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+            match rx.recv_timeout(self.idle_time) {
+                Ok(Some((job, after))) => Next::Serve(job, after),
+                Err(mpsc::RecvTimeoutError::Timeout) => Next::Idle,
+                Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => Next::Stop,
+            }
+        }
+    }
+
+    type Feed = mpsc::Sender<Option<(Job, After)>>;
+
+    fn pool(idle_time: Duration) -> (Pool, Feed) {
+        let (tx, rx) = mpsc::channel();
+        let source = Channel {
+            rx: Mutex::new(rx),
+            idle_time,
+        };
+        let pool = Pool::start(Arc::new(source), 64 * 1024).expect("first thread");
+        (pool, tx)
+    }
+
+    fn task(
+        job: impl FnOnce() + Send + 'static,
+        after: impl FnOnce(bool) + Send + 'static,
+    ) -> Option<(Job, After)> {
+        Some((Box::new(job), Box::new(after)))
+    }
+
+    fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while !ok() {
+            assert!(std::time::Instant::now() < end, "timed out waiting: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
-    fn threads_are_reused_and_exit_when_idle() {
-        let t = Threads::with_idle_exit(64 * 1024, Duration::from_millis(300));
+    fn one_thread_waits_while_another_serves_and_the_spare_exits_when_idle() {
+        let (pool, feed) = pool(Duration::from_millis(300));
+        assert_eq!(pool.threads(), 1);
         let (tx, rx) = mpsc::channel();
         let mut ids = std::collections::HashSet::new();
         for _ in 0..50 {
             let tx = tx.clone();
-            // The job's `after` says when the thread is free, as ENDED does.
-            t.run(
+            // The task's `after` says when the thread is free, as ENDED does.
+            feed.send(task(
                 || {},
                 move |_| {
                     let _ = tx.send(std::thread::current().id());
                 },
-            )
-            .expect("run");
-            // One at a time: each job, sent as soon as `after` ran, finds the previous
-            // thread idle already.
-            ids.insert(rx.recv().expect("job ran"));
+            ))
+            .expect("send");
+            ids.insert(rx.recv_timeout(Duration::from_secs(5)).expect("task ran"));
         }
-        assert_eq!(ids.len(), 1, "one thread served all 50 jobs");
-        assert_eq!(t.idle(), 1);
-        std::thread::sleep(Duration::from_millis(600));
-        assert_eq!(t.idle(), 0, "the idle thread exited");
-        t.run(
-            move || {
+        // The first thread, taking the first connection as the last one waiting, started a
+        // second; one at a time, the two were enough for all fifty.
+        assert_eq!(ids.len(), 2, "two threads served all 50 connections");
+        assert_eq!(pool.threads(), 2);
+        wait_for("the spare thread exits", || pool.threads() == 1);
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(pool.threads(), 1, "the last thread stays to wait");
+        assert_eq!(pool.idle(), 1);
+        feed.send(task(
+            || {},
+            move |_| {
                 let _ = tx.send(std::thread::current().id());
             },
-            |_| {},
-        )
-        .expect("a new thread after the idle one left");
-        rx.recv().expect("job ran");
+        ))
+        .expect("send");
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("served after the idle time");
     }
 
     #[test]
-    fn concurrent_jobs_get_their_own_threads() {
-        let t = Threads::new(64 * 1024);
+    fn concurrent_connections_get_their_own_threads_and_one_more_waits() {
+        let (pool, feed) = pool(Duration::from_secs(60));
         let barrier = Arc::new(std::sync::Barrier::new(9));
         for _ in 0..8 {
             let b = Arc::clone(&barrier);
-            t.run(
+            feed.send(task(
                 move || {
                     b.wait();
                 },
                 |_| {},
-            )
-            .expect("run");
+            ))
+            .expect("send");
         }
-        // All eight jobs block until all have started: they cannot share threads.
+        // All eight sessions block until all have started: they cannot share threads.
         barrier.wait();
+        wait_for("all served", || pool.idle() == 9);
+        assert_eq!(
+            pool.threads(),
+            9,
+            "eight served, and one waited for the next"
+        );
     }
 
     #[test]
-    fn a_panicking_job_is_reported_and_its_thread_serves_on() {
-        let t = Threads::new(64 * 1024);
+    fn a_panicking_session_is_reported_and_its_thread_serves_on() {
+        let (pool, feed) = pool(Duration::from_secs(60));
         let (tx, rx) = mpsc::channel();
         let tx2 = tx.clone();
-        t.run(
-            || panic!("a job that fails"),
+        feed.send(task(
+            || panic!("a session that fails"),
             move |panicked| {
                 let _ = tx2.send((panicked, std::thread::current().id()));
             },
-        )
-        .expect("run");
+        ))
+        .expect("send");
         let (panicked, first) = rx.recv_timeout(Duration::from_secs(5)).expect("after ran");
         assert!(panicked);
-        t.run(
-            || {},
-            move |panicked| {
-                let _ = tx.send((panicked, std::thread::current().id()));
-            },
-        )
-        .expect("run");
-        let (panicked, second) = rx.recv_timeout(Duration::from_secs(5)).expect("after ran");
-        assert!(!panicked);
-        assert_eq!(
-            first, second,
-            "the thread survived the panic and was reused"
+        let mut later = Vec::new();
+        for _ in 0..4 {
+            let tx = tx.clone();
+            feed.send(task(
+                || {},
+                move |panicked| {
+                    let _ = tx.send((panicked, std::thread::current().id()));
+                },
+            ))
+            .expect("send");
+            let (panicked, id) = rx.recv_timeout(Duration::from_secs(5)).expect("after ran");
+            assert!(!panicked);
+            later.push(id);
+        }
+        assert!(
+            later.contains(&first),
+            "the thread survived the panic and served again"
         );
+        assert_eq!(pool.threads(), 2, "no thread was lost to the panic");
+    }
+
+    #[test]
+    fn stop_ends_every_thread_once_its_session_is_done() {
+        let (pool, feed) = pool(Duration::from_secs(60));
+        let (release, held) = mpsc::channel::<()>();
+        let (tx, rx) = mpsc::channel();
+        feed.send(task(
+            move || {
+                let _ = held.recv();
+            },
+            move |_| {
+                let _ = tx.send(());
+            },
+        ))
+        .expect("send");
+        wait_for("a second thread waits", || {
+            pool.threads() == 2 && pool.idle() == 1
+        });
+        feed.send(None).expect("stop");
+        wait_for("the waiting thread stops", || pool.threads() == 1);
+        release.send(()).expect("release the session");
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("its end announced");
+        // The channel's sender lives: the serving thread stops because the source says so
+        // (a disconnected channel would say it too).
+        feed.send(None).expect("stop");
+        wait_for("the last thread stops", || pool.threads() == 0);
+        drop(feed);
     }
 }
