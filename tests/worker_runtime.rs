@@ -257,3 +257,57 @@ fn image_started_by_hand_says_it_needs_the_dispatcher() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("started by the dispatcher"));
 }
+
+/// The worker's threads all wait in `recvmsg`, so a `HANDOFF` just ahead of `DRAIN` may still
+/// be in one thread's hands, its `TAKEN` not yet sent, when another thread reads the `DRAIN`.
+/// The dispatcher reads `DRAINING` as "everything it will take is confirmed" and gives the
+/// rest to other workers: a `TAKEN` after it is a protocol violation (the worker is killed)
+/// and the connection is handed twice. So: on workers with two threads waiting, a hand-off and
+/// then a drain a few microseconds later, the gap varied so that the two threads run side by
+/// side on the two CPUs at some point; every `TAKEN` must come before `DRAINING`.
+#[test]
+fn every_taken_comes_before_draining_when_a_drain_follows_a_hand_off_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = listener.local_addr().expect("addr");
+    for round in 0..60u64 {
+        let (mut child, ctrl) = start(20);
+        assert_eq!(
+            common::next_message(&ctrl),
+            Some(ToDispatcher::Ready { ack: true })
+        );
+        // Two connections at once leave three threads waiting once they have ended.
+        let warm_up: Vec<_> = (1..=2)
+            .map(|conn| hand_off(&ctrl, &listener, conn))
+            .collect();
+        drop(warm_up);
+        for _ in 1..=2 {
+            assert!(matches!(
+                common::next_message(&ctrl),
+                Some(ToDispatcher::Ended { .. })
+            ));
+        }
+        let client = TcpStream::connect(server).expect("connect");
+        let (accepted, peer) = listener.accept().expect("accept");
+        let msg = ToWorker::HandOff {
+            conn: 3,
+            client: peer,
+            server,
+        };
+        wire::send_to_worker(ctrl.as_fd(), &msg, Some(accepted.as_fd())).expect("hand off");
+        let gap = Duration::from_micros(round % 30);
+        let sent = std::time::Instant::now();
+        while sent.elapsed() < gap {
+            std::hint::spin_loop();
+        }
+        wire::send_to_worker(ctrl.as_fd(), &ToWorker::Drain, None).expect("drain");
+        let first = common::next_message(&ctrl);
+        assert_eq!(
+            first,
+            Some(ToDispatcher::Taken { conn: 3 }),
+            "round {round} (gap {gap:?}): the TAKEN must come first"
+        );
+        assert_eq!(common::next_message(&ctrl), Some(ToDispatcher::Draining));
+        drop((client, accepted));
+        assert!(child.wait_for(WAIT).expect("exits").success());
+    }
+}

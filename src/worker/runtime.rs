@@ -3,11 +3,13 @@
 //!
 //! The runtime reads its settings from the environment the dispatcher gives it (see
 //! [`WorkerConfig::from_env`] and `docs/worker-protocol.md`), says `READY ACK`, then handles
-//! `HANDOFF` and `DRAIN` from the control socket on descriptor 3. Each handed socket is
+//! `HANDOFF` and `DRAIN` from the control socket on descriptor 3. Every idle thread waits in
+//! `recvmsg` on that socket, and the thread that receives a connection serves it (see
+//! [`super::threads`]); its stack is the service's `STACKSIZE`. Each handed socket is
 //! confirmed with `TAKEN` as soon as it has arrived, before anything else is done with it, so
-//! the dispatcher knows it may close its copy. Each connection runs on a thread of its own
-//! whose stack is the service's `STACKSIZE` (threads are reused, see [`super::threads`]);
-//! when it ends, the runtime says `ENDED`.
+//! the dispatcher knows it may close its copy; when the connection ends, the runtime says
+//! `ENDED`. `DRAINING` is said only once no thread is receiving any more, so that it follows
+//! every `TAKEN`: the dispatcher reads it as "all it will take is confirmed".
 //! It never holds more than `MAX_CONNS` connections: one beyond that (the dispatcher's
 //! policy should never send it) is taken, closed at once and reported ended.
 //!
