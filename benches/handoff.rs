@@ -17,6 +17,10 @@
 //! too. Rounds rotate which server goes first. The bench prints connections/s, the ratio to
 //! the mio server, p50/p99 of a connection's whole life as the client sees it, and the CPU
 //! time (user + system, `/proc/<pid>/stat`) per connection of every process involved.
+//!
+//! Last, what one worker's life costs whatever its connections (what `MAX_LIFE_CONNS` spreads
+//! over them): whole lives of the real image started as the dispatcher starts one, against
+//! starts of `/bin/true`, the floor any program's fork, exec and exit costs on the machine.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -541,4 +545,81 @@ fn main() {
             per(t.cpu.client)
         );
     }
+    let (life, floor) = worker_lives(&recycled.root);
+    println!();
+    println!("A worker's life ({LIVES} lives: started as the dispatcher starts one, READY, DRAIN, exit; CPU of the children, getrusage):");
+    println!();
+    println!("| what | CPU µs per life | per connection at MAX_LIFE_CONNS={DEFAULT_LIFE} |");
+    println!("|---|---:|---:|");
+    println!(
+        "| tcp_lmtp_server, whole life | {life:.0} | {:.1} |",
+        life / DEFAULT_LIFE as f64
+    );
+    println!(
+        "| /bin/true (fork, exec, exit): the floor of any program here | {floor:.0} | {:.1} |",
+        floor / DEFAULT_LIFE as f64
+    );
+}
+
+/// Lives for the worker-life table.
+const LIVES: usize = 200;
+
+/// CPU (user + system of reaped children, `getrusage`) per start, µs.
+fn children_cpu_us() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given; RUSAGE_CHILDREN is valid.
+    let r = unsafe {
+        let mut r: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut r);
+        r
+    };
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    us(r.ru_utime) + us(r.ru_stime)
+}
+
+/// What recycling costs per worker, whatever the connections: `LIVES` whole lives of the real
+/// `tcp_lmtp_server`, each started as the dispatcher starts one (`spawn_worker`: fork, the
+/// account switch and capability drops, exec), with the installation's configuration, told
+/// `DRAIN` as soon as it says `READY`, and reaped; beside as many starts of `/bin/true` (fork,
+/// exec, exit), the floor any program pays here. CPU of the children (the worker's pre-exec
+/// steps included), µs per life.
+fn worker_lives(root: &std::path::Path) -> (f64, f64) {
+    use msdispatcher::dispatcher::account::RunAs;
+    use msdispatcher::dispatcher::spawn::{spawn_worker, WorkerSpec};
+    use msdispatcher::handoff::wire::{self, ToWorker};
+    use std::os::fd::AsFd;
+    let (uid, gid) = common::dispatcher::mail_ids();
+    let spec = WorkerSpec {
+        image: root.join("lib/tcp_lmtp_server"),
+        service: "LMTPSS".into(),
+        parameter: "CHANNEL=tcp_lmtpss".into(),
+        stack_size: 2_048_000,
+        max_conns: 20,
+        debug: 0,
+        tailor: root.join("config/imta_tailor"),
+        import_environment: Vec::new(),
+        run_as: Some(RunAs {
+            uid: uid.as_raw(),
+            gid: gid.as_raw(),
+            keep_setuid: false,
+        }),
+    };
+    let before = children_cpu_us();
+    for _ in 0..LIVES {
+        let (ours, theirs) = wire::control_pair().expect("control pair");
+        let mut child = spawn_worker(&spec, &theirs, None).expect("start tcp_lmtp_server");
+        drop(theirs);
+        let said = common::next_message(&ours);
+        assert!(said.is_some(), "the worker said READY");
+        wire::send_to_worker(ours.as_fd(), &ToWorker::Drain, None).expect("DRAIN");
+        let status = child.wait().expect("reap the worker");
+        assert!(status.success(), "the worker exited {status}");
+    }
+    let worker = (children_cpu_us() - before) / LIVES as f64;
+    let before = children_cpu_us();
+    for _ in 0..LIVES {
+        let status = Command::new("/bin/true").status().expect("run /bin/true");
+        assert!(status.success());
+    }
+    let floor = (children_cpu_us() - before) / LIVES as f64;
+    (worker, floor)
 }
