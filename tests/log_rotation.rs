@@ -1,7 +1,8 @@
 //! Rotating the delivery log with the packaged logrotate snippet (issue 13, item 6):
 //! `logrotate -s state -f` on `packaging/msdispatcher.logrotate`, its paths moved to a test
 //! installation, against a running dispatcher under load. Needs `logrotate`
-//! (scripts/install-test-deps.sh).
+//! (scripts/install-test-deps.sh). Also: `HISTORY_TO_RETAIN` never removes the LOGFILE
+//! version a running worker writes.
 
 mod common;
 
@@ -133,4 +134,65 @@ fn after_logrotate_new_deliveries_go_to_the_new_file_and_none_is_lost() {
         during.len()
     );
     assert!(old_ids.is_disjoint(&new_ids), "no line in both");
+}
+
+/// The LOGFILE version each running worker of LMTPSS writes (its standard error), resolved.
+fn logs_written_by_workers(d: &Dispatcher) -> Vec<(i32, std::path::PathBuf)> {
+    d.workers("tcp_lmtp_server")
+        .into_iter()
+        .filter_map(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/fd/2"))
+                .ok()
+                .map(|target| (pid, target))
+        })
+        .collect()
+}
+
+/// `HISTORY_TO_RETAIN` counts the old versions of a LOGFILE, but one a running worker still
+/// writes must stay: the worker's lines (a failure to store, a session that ended badly)
+/// would go to a removed file that no grep finds. Three workers at once with
+/// `HISTORY_TO_RETAIN=0`; then workers recycled every second connection, which must still
+/// prune the versions of the workers gone.
+#[test]
+fn history_to_retain_never_removes_the_log_a_running_worker_writes() {
+    let d = Dispatcher::start_lmtp(
+        "MIN_PROCS=3\nMAX_PROCS=3\nMIN_CONNS=1\nMAX_CONNS=4\nMAX_LIFE_CONNS=2\nHISTORY_TO_RETAIN=0",
+        "",
+    );
+    d.wait_for_started("LMTPSS", 3);
+    let check = |when: &str| {
+        let written = logs_written_by_workers(&d);
+        assert!(!written.is_empty(), "{when}: no worker found");
+        for (pid, target) in &written {
+            let shown = target.to_string_lossy();
+            assert!(
+                !shown.ends_with(" (deleted)") && target.exists(),
+                "{when}: worker {pid} writes to a removed log file: {shown}"
+            );
+        }
+    };
+    check("three workers started");
+    for _ in 0..20 {
+        Lmtp::connect(RELAY, d.addr(0)).quit();
+    }
+    let started = d.started("LMTPSS");
+    assert!(started >= 8, "workers were recycled: {started} started");
+    check("after recycling");
+    let base = d.root.join("log/tcp_lmtpss_server.log");
+    let kept = std::fs::read_dir(d.root.join("log"))
+        .expect("IMTA_LOG")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("tcp_lmtpss_server.log-")
+        })
+        .count();
+    // The running workers' versions, and at most a few of workers just gone (pruned at the
+    // next start), not one per start.
+    assert!(
+        kept < started && kept <= d.workers("tcp_lmtp_server").len() + 3,
+        "{kept} versions of {} left after {started} starts",
+        base.display()
+    );
 }

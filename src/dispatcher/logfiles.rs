@@ -5,7 +5,10 @@
 //! channel", and `imsimta purge` keeps the newest versions. Ours: the unique id is the time
 //! in milliseconds and the pid, both in fixed-width base 36, so names sort by creation time;
 //! a new version is created each time the dispatcher starts (and for each worker it starts);
-//! the newest `HISTORY_TO_RETAIN` older versions are kept and older ones removed; the plain name
+//! the newest `HISTORY_TO_RETAIN` older versions are kept and older ones removed, except a
+//! version a running worker still writes ([`LiveVersions`]: its lines would go to a removed
+//! file, out of an operator's reach), which stays until a start after its worker's exit; the
+//! plain name
 //! (`dispatcher.log`, the LOGFILE itself) is a symbolic link to the newest version, so
 //! `tail -f IMTA_LOG:dispatcher.log` and grep work as before.
 //!
@@ -16,8 +19,10 @@
 //! under a temporary name and renamed over it, which replaces whatever is there (a link
 //! someone planted included) without following it.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::safe_fs::{self, OpenError};
 
@@ -53,9 +58,80 @@ fn is_unique_id(s: &str) -> bool {
         })
 }
 
+/// The log versions running workers write, shared by the event loop and the starting
+/// thread: pruning leaves them. Each is held by a [`VersionInUse`], whose drop (the worker
+/// reaped, or its start failed) lets it go.
+#[derive(Clone, Default)]
+pub struct LiveVersions {
+    paths: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+impl LiveVersions {
+    fn lock(&self) -> MutexGuard<'_, HashSet<PathBuf>> {
+        // Only inserts and removes run under the lock: a poisoned set is still whole.
+        self.paths.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn contains(&self, path: &Path) -> bool {
+        self.lock().contains(path)
+    }
+
+    /// How many versions are held now (for tests).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A version a worker writes, kept from pruning while this lives.
+pub struct VersionInUse {
+    path: PathBuf,
+    live: LiveVersions,
+}
+
+impl VersionInUse {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for VersionInUse {
+    fn drop(&mut self) {
+        self.live.lock().remove(&self.path);
+    }
+}
+
 /// A new version of `base` (`base-<uniqueid>`), created and opened for appending; `base`
 /// becomes a link to it, and versions beyond `keep` older ones are removed.
 pub fn open_version(base: &Path, keep: u64) -> std::io::Result<(PathBuf, File)> {
+    open_version_leaving(base, keep, &LiveVersions::default())
+}
+
+/// A new version of `base` for a worker, as [`open_version`], held in `live` by the returned
+/// guard; versions held there are not removed.
+pub fn open_worker_version(
+    base: &Path,
+    keep: u64,
+    live: &LiveVersions,
+) -> std::io::Result<(VersionInUse, File)> {
+    let (path, file) = open_version_leaving(base, keep, live)?;
+    Ok((
+        VersionInUse {
+            path,
+            live: live.clone(),
+        },
+        file,
+    ))
+}
+
+fn open_version_leaving(
+    base: &Path,
+    keep: u64,
+    live: &LiveVersions,
+) -> std::io::Result<(PathBuf, File)> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -69,8 +145,13 @@ pub fn open_version(base: &Path, keep: u64) -> std::io::Result<(PathBuf, File)> 
             Err(e) => return Err(e),
         }
     };
-    link_newest(base, &path)?;
-    prune(base, &path, keep);
+    // Held before the pruning, so that a start made meanwhile cannot remove it either.
+    live.lock().insert(path.clone());
+    if let Err(e) = link_newest(base, &path) {
+        live.lock().remove(&path);
+        return Err(e);
+    }
+    prune(base, &path, keep, live);
     Ok((path, file))
 }
 
@@ -137,9 +218,9 @@ pub fn versions(base: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Keeps `keep` versions older than `current` (the one just created) and removes the rest
 /// of the older ones. Only our own regular files are counted or removed: a name planted in
 /// `IMTA_LOG` that sorts after ours can never make the current log go, and a directory,
-/// link or someone else's file there is left alone. Nothing here stops a start: a failure
-/// is logged with its path.
-fn prune(base: &Path, current: &Path, keep: u64) {
+/// link or someone else's file there is left alone, and so is a version held in `live`.
+/// Nothing here stops a start: a failure is logged with its path.
+fn prune(base: &Path, current: &Path, keep: u64, live: &LiveVersions) {
     let all = match versions(base) {
         Ok(all) => all,
         Err(e) => {
@@ -159,6 +240,9 @@ fn prune(base: &Path, current: &Path, keep: u64) {
     let keep = usize::try_from(keep).unwrap_or(usize::MAX);
     if older.len() > keep {
         for old in &older[..older.len() - keep] {
+            if live.contains(old) {
+                continue;
+            }
             if let Err(e) = std::fs::remove_file(old) {
                 log::warn!("cannot remove the old log version {}: {e}", old.display());
             }
@@ -254,6 +338,33 @@ mod tests {
         assert_eq!(left, made[1..], "the current one and two older ones");
         let link = std::fs::read_link(&base).expect("a link");
         assert_eq!(Some(link.as_os_str()), made[3].file_name());
+    }
+
+    #[test]
+    fn versions_running_workers_write_are_left_until_their_workers_are_gone() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let base = d.path().join("tcp_lmtpss_server.log");
+        let live = LiveVersions::default();
+        // Three workers running, HISTORY_TO_RETAIN=0.
+        let mut workers: Vec<_> = (0..3)
+            .map(|_| open_worker_version(&base, 0, &live).expect("version").0)
+            .collect();
+        assert!(workers.iter().all(|w| w.path().exists()), "all three kept");
+        assert_eq!(live.len(), 3);
+        let gone = workers[0].path().to_path_buf();
+        drop(workers.remove(0));
+        assert_eq!(live.len(), 2);
+        let (fourth, _) = open_worker_version(&base, 0, &live).expect("version");
+        assert!(
+            !gone.exists(),
+            "the exited worker's version is pruned at the next start"
+        );
+        assert_eq!(versions(&base).expect("list").len(), 3);
+        assert!(fourth.path().exists());
+        assert!(
+            workers.iter().all(|w| w.path().exists()),
+            "the running two stay"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use mio::{Poll, Token};
 use super::accept::{Acceptor, Admitted, ListenerId, Stopped};
 use super::account::{self, RunAs};
 use super::generation::{GenPool, ServiceCounts, ServiceId, ServiceRt, Services};
+use super::logfiles::LiveVersions;
 use super::policy::{
     Action, ConnId, Event, KillReason, Pool, PoolLimits, PoolLog, WorkerId, WorkerIds,
 };
@@ -138,6 +139,8 @@ pub struct Runtime {
     /// Makes the starts off the event loop; `None` when its thread could not be started
     /// (starts are then made in the loop).
     spawner: Option<Spawner>,
+    /// The LOGFILE versions running workers write: a start's pruning leaves them.
+    log_versions: LiveVersions,
 }
 
 impl Runtime {
@@ -173,6 +176,7 @@ impl Runtime {
             budget: 1,
             accept_again: false,
             no_descriptors_log: Throttle::new(Duration::from_secs(60)),
+            log_versions: LiveVersions::default(),
         }
     }
 
@@ -437,11 +441,13 @@ impl Runtime {
             id,
             spec,
             control,
-            logfile: config
-                .logfile
-                .value
-                .clone()
-                .map(|base| (base, config.limits.history_to_retain.value)),
+            logfile: config.logfile.value.clone().map(|base| {
+                (
+                    base,
+                    config.limits.history_to_retain.value,
+                    self.log_versions.clone(),
+                )
+            }),
         };
         let job = match &mut self.spawner {
             Some(spawner) => match spawner.submit(Box::new(job)) {
@@ -494,7 +500,7 @@ impl Runtime {
             );
         }
         match s.result {
-            Ok(child) => match self.workers.started(s.id, child) {
+            Ok(child) => match self.workers.started(s.id, child, s.log_version) {
                 Ok(pid) => {
                     self.count(owner.service, |c| c.starts += 1);
                     log::info!("[SERVICE={name}] worker {} started, pid {pid}", s.id);

@@ -20,6 +20,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use super::logfiles::{open_worker_version, LiveVersions, VersionInUse};
 use super::policy::WorkerId;
 use super::spawn::{spawn_worker, WorkerSpec};
 
@@ -30,8 +31,9 @@ pub struct SpawnJob {
     /// The worker's end of its control socket (a copy; the loop keeps its own until the
     /// start is done, so the socket does not look closed meanwhile).
     pub control: OwnedFd,
-    /// The service's LOGFILE and its HISTORY_TO_RETAIN, when it has one.
-    pub logfile: Option<(PathBuf, u64)>,
+    /// The service's LOGFILE and its HISTORY_TO_RETAIN, when it has one, and the versions
+    /// running workers write (never pruned).
+    pub logfile: Option<(PathBuf, u64, LiveVersions)>,
 }
 
 /// How a start went.
@@ -40,15 +42,22 @@ pub struct Spawned {
     pub result: std::io::Result<Child>,
     /// The LOGFILE version could not be opened (the worker's output is discarded).
     pub logfile_error: Option<(PathBuf, std::io::Error)>,
+    /// The LOGFILE version the worker writes, held from pruning while this lives (in the
+    /// worker's entry until it is reaped).
+    pub log_version: Option<VersionInUse>,
 }
 
 /// Makes one start: the LOGFILE version, then the process. Also what the loop does itself
 /// when no thread could be started.
 pub fn run(job: SpawnJob) -> Spawned {
     let mut logfile_error = None;
+    let mut log_version = None;
     let output = match &job.logfile {
-        Some((base, keep)) => match super::logfiles::open_version(base, *keep) {
-            Ok((_, f)) => Some(f),
+        Some((base, keep, live)) => match open_worker_version(base, *keep, live) {
+            Ok((version, f)) => {
+                log_version = Some(version);
+                Some(f)
+            }
             Err(e) => {
                 logfile_error = Some((base.clone(), e));
                 None
@@ -61,6 +70,7 @@ pub fn run(job: SpawnJob) -> Spawned {
         id: job.id,
         result,
         logfile_error,
+        log_version,
     }
 }
 
@@ -97,6 +107,7 @@ impl Spawner {
                             id,
                             result: Err(std::io::Error::other("the start failed (panic)")),
                             logfile_error: None,
+                            log_version: None,
                         });
                     if report.send(done).is_err() {
                         break;

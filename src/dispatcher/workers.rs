@@ -18,6 +18,7 @@ use std::process::{Child, ExitStatus};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
+use super::logfiles::VersionInUse;
 use super::policy::{ConnId, Event, WorkerId};
 use crate::handoff::stats::WorkerStats;
 use crate::handoff::wire::{self, ToDispatcher, ToWorker, WireError};
@@ -46,6 +47,8 @@ struct WorkerProc {
     drain_pending: bool,
     /// End of file or a broken socket: nothing more is read from it.
     closed: bool,
+    /// The LOGFILE version it writes, kept from pruning until the worker is forgotten.
+    _log_version: Option<VersionInUse>,
 }
 
 /// Why a worker could not be started.
@@ -115,6 +118,7 @@ impl Workers {
                 want_write: false,
                 drain_pending: false,
                 closed: false,
+                _log_version: None,
             },
         );
         Ok(copy)
@@ -122,12 +126,18 @@ impl Workers {
 
     /// The start of a prepared worker is done: its pid. The child back when the worker is no
     /// longer known (the caller kills and reaps it).
-    pub fn started(&mut self, id: WorkerId, child: Child) -> Result<u32, Child> {
+    pub fn started(
+        &mut self,
+        id: WorkerId,
+        child: Child,
+        log_version: Option<VersionInUse>,
+    ) -> Result<u32, Child> {
         let Some(w) = self.procs.get_mut(&id) else {
             return Err(child);
         };
         let pid = child.id();
         w.their_end = None;
+        w._log_version = log_version;
         let child = w.child.insert(child);
         if w.kill_when_started {
             let _ = child.kill();

@@ -257,8 +257,13 @@ mod tests {
             ids.insert(rx.recv_timeout(Duration::from_secs(5)).expect("task ran"));
         }
         // The first thread, taking the first connection as the last one waiting, started a
-        // second; one at a time, the two were enough for all fifty.
-        assert_eq!(ids.len(), 2, "two threads served all 50 connections");
+        // second; one at a time, no more were needed (which of the two serves is the
+        // scheduler's choice).
+        assert!(
+            ids.len() <= 2,
+            "at most two threads served all 50: {}",
+            ids.len()
+        );
         assert_eq!(pool.threads(), 2);
         wait_for("the spare thread exits", || pool.threads() == 1);
         std::thread::sleep(Duration::from_millis(700));
@@ -313,25 +318,30 @@ mod tests {
         .expect("send");
         let (panicked, first) = rx.recv_timeout(Duration::from_secs(5)).expect("after ran");
         assert!(panicked);
-        let mut later = Vec::new();
-        for _ in 0..4 {
-            let tx = tx.clone();
+        wait_for("both threads wait again", || pool.idle() == 2);
+        assert_eq!(pool.threads(), 2, "no thread was lost to the panic");
+        // Two sessions at once, each holding its thread until both run: the two threads
+        // waiting serve one each, so the one that served the panic serves again.
+        let barrier = Arc::new(std::sync::Barrier::new(3));
+        let (ids_tx, ids) = mpsc::channel();
+        for _ in 0..2 {
+            let (b, ids_tx) = (Arc::clone(&barrier), ids_tx.clone());
             feed.send(task(
-                || {},
-                move |panicked| {
-                    let _ = tx.send((panicked, std::thread::current().id()));
+                move || {
+                    let _ = ids_tx.send(std::thread::current().id());
+                    b.wait();
                 },
+                |_| {},
             ))
             .expect("send");
-            let (panicked, id) = rx.recv_timeout(Duration::from_secs(5)).expect("after ran");
-            assert!(!panicked);
-            later.push(id);
         }
+        barrier.wait();
+        let later: Vec<_> = ids.try_iter().collect();
+        assert_eq!(later.len(), 2);
         assert!(
             later.contains(&first),
             "the thread survived the panic and served again"
         );
-        assert_eq!(pool.threads(), 2, "no thread was lost to the panic");
     }
 
     #[test]
