@@ -254,6 +254,8 @@ pub struct Wire<S> {
     timing: Option<Timing<S>>,
     /// Always [`Deadline::Off`] outside `read_line` and `read_data`.
     deadline: Deadline,
+    /// The read timeout last set on the stream (only the wire sets it while it reads).
+    read_timeout: Option<Duration>,
 }
 
 impl<S: Read + Write + Timeouts> Wire<S> {
@@ -285,6 +287,7 @@ impl<S: Read + Write> Wire<S> {
             skip_lf: false,
             timing: None,
             deadline: Deadline::Off,
+            read_timeout: None,
         }
     }
 
@@ -420,7 +423,15 @@ impl<S: Read + Write> Wire<S> {
         if left.is_zero() {
             return Err(WireError::Timeout);
         }
-        (timing.set_read_timeout)(&self.stream, left.min(budget.limit)).map_err(WireError::Io)
+        let wait = left.min(budget.limit);
+        // The first wait of each line is the whole limit: the socket has it already from
+        // the line before (one system call saved per command of a session).
+        if self.read_timeout == Some(wait) {
+            return Ok(());
+        }
+        (timing.set_read_timeout)(&self.stream, wait).map_err(WireError::Io)?;
+        self.read_timeout = Some(wait);
+        Ok(())
     }
 
     /// Moves the deadline on for `n` octets of message data, while they are within the size
@@ -820,6 +831,60 @@ mod tests {
         assert!(
             set.windows(2).all(|p| p[1] <= p[0]),
             "the time left grew: {set:?}"
+        );
+    }
+
+    /// A client that sends one whole line per read.
+    struct Lines {
+        input: Cursor<Vec<u8>>,
+        limits_set: std::cell::RefCell<Vec<Duration>>,
+    }
+
+    impl Read for Lines {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let rest = &self.input.get_ref()[self.input.position() as usize..];
+            let line = rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
+            let n = line.min(buf.len());
+            self.input.read(&mut buf[..n])
+        }
+    }
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Timeouts for Lines {
+        fn set_read_timeout(&self, limit: Duration) -> io::Result<()> {
+            self.limits_set.borrow_mut().push(limit);
+            Ok(())
+        }
+        fn set_write_timeout(&self, _limit: Duration) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn whole_lines_set_the_read_timeout_once_not_per_line() {
+        let stream = Lines {
+            input: Cursor::new(b"LHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n".to_vec()),
+            limits_set: Default::default(),
+        };
+        let mut w = Wire::timed(stream, Terminators::Crlf, limits_of(600_000, 0));
+        for _ in 0..4 {
+            assert!(matches!(w.read_line(512), Ok(Line::Text(_))));
+        }
+        assert_eq!(
+            *w.stream().limits_set.borrow(),
+            vec![600_000 * MS],
+            "each line's first (and only) wait is the whole limit, set once"
         );
     }
 
