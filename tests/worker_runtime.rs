@@ -223,6 +223,19 @@ fn receive_error_drains_and_exits_non_zero(packet: &[u8]) {
     line(&mut c);
     send_raw(&ctrl, packet);
     assert_eq!(common::next_message(&ctrl), Some(ToDispatcher::Draining));
+    // A dispatcher that has not read DRAINING yet may still hand over a connection: the
+    // send must go through (a worker that shut its end would make it fail, and the
+    // dispatcher take the worker for gone and hand its untaken connections out twice), and
+    // the worker must not say TAKEN for it, so the dispatcher gives it to another worker.
+    let late = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (accepted, peer) = listener.accept().expect("accept");
+    let msg = ToWorker::HandOff {
+        conn: 4,
+        client: peer,
+        server: listener.local_addr().expect("addr"),
+    };
+    wire::send_to_worker(ctrl.as_fd(), &msg, Some(accepted.as_fd()))
+        .expect("a hand-off sent before DRAINING was read still reaches the worker");
     assert!(
         child.wait_for(Duration::from_millis(300)).is_none(),
         "the worker exited with a connection in hand"
@@ -237,6 +250,14 @@ fn receive_error_drains_and_exits_non_zero(packet: &[u8]) {
     );
     let status = child.wait_for(WAIT).expect("exits after its last session");
     assert_eq!(status.code(), Some(1), "{status:?}");
+    // End of file, not a reset (which a socket closed with the late hand-off unread would
+    // be, and which the kernel reports before the messages still queued: the ENDED above
+    // could have been lost), and nothing said of the late connection.
+    match wire::recv_from_worker(ctrl.as_fd()) {
+        Ok(None) => {}
+        other => panic!("after the exit: {other:?}"),
+    }
+    drop((late, accepted));
 }
 
 #[test]
@@ -258,17 +279,19 @@ fn image_started_by_hand_says_it_needs_the_dispatcher() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("started by the dispatcher"));
 }
 
-/// The worker's threads all wait in `recvmsg`, so a `HANDOFF` just ahead of `DRAIN` may still
-/// be in one thread's hands, its `TAKEN` not yet sent, when another thread reads the `DRAIN`.
-/// The dispatcher reads `DRAINING` as "everything it will take is confirmed" and gives the
-/// rest to other workers: a `TAKEN` after it is a protocol violation (the worker is killed)
-/// and the connection is handed twice. So: on workers with two threads waiting, a hand-off and
-/// then a drain a few microseconds later, the gap varied so that the two threads run side by
-/// side on the two CPUs at some point; every `TAKEN` must come before `DRAINING`.
+/// The worker's threads all wait in `recvmsg`, so a `HANDOFF` just ahead of `DRAIN` may be in
+/// one thread's hands when another thread reads the `DRAIN`. The dispatcher reads `DRAINING`
+/// as "everything it will take is confirmed" and gives the rest to other workers: a `TAKEN`
+/// after it is a protocol violation (the worker is killed) and the connection is handed
+/// twice. So: on workers with several threads waiting, a hand-off and then a drain a few
+/// microseconds later, the gap varied so that the two threads run side by side at some point;
+/// the hand-off is either taken before `DRAINING` or never, and nothing is said after it but
+/// the end of a connection taken before.
 #[test]
-fn every_taken_comes_before_draining_when_a_drain_follows_a_hand_off_at_once() {
+fn no_taken_comes_after_draining_when_a_drain_follows_a_hand_off_at_once() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let server = listener.local_addr().expect("addr");
+    let mut taken_first = 0;
     for round in 0..60u64 {
         let (mut child, ctrl) = start(20);
         assert_eq!(
@@ -300,14 +323,25 @@ fn every_taken_comes_before_draining_when_a_drain_follows_a_hand_off_at_once() {
             std::hint::spin_loop();
         }
         wire::send_to_worker(ctrl.as_fd(), &ToWorker::Drain, None).expect("drain");
-        let first = common::next_message(&ctrl);
+        let mut said = vec![common::next_message(&ctrl)];
+        if said[0] == Some(ToDispatcher::Taken { conn: 3 }) {
+            taken_first += 1;
+            said.push(common::next_message(&ctrl));
+        }
         assert_eq!(
-            first,
-            Some(ToDispatcher::Taken { conn: 3 }),
-            "round {round} (gap {gap:?}): the TAKEN must come first"
+            said.last(),
+            Some(&Some(ToDispatcher::Draining)),
+            "round {round} (gap {gap:?}): {said:?}"
         );
-        assert_eq!(common::next_message(&ctrl), Some(ToDispatcher::Draining));
         drop((client, accepted));
         assert!(child.wait_for(WAIT).expect("exits").success());
+        loop {
+            match common::next_message(&ctrl) {
+                None => break,
+                Some(ToDispatcher::Ended { conn: 3 }) if said.len() == 2 => {}
+                other => panic!("round {round}: {other:?} after DRAINING"),
+            }
+        }
     }
+    assert!(taken_first > 0, "the hand-off was never taken in 60 rounds");
 }

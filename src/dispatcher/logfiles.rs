@@ -209,7 +209,9 @@ pub fn versions(base: &Path) -> std::io::Result<Vec<PathBuf>> {
             let name = e.file_name().to_string_lossy().into_owned();
             name.strip_prefix(&prefix).is_some_and(is_unique_id)
         })
-        .map(|e| e.path())
+        // Named as `version_path` names them (a base without a directory gives `name`, not
+        // `./name`), so that the current version and the held ones compare equal.
+        .map(|e| base.with_file_name(e.file_name()))
         .collect();
     found.sort();
     Ok(found)
@@ -232,6 +234,8 @@ fn prune(base: &Path, current: &Path, keep: u64, live: &LiveVersions) {
     let older: Vec<&PathBuf> = all
         .iter()
         .filter(|p| p.as_path() < current)
+        // Not counted either: HISTORY_TO_RETAIN old versions are kept besides these.
+        .filter(|p| !live.contains(p) && !made_by_another_running_process(p))
         .filter(|p| {
             std::fs::symlink_metadata(p)
                 .is_ok_and(|m| safe_fs::check_metadata(&m, Some(own)).is_ok())
@@ -240,13 +244,30 @@ fn prune(base: &Path, current: &Path, keep: u64, live: &LiveVersions) {
     let keep = usize::try_from(keep).unwrap_or(usize::MAX);
     if older.len() > keep {
         for old in &older[..older.len() - keep] {
-            if live.contains(old) {
-                continue;
-            }
             if let Err(e) = std::fs::remove_file(old) {
                 log::warn!("cannot remove the old log version {}: {e}", old.display());
             }
         }
+    }
+}
+
+/// Whether `version`'s unique id names another process that still runs: a dispatcher that is
+/// handing over to this one (`--takeover`) and whose workers still write their versions. Its
+/// versions are its own to prune; a pid reused since only keeps a file a little longer.
+fn made_by_another_running_process(version: &Path) -> bool {
+    let Some(pid) = version
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.get(n.len().saturating_sub(5)..))
+        .and_then(|digits| u32::from_str_radix(digits, 36).ok())
+        .and_then(|pid| i32::try_from(pid).ok())
+        .filter(|&pid| pid > 0 && pid.unsigned_abs() != std::process::id())
+    else {
+        return false;
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e == nix::errno::Errno::EPERM,
     }
 }
 
@@ -365,6 +386,22 @@ mod tests {
             workers.iter().all(|w| w.path().exists()),
             "the running two stay"
         );
+    }
+
+    #[test]
+    fn versions_of_another_running_process_are_left_to_it() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let base = d.path().join("tcp_lmtpss_server.log");
+        // pid 1 runs; 36^5 - 1 is beyond any pid_max.
+        let theirs = version_path(&base, "000000001.00001");
+        let gone = version_path(&base, "000000002.zzzzz");
+        for p in [&theirs, &gone] {
+            std::fs::write(p, "").expect("plant");
+        }
+        let (ours, _) = open_version(&base, 0).expect("version");
+        assert!(theirs.exists(), "a running process's version stays");
+        assert!(!gone.exists(), "a gone process's version is pruned");
+        assert!(ours.exists());
     }
 
     #[test]

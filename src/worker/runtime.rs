@@ -8,8 +8,9 @@
 //! [`super::threads`]); its stack is the service's `STACKSIZE`. Each handed socket is
 //! confirmed with `TAKEN` as soon as it has arrived, before anything else is done with it, so
 //! the dispatcher knows it may close its copy; when the connection ends, the runtime says
-//! `ENDED`. `DRAINING` is said only once no thread is receiving any more, so that it follows
-//! every `TAKEN`: the dispatcher reads it as "all it will take is confirmed".
+//! `ENDED`. `TAKEN` and `DRAINING` are said under one lock ([`Stopping`]), so `DRAINING`
+//! follows every `TAKEN` and none comes after it: the dispatcher reads it as "all it will take
+//! is confirmed", and a `HANDOFF` read after the stop is closed untaken for it to hand on.
 //! It never holds more than `MAX_CONNS` connections: one beyond that (the dispatcher's
 //! policy should never send it) is taken, closed at once and reported ended.
 //!
@@ -24,7 +25,7 @@
 //! What a connection means is the image's business: it passes a [`Handler`].
 
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 
 pub use super::counters::Counters;
@@ -203,17 +204,19 @@ enum Stop {
 
 #[derive(Default)]
 struct StopState {
-    /// Set by the first thread that sees a stop; nothing is received after it.
+    /// Set by the first thread that sees a stop; nothing is taken after it.
     stopped: bool,
     /// That stop, until the runtime takes it.
     why: Option<Stop>,
-    /// Threads inside [`Receiver::next`]: waiting in `recvmsg`, or counting what it returned.
-    receiving: usize,
 }
 
-/// The stop, and the threads still receiving: the runtime drains only once none is, so that
-/// every connection received before the stop is counted in [`Active`] first (a `HANDOFF` just
-/// ahead of `DRAIN` may be in another thread's hands when `DRAIN` is read).
+/// The stop, and the order of what is said around it. Taking a connection (`TAKEN` and its
+/// count in [`Active`]) and stopping (`DRAINING`) happen under one lock, so every `TAKEN`
+/// goes out before `DRAINING` and none after it (the dispatcher reads `DRAINING` as "all it
+/// will take is confirmed" and gives what was not taken to other workers), and no connection
+/// taken is missing from the count the runtime waits on. A `HANDOFF` read after the stop
+/// (another thread read the `DRAIN` first, or the dispatcher sent it before it read our
+/// `DRAINING`) is closed untaken: the dispatcher still holds the socket and hands it on.
 #[derive(Default)]
 struct Stopping {
     state: Mutex<StopState>,
@@ -225,45 +228,34 @@ impl Stopping {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a thread in before it receives; `false` once stopped.
-    fn enter(&self) -> bool {
-        let mut s = self.lock();
-        if s.stopped {
-            return false;
-        }
-        s.receiving += 1;
-        true
+    fn is_stopped(&self) -> bool {
+        self.lock().stopped
     }
 
-    fn leave(&self) {
-        let mut s = self.lock();
-        s.receiving -= 1;
-        // Only the runtime waits, and only for a stop: no wake-up per connection.
-        if s.stopped {
-            self.changed.notify_all();
-        }
+    /// Runs `take` unless stopped; its result, or `None` when stopped.
+    fn unless_stopped<T>(&self, take: impl FnOnce() -> T) -> Option<T> {
+        let s = self.lock();
+        (!s.stopped).then(take)
     }
 
-    /// Records `why` unless a stop came first; whether it was the first.
-    fn stop(&self, why: Stop) -> bool {
+    /// Records `why` and runs `announce` under the same lock, unless a stop came first.
+    fn stop(&self, why: Stop, announce: impl FnOnce(&Stop)) {
         let mut s = self.lock();
         if s.stopped {
-            return false;
+            return;
         }
+        announce(&why);
         s.stopped = true;
         s.why = Some(why);
         self.changed.notify_all();
-        true
     }
 
-    /// Waits for the stop and for the last receiving thread to leave; the stop.
+    /// Waits for the stop; the stop.
     fn wait(&self) -> Stop {
         let mut s = self.lock();
         loop {
-            if s.receiving == 0 {
-                if let Some(why) = s.why.take() {
-                    return why;
-                }
+            if let Some(why) = s.why.take() {
+                return why;
             }
             s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
         }
@@ -284,12 +276,10 @@ struct Receiver {
 
 impl Source for Receiver {
     fn next(&self) -> Next {
-        if !self.stopping.enter() {
+        if self.stopping.is_stopped() {
             return Next::Stop;
         }
-        let next = self.receive();
-        self.stopping.leave();
-        next
+        self.receive()
     }
 }
 
@@ -329,11 +319,21 @@ impl Receiver {
                 }
             };
             // First of all: the dispatcher holds its copy of the socket until it reads this.
-            if let Err(e) =
-                wire::send_to_dispatcher(self.control.as_fd(), &ToDispatcher::Taken { conn })
-            {
-                log::warn!("cannot say TAKEN {conn}: {e}");
-            }
+            let taken = self.stopping.unless_stopped(|| {
+                if let Err(e) =
+                    wire::send_to_dispatcher(self.control.as_fd(), &ToDispatcher::Taken { conn })
+                {
+                    log::warn!("cannot say TAKEN {conn}: {e}");
+                }
+                self.active.add()
+            });
+            let Some(in_hand) = taken else {
+                log::info!(
+                    "connection {conn} came after the stop: closed untaken, the dispatcher gives it to another worker"
+                );
+                drop(fd);
+                return Next::Stop;
+            };
             let stream = TcpStream::from(fd);
             // Once, here, for everything that shows the addresses later (the handler's
             // replies, trace headers, logs): an IPv4 client of the dual-stack listener is
@@ -342,7 +342,7 @@ impl Receiver {
                 net_address::canonical(client),
                 net_address::canonical(server),
             );
-            if self.active.add() > self.max_conns {
+            if in_hand > self.max_conns {
                 log::warn!(
                     "connection {conn} from {client} refused: already {} connections (MAX_CONNS)",
                     self.max_conns
@@ -362,17 +362,21 @@ impl Receiver {
         }
     }
 
-    /// The first thread to see a stop records it and shuts the reading side of the control
-    /// socket: every other thread waiting in `recvmsg` returns (end of file once what is
-    /// queued has been read), and nothing more is received.
+    /// The first thread to see a stop records it; after `DRAIN`, or a receive error (the
+    /// worker drains, and the dispatcher must send nothing more), it says `DRAINING` at once,
+    /// under the lock that orders it after every `TAKEN`. Threads still waiting in `recvmsg`
+    /// stay there (the process exits once the sessions in hand are done): one that reads a
+    /// `HANDOFF` closes it untaken.
     fn stop(&self, why: Stop) -> Next {
-        if self.stopping.stop(why) {
-            // Only our reading side: ENDED, STATS and DRAINING still go out.
-            let _ = nix::sys::socket::shutdown(
-                self.control.as_raw_fd(),
-                nix::sys::socket::Shutdown::Read,
-            );
-        }
+        self.stopping.stop(why, |why| {
+            if matches!(why, Stop::Drained | Stop::Failed(_)) {
+                if let Err(e) =
+                    wire::send_to_dispatcher(self.control.as_fd(), &ToDispatcher::Draining)
+                {
+                    log::warn!("cannot say DRAINING: {e}");
+                }
+            }
+        });
         Next::Stop
     }
 
@@ -442,11 +446,6 @@ pub fn run(
     );
     let stop = receiver.stopping.wait();
     drain.start();
-    if matches!(stop, Stop::Drained) {
-        if let Err(e) = wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Draining) {
-            log::warn!("cannot say DRAINING: {e}");
-        }
-    }
     let failure = match stop {
         Stop::Gone => {
             log::info!(
@@ -461,16 +460,13 @@ pub fn run(
         }
         Stop::Failed(e) => {
             // Connections in hand are finished, not dropped with the process; the dispatcher
-            // sends nothing more once it reads DRAINING, and replaces this worker when it
-            // exits.
+            // sends nothing more once it reads the DRAINING said at the stop, and replaces
+            // this worker when it exits.
             log::error!(
                 "[SERVICE={}] {e}; draining: finishing {} connection(s), then exiting",
                 config.service,
                 active.get()
             );
-            if let Err(e) = wire::send_to_dispatcher(control.as_fd(), &ToDispatcher::Draining) {
-                log::warn!("cannot say DRAINING: {e}");
-            }
             Some(e)
         }
     };
@@ -481,6 +477,7 @@ pub fn run(
     // Each ENDED took the counts with it; whatever a handler counted outside a connection's
     // life (none of ours does) goes now.
     report_stats(&control, &counters);
+    discard_unread(&control);
     log::info!(
         "[SERVICE={}] worker exiting: no connections left",
         config.service
@@ -488,6 +485,35 @@ pub fn run(
     match failure {
         Some(e) => Err(e.into()),
         None => Ok(()),
+    }
+}
+
+/// Most messages read and dropped before the exit.
+const UNREAD_LIMIT: usize = 1024;
+
+/// Reads and drops what is still queued on the control socket (hand-offs the dispatcher sent
+/// before it read `DRAINING`; their sockets are closed untaken, and the dispatcher hands them
+/// on). A socket closed with unread messages is reset for the dispatcher, and a reset is
+/// reported before the messages queued for it: the last `ENDED` and `STATS` would be lost.
+fn discard_unread(control: &OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let nonblocking = fcntl(control, FcntlArg::F_GETFL)
+        .map(|f| OFlag::from_bits_truncate(f) | OFlag::O_NONBLOCK)
+        .and_then(|f| fcntl(control, FcntlArg::F_SETFL(f)));
+    if nonblocking.is_err() {
+        return;
+    }
+    for _ in 0..UNREAD_LIMIT {
+        match wire::recv_from_dispatcher(control.as_fd()) {
+            Ok(Some((ToWorker::HandOff { conn, .. }, _socket))) => log::info!(
+                "connection {conn} came after the stop: closed untaken, the dispatcher gives it to another worker"
+            ),
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) if e.is_would_block() => return,
+            // A packet that cannot be read is dropped like the others.
+            Err(_) => {}
+        }
     }
 }
 

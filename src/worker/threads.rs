@@ -3,12 +3,13 @@
 //! the kernel wakes one waiting thread per message), and the thread that receives a
 //! connection serves it itself: a connection costs no hop from a receiving thread to a
 //! serving one (a wake-up and a switch each). Before it serves, a thread that was the last
-//! idle one starts another, so that one always waits for the next connection; a thread that
-//! has served one goes back to waiting, and one that waited in vain for the source's idle
+//! idle one starts another, so that one always waits for the next connection (when none can
+//! be started, it closes that connection instead and waits on); a thread that has served one
+//! goes back to waiting, and one that waited in vain for the source's idle
 //! time exits, unless it is the last. So the threads are at most the connections in hand
 //! plus one. A thread counts as idle again before the end of its connection is announced
 //! (the `after` of a task), so the connection the dispatcher sends on that announcement finds
-//! a thread. A panicking session does not end its thread. With a thread per connection,
+//! a thread. A panic (in a session, the source or the announcement) does not end its thread. With a thread per connection,
 //! [`limit_malloc_arenas`] keeps glibc from giving those threads a heap each.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -146,7 +147,13 @@ fn start_thread(shared: &Arc<Shared>) -> std::io::Result<()> {
 /// time passes while another thread waits too.
 fn serve(shared: &Arc<Shared>) {
     loop {
-        match shared.source.next() {
+        // A panic in the source (it logs and sends) must not lose this thread's count.
+        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.source.next()));
+        let next = next.unwrap_or_else(|_| {
+            log::error!("receiving a connection failed (panic, above); waiting for the next");
+            Next::Idle
+        });
+        match next {
             Next::Stop => break,
             Next::Idle => {
                 let mut c = shared.lock();
@@ -162,16 +169,32 @@ fn serve(shared: &Arc<Shared>) {
                     c.idle -= 1;
                     c.idle == 0
                 };
-                if last {
-                    if let Err(e) = start_thread(shared) {
-                        // This connection is served all the same; the next one waits in the
-                        // control socket until a thread is free.
-                        log::error!("cannot start a thread to wait for the next connection: {e}");
+                let served = if last {
+                    start_thread(shared).map_err(|e| {
+                        // No thread would wait for the next connection (nor a DRAIN) while
+                        // this one is served, and the dispatcher would find the worker
+                        // unresponsive: this connection is closed instead, as it was when a
+                        // connection could not get a thread, and this thread waits on.
+                        log::error!(
+                            "cannot start a thread to wait for the next connection ({e}); this connection is closed"
+                        );
+                    })
+                } else {
+                    Ok(())
+                };
+                let panicked = match served {
+                    Ok(()) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err(),
+                    Err(()) => {
+                        drop(job);
+                        false
                     }
-                }
-                let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err();
+                };
                 shared.lock().idle += 1;
-                after(panicked);
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| after(panicked)))
+                    .is_err()
+                {
+                    log::error!("announcing the end of a connection failed (panic, above)");
+                }
             }
         }
     }
@@ -342,6 +365,41 @@ mod tests {
             later.contains(&first),
             "the thread survived the panic and served again"
         );
+    }
+
+    #[test]
+    fn the_last_waiting_thread_that_cannot_start_another_closes_the_connection_and_waits_on() {
+        let (tx, rx) = mpsc::channel();
+        // Stacks no system gives: every start fails. The one thread runs on the test's own.
+        let shared = Arc::new(Shared {
+            source: Arc::new(Channel {
+                rx: Mutex::new(rx),
+                idle_time: Duration::from_secs(60),
+            }),
+            stack_size: usize::MAX / 4,
+            counts: Mutex::new(Counts {
+                idle: 1,
+                threads: 1,
+            }),
+        });
+        let s = Arc::clone(&shared);
+        let thread = std::thread::spawn(move || serve(&s));
+        let (done_tx, done) = mpsc::channel();
+        for _ in 0..2 {
+            let done_tx = done_tx.clone();
+            tx.send(task(
+                || panic!("served without a thread waiting for the next connection"),
+                move |panicked| {
+                    let _ = done_tx.send(panicked);
+                },
+            ))
+            .expect("send");
+            // Its end is announced (ENDED), not as a failure, and the thread takes the next.
+            assert_eq!(done.recv_timeout(Duration::from_secs(5)), Ok(false));
+        }
+        tx.send(None).expect("stop");
+        thread.join().expect("the thread ends at the stop");
+        assert_eq!(shared.lock().threads, 0);
     }
 
     #[test]
