@@ -227,15 +227,7 @@ fn receive_error_drains_and_exits_non_zero(packet: &[u8]) {
     // send must go through (a worker that shut its end would make it fail, and the
     // dispatcher take the worker for gone and hand its untaken connections out twice), and
     // the worker must not say TAKEN for it, so the dispatcher gives it to another worker.
-    let late = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-    let (accepted, peer) = listener.accept().expect("accept");
-    let msg = ToWorker::HandOff {
-        conn: 4,
-        client: peer,
-        server: listener.local_addr().expect("addr"),
-    };
-    wire::send_to_worker(ctrl.as_fd(), &msg, Some(accepted.as_fd()))
-        .expect("a hand-off sent before DRAINING was read still reaches the worker");
+    let late = send_hand_off(&ctrl, &listener, 4);
     assert!(
         child.wait_for(Duration::from_millis(300)).is_none(),
         "the worker exited with a connection in hand"
@@ -257,7 +249,7 @@ fn receive_error_drains_and_exits_non_zero(packet: &[u8]) {
         Ok(None) => {}
         other => panic!("after the exit: {other:?}"),
     }
-    drop((late, accepted));
+    drop(late);
 }
 
 #[test]
@@ -290,7 +282,6 @@ fn image_started_by_hand_says_it_needs_the_dispatcher() {
 #[test]
 fn no_taken_comes_after_draining_when_a_drain_follows_a_hand_off_at_once() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let server = listener.local_addr().expect("addr");
     let mut taken_first = 0;
     for round in 0..60u64 {
         let (mut child, ctrl) = start(20);
@@ -309,14 +300,7 @@ fn no_taken_comes_after_draining_when_a_drain_follows_a_hand_off_at_once() {
                 Some(ToDispatcher::Ended { .. })
             ));
         }
-        let client = TcpStream::connect(server).expect("connect");
-        let (accepted, peer) = listener.accept().expect("accept");
-        let msg = ToWorker::HandOff {
-            conn: 3,
-            client: peer,
-            server,
-        };
-        wire::send_to_worker(ctrl.as_fd(), &msg, Some(accepted.as_fd())).expect("hand off");
+        let client = send_hand_off(&ctrl, &listener, 3);
         let gap = Duration::from_micros(round % 30);
         let sent = std::time::Instant::now();
         while sent.elapsed() < gap {
@@ -333,7 +317,7 @@ fn no_taken_comes_after_draining_when_a_drain_follows_a_hand_off_at_once() {
             Some(&Some(ToDispatcher::Draining)),
             "round {round} (gap {gap:?}): {said:?}"
         );
-        drop((client, accepted));
+        drop(client);
         assert!(child.wait_for(WAIT).expect("exits").success());
         loop {
             match common::next_message(&ctrl) {

@@ -76,13 +76,9 @@ impl LiveVersions {
         self.lock().contains(path)
     }
 
-    /// How many versions are held now (for tests).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -92,8 +88,9 @@ pub struct VersionInUse {
     live: LiveVersions,
 }
 
+#[cfg(test)]
 impl VersionInUse {
-    pub fn path(&self) -> &Path {
+    fn path(&self) -> &Path {
         &self.path
     }
 }

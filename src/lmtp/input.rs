@@ -708,19 +708,28 @@ mod tests {
         }
     }
 
-    /// A stream that yields one octet per read, `pause` after the last, and records the read
-    /// timeouts the wire sets (it does not wait for them: the wire must check its deadline
-    /// itself before reading again).
+    /// A stream that yields one octet per read (or, `whole_lines`, up to the end of a line),
+    /// `pause` after the last, and records the read timeouts the wire sets (it does not wait
+    /// for them: the wire must check its deadline itself before reading again).
     struct Slow {
         input: Cursor<Vec<u8>>,
         pause: Duration,
+        whole_lines: bool,
         limits_set: std::cell::RefCell<Vec<Duration>>,
     }
 
     impl Read for Slow {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             std::thread::sleep(self.pause);
-            let n = buf.len().min(1);
+            let rest = &self.input.get_ref()[self.input.position() as usize..];
+            let n = if self.whole_lines {
+                rest.iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(rest.len(), |i| i + 1)
+            } else {
+                1
+            };
+            let n = n.min(buf.len());
             self.input.read(&mut buf[..n])
         }
     }
@@ -800,6 +809,7 @@ mod tests {
         let stream = Slow {
             input: Cursor::new(input.to_vec()),
             pause: Duration::from_millis(pause_ms),
+            whole_lines: false,
             limits_set: Default::default(),
         };
         Wire::timed(stream, Terminators::Crlf, limits)
@@ -834,47 +844,13 @@ mod tests {
         );
     }
 
-    /// A client that sends one whole line per read.
-    struct Lines {
-        input: Cursor<Vec<u8>>,
-        limits_set: std::cell::RefCell<Vec<Duration>>,
-    }
-
-    impl Read for Lines {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let rest = &self.input.get_ref()[self.input.position() as usize..];
-            let line = rest
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(rest.len(), |i| i + 1);
-            let n = line.min(buf.len());
-            self.input.read(&mut buf[..n])
-        }
-    }
-
-    impl Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Timeouts for Lines {
-        fn set_read_timeout(&self, limit: Duration) -> io::Result<()> {
-            self.limits_set.borrow_mut().push(limit);
-            Ok(())
-        }
-        fn set_write_timeout(&self, _limit: Duration) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn whole_lines_set_the_read_timeout_once_not_per_line() {
-        let stream = Lines {
+        // A client that sends one whole line per read.
+        let stream = Slow {
             input: Cursor::new(b"LHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n".to_vec()),
+            pause: Duration::ZERO,
+            whole_lines: true,
             limits_set: Default::default(),
         };
         let mut w = Wire::timed(stream, Terminators::Crlf, limits_of(600_000, 0));

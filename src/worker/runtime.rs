@@ -297,9 +297,6 @@ impl Receiver {
             };
             let (conn, client, server, fd) = match received {
                 None => return self.stop(Stop::Gone),
-                // DRAINING is said by the runtime, once no thread is receiving: it tells the
-                // dispatcher that every TAKEN is out (a HANDOFF just ahead of this DRAIN may
-                // be in another thread's hands, its TAKEN not sent yet).
                 Some((ToWorker::Drain, _)) => return self.stop(Stop::Drained),
                 Some((
                     ToWorker::HandOff {
@@ -328,10 +325,8 @@ impl Receiver {
                 self.active.add()
             });
             let Some(in_hand) = taken else {
-                log::info!(
-                    "connection {conn} came after the stop: closed untaken, the dispatcher gives it to another worker"
-                );
                 drop(fd);
+                log_untaken(conn);
                 return Next::Stop;
             };
             let stream = TcpStream::from(fd);
@@ -505,9 +500,10 @@ fn discard_unread(control: &OwnedFd) {
     }
     for _ in 0..UNREAD_LIMIT {
         match wire::recv_from_dispatcher(control.as_fd()) {
-            Ok(Some((ToWorker::HandOff { conn, .. }, _socket))) => log::info!(
-                "connection {conn} came after the stop: closed untaken, the dispatcher gives it to another worker"
-            ),
+            Ok(Some((ToWorker::HandOff { conn, .. }, socket))) => {
+                drop(socket);
+                log_untaken(conn);
+            }
             Ok(Some(_)) => {}
             Ok(None) => return,
             Err(e) if e.is_would_block() => return,
@@ -515,6 +511,13 @@ fn discard_unread(control: &OwnedFd) {
             Err(_) => {}
         }
     }
+}
+
+/// A `HANDOFF` read after the stop, its socket closed untaken.
+fn log_untaken(conn: u64) {
+    log::info!(
+        "connection {conn} came after the stop: closed untaken, the dispatcher gives it to another worker"
+    );
 }
 
 /// Reports a connection ended and frees its slot; first the counters gathered since the last

@@ -60,6 +60,14 @@ impl Shared {
     }
 }
 
+impl Counts {
+    /// A waiting thread is gone (it exited, or never started).
+    fn leave(&mut self) {
+        self.idle -= 1;
+        self.threads -= 1;
+    }
+}
+
 /// Caps glibc malloc at one arena per CPU; called once at the start of an image, before its
 /// threads exist. By default glibc gives threads that allocate at the same time arenas of
 /// their own, up to 8 per CPU; with a thread per connection that is many heaps, none reusing
@@ -136,9 +144,7 @@ fn start_thread(shared: &Arc<Shared>) -> std::io::Result<()> {
         .stack_size(shared.stack_size)
         .spawn(move || serve(&s));
     if started.is_err() {
-        let mut c = shared.lock();
-        c.idle -= 1;
-        c.threads -= 1;
+        shared.lock().leave();
     }
     started.map(|_| ())
 }
@@ -158,8 +164,7 @@ fn serve(shared: &Arc<Shared>) {
             Next::Idle => {
                 let mut c = shared.lock();
                 if c.idle > 1 {
-                    c.idle -= 1;
-                    c.threads -= 1;
+                    c.leave();
                     return;
                 }
             }
@@ -198,9 +203,7 @@ fn serve(shared: &Arc<Shared>) {
             }
         }
     }
-    let mut c = shared.lock();
-    c.idle -= 1;
-    c.threads -= 1;
+    shared.lock().leave();
 }
 
 #[cfg(test)]
