@@ -1,13 +1,14 @@
 //! The worker-pool policy under random sequences of events, driven by a model of the world
 //! that reacts as real workers (good and bad) and the event loop would: the limits hold after
 //! every step, no connection is lost, handed twice or handed to a worker that cannot take it,
-//! the dispatcher's copy of a socket is released only once a worker has it, and nothing is
-//! started once a stop has begun.
+//! the dispatcher's copy of a socket is released only once a worker has it, nothing is
+//! started once a stop has begun, and the pool's `next_check` is never later than a health
+//! bound.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use msdispatcher::dispatcher::policy::{
-    Action, ConnId, Event, Pool, PoolLimits, PoolLog, RetireReason, WorkerId,
+    Action, ConnId, Event, KillReason, Pool, PoolLimits, PoolLog, RetireReason, WorkerId,
 };
 use proptest::prelude::*;
 
@@ -321,6 +322,42 @@ fn step(
     Ok(())
 }
 
+/// The health verdicts (unresponsive, killed for a bound) a `Tick` at `at` would give.
+fn health_verdicts(mut pool: Pool, at: u64) -> BTreeSet<(WorkerId, &'static str)> {
+    pool.handle(Event::Tick, at)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Kill { worker, reason } if !matches!(reason, KillReason::Violation(_)) => {
+                Some((worker, "killed"))
+            }
+            Action::Log(PoolLog::Unresponsive { worker, .. }) => Some((worker, "unresponsive")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The event loop sleeps until the pool's `next_check` (or its regular tick): no health bound
+/// may be crossed before it. A `Tick` just before it finds nothing a `Tick` now would not.
+fn next_check_is_never_late(pool: &Pool, now: u64) -> Result<(), TestCaseError> {
+    let before = match pool.next_check() {
+        Some(t) if t <= now => return Ok(()),
+        Some(t) => t - 1,
+        None => now + 200_000,
+    };
+    let at_once = health_verdicts(pool.clone(), now);
+    let later = health_verdicts(pool.clone(), before);
+    prop_assert!(
+        later.is_subset(&at_once),
+        "a Tick at {} (next_check {:?}) finds {:?}; at {} only {:?}",
+        before,
+        pool.next_check(),
+        later,
+        now,
+        at_once
+    );
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(500))]
 
@@ -441,6 +478,7 @@ proptest! {
                 }
             };
             step(&mut pool, &mut world, event, now, &l)?;
+            next_check_is_never_late(&pool, now)?;
             // Killed workers die; retiring workers whose last connection ended exit.
             let leaving: Vec<(WorkerId, bool)> = world
                 .workers

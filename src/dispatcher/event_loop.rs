@@ -9,7 +9,8 @@
 //!
 //! Every [`TICK`] the pools hear the time (lifetimes, health, MIN_PROCS), exited workers are
 //! reaped (a SIGCHLD may come between two polls) and listeners that may hold queued clients
-//! are read again. A stop ends when every worker has exited, or at the shutdown bound, when
+//! are read again; a pool whose health bound falls between two ticks (a hand-off about to be
+//! late, an unresponsive worker about to be killed) hears it at that bound instead. A stop ends when every worker has exited, or at the shutdown bound, when
 //! what is left is killed.
 //!
 //! A service manager ([`super::notify`]) hears `READY=1` once the listeners are open and
@@ -198,7 +199,9 @@ impl Loop {
         let mut events = Events::with_capacity(256);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            // A health bound due before the regular tick brings the tick forward to it.
+            let wake = self.rt.next_check().map_or(next_tick, |t| t.min(next_tick));
+            let timeout = wake.saturating_duration_since(Instant::now());
             if let Err(e) = self.rt.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     return Err(format!("event loop: {e}"));
@@ -258,7 +261,7 @@ impl Loop {
             }
             let arrived = signals.take();
             self.on_signals(arrived);
-            if Instant::now() >= next_tick {
+            if Instant::now() >= wake {
                 next_tick = Instant::now() + TICK;
                 // Also heard without the waker (one that failed to wake).
                 self.rt.take_spawned();

@@ -353,6 +353,34 @@ impl Worker {
             }
     }
 
+    /// The next time [`Pool::check_health`] may find something new about this worker: the
+    /// bounds it checks, from the same fields.
+    fn health_due(&self) -> Option<Millis> {
+        if self.killed {
+            return None;
+        }
+        let not_ready = (!self.said_ready).then_some(self.started + READY_TIMEOUT);
+        let closed = self.closed_since.map(|c| {
+            if self.state == State::Retiring {
+                c + CLOSED_GRACE
+            } else {
+                c + CLOSED_PLACE
+            }
+        });
+        let stuck = match self.unresponsive_since {
+            Some(since) => Some(since + KILL_UNRESPONSIVE_AFTER),
+            None => [
+                self.oldest_unconfirmed().filter(|_| self.acks),
+                self.blocked_since,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t + UNRESPONSIVE_AFTER),
+        };
+        [not_ready, closed, stuck].into_iter().flatten().min()
+    }
+
     /// The oldest hand-off still waiting for its confirmation.
     fn oldest_unconfirmed(&self) -> Option<Millis> {
         self.conns.values().flatten().copied().min()
@@ -401,6 +429,8 @@ pub struct Pool {
     /// Failed starts in a row, and the earliest time the next start may happen.
     failures: u32,
     next_start: Millis,
+    /// The earliest time a health bound may be crossed (see [`Pool::next_check`]).
+    next_check: Option<Millis>,
 }
 
 impl Pool {
@@ -420,7 +450,22 @@ impl Pool {
             paused: false,
             failures: 0,
             next_start: 0,
+            next_check: None,
         }
+    }
+
+    /// When the pool wants its next `Tick` to keep the health bounds to the millisecond
+    /// (a hand-off unconfirmed for [`UNRESPONSIVE_AFTER`], then [`KILL_UNRESPONSIVE_AFTER`]
+    /// more, a start not ready in [`READY_TIMEOUT`], a closed socket's grace), if any bound
+    /// is running. Other `Tick` work (lifetimes, MIN_PROCS) keeps the caller's period. It may
+    /// be early, never late: a `Tick` computes it again exactly.
+    pub fn next_check(&self) -> Option<Millis> {
+        self.next_check
+    }
+
+    /// Brings [`Pool::next_check`] forward to `at`.
+    fn check_by(&mut self, at: Millis) {
+        self.next_check = Some(self.next_check.map_or(at, |t| t.min(at)));
     }
 
     pub fn limits(&self) -> PoolLimits {
@@ -513,7 +558,8 @@ impl Pool {
                         self.waiting.push_front((conn, now));
                     }
                     if blocked {
-                        w.blocked_since.get_or_insert(now);
+                        let since = *w.blocked_since.get_or_insert(now);
+                        self.check_by(since + UNRESPONSIVE_AFTER);
                     } else {
                         self.stops_taking(worker, now, true, &mut out);
                     }
@@ -551,6 +597,7 @@ impl Pool {
             Event::Tick => {
                 self.expire(now);
                 self.check_health(now, &mut out);
+                self.next_check = self.workers.values().filter_map(Worker::health_due).min();
             }
             Event::WindDown | Event::Stop => {
                 let (mode, reason) = if event == Event::Stop {
@@ -634,7 +681,8 @@ impl Pool {
             return;
         };
         if closed {
-            w.closed_since.get_or_insert(now);
+            let since = *w.closed_since.get_or_insert(now);
+            self.check_by(since + CLOSED_PLACE);
         } else {
             w.state = State::Retiring;
         }
@@ -914,6 +962,7 @@ impl Pool {
     /// A new worker, starting.
     fn start_worker(&mut self, now: Millis, out: &mut Vec<Action>) -> WorkerId {
         let id = self.ids.next();
+        self.check_by(now + READY_TIMEOUT);
         self.workers.insert(
             id,
             Worker {
@@ -983,6 +1032,7 @@ impl Pool {
     }
 
     fn hand_off(&mut self, conn: ConnId, id: WorkerId, now: Millis, out: &mut Vec<Action>) {
+        self.check_by(now + UNRESPONSIVE_AFTER);
         if let Some(w) = self.workers.get_mut(&id) {
             w.conns.insert(conn, Some(now));
             w.served += 1;
@@ -1713,6 +1763,46 @@ mod tests {
             !a.contains(&Action::Release(10)),
             "the copy is kept until taken"
         );
+    }
+
+    #[test]
+    fn the_pool_asks_for_its_tick_at_each_health_bound_of_a_hand_off_never_taken() {
+        let mut p = Pool::new(PoolLimits {
+            max_procs: 1,
+            ..limits()
+        });
+        assert_eq!(p.next_check(), None, "nothing is due: {p:?}");
+        p.handle(Event::ConnectionArrived(1), 0);
+        assert_eq!(p.next_check(), Some(READY_TIMEOUT), "the start's READY");
+        // Handed off at once when the worker is ready.
+        ready_acking(&mut p, 1, 100);
+        assert_eq!(p.next_check(), Some(100 + UNRESPONSIVE_AFTER));
+        // A regular tick in between keeps the bound.
+        p.handle(Event::Tick, 350);
+        assert_eq!(p.next_check(), Some(100 + UNRESPONSIVE_AFTER));
+        let a = p.handle(Event::Tick, 100 + UNRESPONSIVE_AFTER);
+        assert!(a.contains(&Action::Log(PoolLog::Unresponsive {
+            worker: 1,
+            untaken: 1
+        })));
+        let kill_at = 100 + UNRESPONSIVE_AFTER + KILL_UNRESPONSIVE_AFTER;
+        assert_eq!(p.next_check(), Some(kill_at));
+        let a = p.handle(Event::Tick, kill_at);
+        assert_eq!(
+            killed(&a),
+            [(1, KillReason::Unresponsive { for_ms: 1_500 })]
+        );
+        assert_eq!(p.next_check(), None, "a killed worker has no bound: {p:?}");
+        // Its connection waits again, for a replacement whose READY is due.
+        let a = p.handle(
+            Event::WorkerExited {
+                worker: 1,
+                clean: false,
+            },
+            kill_at + 5,
+        );
+        assert_eq!(spawned(&a), [2], "{a:?}");
+        assert_eq!(p.next_check(), Some(kill_at + 5 + READY_TIMEOUT));
     }
 
     #[test]

@@ -190,6 +190,19 @@ impl Runtime {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// When the first pool wants a `Tick` before the regular one (a health bound is due
+    /// then), on the clock of [`Runtime::now`] turned into an instant.
+    pub fn next_check(&self) -> Option<Instant> {
+        let due = self
+            .services
+            .by_id
+            .values()
+            .flat_map(|s| s.pools())
+            .filter_map(|g| g.pool.next_check())
+            .min()?;
+        Some(self.origin + Duration::from_millis(due))
+    }
+
     /// Connections held now.
     pub fn held(&self) -> usize {
         self.conns.len()
