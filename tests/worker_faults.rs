@@ -78,6 +78,12 @@ fn a_stopped_worker_is_given_no_client_and_is_replaced() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped), Signal::SIGSTOP)
         .expect("stop the idle worker");
     let stopped_at = Instant::now();
+    // Clients come only once the stop holds every thread: before, the worker still serves.
+    assert!(
+        wait_until(WAIT, || faulty::all_threads_stopped(stopped)),
+        "worker {stopped} is not stopped {:?} after SIGSTOP",
+        stopped_at.elapsed()
+    );
 
     let mut failures = Vec::new();
     let mut held = vec![first];

@@ -283,6 +283,30 @@ pub fn start_time(pid: i32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether every thread of `pid` is stopped (`T` in `/proc/<pid>/task/*/stat`). A SIGSTOP
+/// takes effect only once one thread has run to take it, and the others are stopped only then:
+/// until it has, a thread woken by a hand-off still runs, and may take a connection.
+pub fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            return false;
+        };
+        // tid (comm) state ...: the command may hold spaces and parentheses.
+        let state = stat
+            .rfind(')')
+            .and_then(|close| stat[close + 1..].split_whitespace().next());
+        if state != Some("T") {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
 /// Kills these processes (SIGKILL, which also ends a stopped one) when it goes: a worker the
 /// test stopped must not outlive the test, whatever the dispatcher did with it. Each is
 /// killed only if its pid still names the process seen at [`KillPids::new`].
