@@ -114,15 +114,18 @@ fn max_life_conns_replaces_a_worker_without_cutting_its_session() {
     let first_pid = field(&long.line(), "pid");
     for _ in 0..4 {
         let mut c = Client::connect(RELAY, d.addr(0));
-        assert_eq!(field(&c.line(), "pid"), first_pid);
+        let pid = field(&c.line(), "pid");
+        assert_eq!(pid, first_pid, "the first five go to worker 1\n{}", d.log());
         c.quit();
     }
     d.wait_for_log("worker 1 retires (LifeConns)");
     let mut next = Client::connect(RELAY, d.addr(0));
     let next_pid = field(&next.line(), "pid");
     assert_ne!(
-        next_pid, first_pid,
-        "the sixth connection goes to a new worker"
+        next_pid,
+        first_pid,
+        "the sixth connection goes to a new worker\n{}",
+        d.log()
     );
     // The long session on the retiring worker still works.
     long.say("still there");
