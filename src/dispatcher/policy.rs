@@ -1044,8 +1044,8 @@ impl Pool {
     }
 
     /// Starts the successors of workers near the end of their lives, then retires due
-    /// workers whose successor is not on its way (ready, or none), while fewer than
-    /// MAX_SHUTDOWN are retiring.
+    /// workers whose successor is not on its way (ready, or none) and that have taken every
+    /// connection handed to them, while fewer than MAX_SHUTDOWN are retiring.
     fn hand_over(&mut self, now: Millis, out: &mut Vec<Action>) {
         let l = self.limits;
         // A successor takes its predecessor's MAX_PROCS place, so one may start while the
@@ -1086,6 +1086,13 @@ impl Pool {
             let Some(reason) = w.due.filter(|_| w.state == State::Ready) else {
                 continue;
             };
+            // Not while a hand-off to it waits for its TAKEN: a DRAIN right behind a HANDOFF
+            // may be read first by another of its threads, and the connection would go to a
+            // second worker for nothing. Its TAKEN comes within microseconds (or the health
+            // bounds deal with it).
+            if w.acks && w.oldest_unconfirmed().is_some() {
+                continue;
+            }
             let waits = w.successor.is_some_and(|s| on_its_way.contains(&s)) && !w.spent(&l);
             if !waits {
                 w.state = State::Retiring;
@@ -1346,6 +1353,44 @@ mod tests {
         assert!(
             spawned(&a).is_empty(),
             "no start beyond the successor: {a:?}"
+        );
+    }
+
+    #[test]
+    fn a_due_worker_is_told_drain_only_once_it_has_taken_its_last_hand_off() {
+        let mut p = Pool::new(PoolLimits {
+            max_life_conns: 4,
+            max_procs: 1,
+            max_conns: 10,
+            ..limits()
+        });
+        p.handle(Event::ConnectionArrived(1), 0);
+        ready_acking(&mut p, 1, 0);
+        p.handle(Event::Taken { worker: 1, conn: 1 }, 0);
+        let a = p.handle(Event::ConnectionArrived(2), 1);
+        assert_eq!(spawned(&a), [2], "its successor at half its life");
+        p.handle(Event::Taken { worker: 1, conn: 2 }, 1);
+        ready_acking(&mut p, 2, 2);
+        p.handle(Event::ConnectionArrived(3), 3);
+        p.handle(Event::Taken { worker: 1, conn: 3 }, 3);
+        // The hand-off that makes it due: its DRAIN waits for this TAKEN, or another of its
+        // threads could read the DRAIN first and the client would go to the successor.
+        let a = p.handle(Event::ConnectionArrived(4), 4);
+        assert_eq!(handed(&a), [(4, 1)]);
+        assert!(
+            !a.iter().any(|x| matches!(x, Action::Retire { .. })),
+            "retired with a hand-off unconfirmed: {a:?}"
+        );
+        assert_eq!(p.status()[0].state, "due");
+        let a = p.handle(Event::ConnectionArrived(5), 4);
+        assert_eq!(handed(&a), [(5, 2)], "the successor takes the next: {a:?}");
+        let a = p.handle(Event::Taken { worker: 1, conn: 4 }, 5);
+        assert!(
+            a.contains(&Action::Retire {
+                worker: 1,
+                reason: RetireReason::LifeConns
+            }),
+            "{a:?}"
         );
     }
 
