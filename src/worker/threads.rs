@@ -81,7 +81,7 @@ pub fn limit_malloc_arenas() {
     let Some(cap) = arena_cap(
         std::env::var_os("MALLOC_ARENA_MAX").is_some(),
         &std::env::var("GLIBC_TUNABLES").unwrap_or_default(),
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus_to_run_on(),
     ) else {
         return;
     };
@@ -94,6 +94,31 @@ pub fn limit_malloc_arenas() {
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let _ = cap;
+}
+
+/// The CPUs this process may run on (its affinity mask): how many of its threads can
+/// allocate at the same moment. One system call, where `available_parallelism` also reads the
+/// cgroup's files (about twenty calls at every worker start); a CPU quota limits time, not how
+/// many threads run at once. At least 1.
+fn cpus_to_run_on() -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: cpu_set_t is plain data, zeroed is an empty set; sched_getaffinity writes at
+        // most the size it is given into it, and CPU_COUNT only reads it.
+        let count = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+                usize::try_from(libc::CPU_COUNT(&set)).unwrap_or(1)
+            } else {
+                1
+            }
+        };
+        count.max(1)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 /// The arena cap [`limit_malloc_arenas`] sets: one per CPU, none when the administrator chose
@@ -210,6 +235,28 @@ fn serve(shared: &Arc<Shared>) {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+
+    #[test]
+    fn the_cpus_to_run_on_are_those_of_the_affinity_mask() {
+        assert!(cpus_to_run_on() >= 1);
+        // Pinned to one CPU (on a thread of its own, so that the test's others are not),
+        // one is what it says.
+        let one = std::thread::spawn(|| {
+            // SAFETY: as in cpus_to_run_on; CPU_SET writes one bit of the set it is given.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(0, &mut set);
+                assert_eq!(
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                    0
+                );
+            }
+            cpus_to_run_on()
+        })
+        .join()
+        .expect("the pinned thread");
+        assert_eq!(one, 1);
+    }
 
     #[test]
     fn malloc_arenas_are_one_per_cpu_unless_the_administrator_chose() {
