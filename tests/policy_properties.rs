@@ -338,7 +338,16 @@ fn health_verdicts(mut pool: Pool, at: u64) -> BTreeSet<(WorkerId, &'static str)
 
 /// The event loop sleeps until the pool's `next_check` (or its regular tick): no health bound
 /// may be crossed before it. A `Tick` just before it finds nothing a `Tick` now would not.
-fn next_check_is_never_late(pool: &Pool, now: u64) -> Result<(), TestCaseError> {
+/// Right after a `Tick` it lies ahead (or the event loop would wake at once, again and again).
+fn next_check_is_never_late(pool: &Pool, now: u64, ticked: bool) -> Result<(), TestCaseError> {
+    if ticked {
+        prop_assert!(
+            pool.next_check().is_none_or(|t| t > now),
+            "next_check {:?} is not ahead of the Tick at {}",
+            pool.next_check(),
+            now
+        );
+    }
     let before = match pool.next_check() {
         Some(t) if t <= now => return Ok(()),
         Some(t) => t - 1,
@@ -477,8 +486,9 @@ proptest! {
                     Event::Stop
                 }
             };
+            let ticked = event == Event::Tick;
             step(&mut pool, &mut world, event, now, &l)?;
-            next_check_is_never_late(&pool, now)?;
+            next_check_is_never_late(&pool, now, ticked)?;
             // Killed workers die; retiring workers whose last connection ended exit.
             let leaving: Vec<(WorkerId, bool)> = world
                 .workers
@@ -489,6 +499,7 @@ proptest! {
             for (w, clean) in leaving {
                 world.gone(w);
                 step(&mut pool, &mut world, Event::WorkerExited { worker: w, clean }, now, &l)?;
+                next_check_is_never_late(&pool, now, false)?;
             }
             let waiting = world.conns.values().filter(|f| **f == Fate::Waiting).count();
             prop_assert_eq!(

@@ -96,10 +96,12 @@ pub fn limit_malloc_arenas() {
     let _ = cap;
 }
 
-/// The CPUs this process may run on (its affinity mask): how many of its threads can
-/// allocate at the same moment. One system call, where `available_parallelism` also reads the
-/// cgroup's files (about twenty calls at every worker start); a CPU quota limits time, not how
-/// many threads run at once. At least 1.
+/// The CPUs the calling thread may run on (its affinity mask; called from the main thread at
+/// start, the process's): how many of its threads can allocate at the same moment. One system
+/// call, where `available_parallelism` also reads the cgroup's files (about twenty calls at
+/// every worker start); a CPU quota limits time, not how many threads run at once. Where the
+/// mask does not fit a `cpu_set_t` (over 1,024 CPUs) or cannot be read, what
+/// `available_parallelism` says. At least 1.
 fn cpus_to_run_on() -> usize {
     #[cfg(target_os = "linux")]
     {
@@ -108,12 +110,15 @@ fn cpus_to_run_on() -> usize {
         let count = unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-                usize::try_from(libc::CPU_COUNT(&set)).unwrap_or(1)
+                usize::try_from(libc::CPU_COUNT(&set)).ok()
             } else {
-                1
+                None
             }
         };
-        count.max(1)
+        match count {
+            Some(n) if n > 0 => n,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -236,20 +241,25 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_cpus_to_run_on_are_those_of_the_affinity_mask() {
         assert!(cpus_to_run_on() >= 1);
-        // Pinned to one CPU (on a thread of its own, so that the test's others are not),
-        // one is what it says.
+        // Pinned to the first CPU it may use (on a thread of its own, so that the test's others
+        // are not), one is what it says.
         let one = std::thread::spawn(|| {
-            // SAFETY: as in cpus_to_run_on; CPU_SET writes one bit of the set it is given.
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            // SAFETY: as in cpus_to_run_on; CPU_ISSET reads and CPU_SET writes one bit of a
+            // set of this size, at an index below CPU_SETSIZE.
             unsafe {
+                let mut mask: libc::cpu_set_t = std::mem::zeroed();
+                assert_eq!(libc::sched_getaffinity(0, size, &mut mask), 0);
+                let first = (0..libc::CPU_SETSIZE as usize)
+                    .find(|&c| libc::CPU_ISSET(c, &mask))
+                    .expect("a CPU to run on");
                 let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(0, &mut set);
-                assert_eq!(
-                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-                    0
-                );
+                libc::CPU_SET(first, &mut set);
+                assert_eq!(libc::sched_setaffinity(0, size, &set), 0);
             }
             cpus_to_run_on()
         })
