@@ -26,7 +26,7 @@
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use super::stats::{WorkerStats, LATENCY_BUCKETS};
 
@@ -252,17 +252,17 @@ pub fn control_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(std::io::Error::from)?;
-    set_nonblocking(a.as_raw_fd())?;
+    set_nonblocking(a.as_fd())?;
     Ok((a, b))
 }
 
-fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+/// Makes `fd` non-blocking (the dispatcher's end of a control socket, or a worker's end when
+/// it reads what is left before its exit).
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    // SAFETY: `fd` is an open descriptor owned by the caller for the duration of this call.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let flags = fcntl(borrowed, FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-    fcntl(borrowed, FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
     Ok(())
 }
 

@@ -491,11 +491,7 @@ const UNREAD_LIMIT: usize = 1024;
 /// on). A socket closed with unread messages is reset for the dispatcher, and a reset is
 /// reported before the messages queued for it: the last `ENDED` and `STATS` would be lost.
 fn discard_unread(control: &OwnedFd) {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let nonblocking = fcntl(control, FcntlArg::F_GETFL)
-        .map(|f| OFlag::from_bits_truncate(f) | OFlag::O_NONBLOCK)
-        .and_then(|f| fcntl(control, FcntlArg::F_SETFL(f)));
-    if nonblocking.is_err() {
+    if wire::set_nonblocking(control.as_fd()).is_err() {
         return;
     }
     for _ in 0..UNREAD_LIMIT {
