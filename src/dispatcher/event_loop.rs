@@ -10,8 +10,8 @@
 //! Every [`TICK`] the pools hear the time (lifetimes, health, MIN_PROCS), exited workers are
 //! reaped (a SIGCHLD may come between two polls) and listeners that may hold queued clients
 //! are read again; a pool whose health bound falls between two ticks (a hand-off about to be
-//! late, an unresponsive worker about to be killed) hears it at that bound instead. A stop ends when every worker has exited, or at the shutdown bound, when
-//! what is left is killed.
+//! late, an unresponsive worker about to be killed) hears it at that bound instead. A stop
+//! ends when every worker has exited, or at the shutdown bound, when what is left is killed.
 //!
 //! A service manager ([`super::notify`]) hears `READY=1` once the listeners are open and
 //! every service has its MIN_PROCS workers ready, `RELOADING=1` then `STATUS=` (applied or

@@ -8,9 +8,8 @@
 //! the newest `HISTORY_TO_RETAIN` older versions are kept and older ones removed, except a
 //! version a running worker still writes ([`LiveVersions`]: its lines would go to a removed
 //! file, out of an operator's reach), which stays until a start after its worker's exit; the
-//! plain name
-//! (`dispatcher.log`, the LOGFILE itself) is a symbolic link to the newest version, so
-//! `tail -f IMTA_LOG:dispatcher.log` and grep work as before.
+//! plain name (`dispatcher.log`, the LOGFILE itself) is a symbolic link to the newest
+//! version, so `tail -f IMTA_LOG:dispatcher.log` and grep work as before.
 //!
 //! `IMTA_LOG` is written as root and may be writable by others, so no name here is ever
 //! written through: a version is created with `O_EXCL` and `O_NOFOLLOW`, mode `0640`

@@ -5,12 +5,12 @@
 //! serving one (a wake-up and a switch each). Before it serves, a thread that was the last
 //! idle one starts another, so that one always waits for the next connection (when none can
 //! be started, it closes that connection instead and waits on); a thread that has served one
-//! goes back to waiting, and one that waited in vain for the source's idle
-//! time exits, unless it is the last. So the threads are at most the connections in hand
-//! plus one. A thread counts as idle again before the end of its connection is announced
-//! (the `after` of a task), so the connection the dispatcher sends on that announcement finds
-//! a thread. A panic (in a session, the source or the announcement) does not end its thread. With a thread per connection,
-//! [`limit_malloc_arenas`] keeps glibc from giving those threads a heap each.
+//! goes back to waiting, and one that waited in vain for the source's idle time exits, unless
+//! it is the last. So the threads are at most the connections in hand plus one. A thread
+//! counts as idle again before the end of its connection is announced (the `after` of a
+//! task), so the connection the dispatcher sends on that announcement finds a thread. A panic
+//! (in a session, the source or the announcement) does not end its thread. With a thread per
+//! connection, [`limit_malloc_arenas`] keeps glibc from giving those threads a heap each.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
