@@ -9,7 +9,8 @@
 //! * never follows a symbolic link in the last component (`O_NOFOLLOW`), so a planted link
 //!   cannot point a write at another file;
 //! * creates only with `O_EXCL` ([`create_new`]), so a file planted between a check and the
-//!   create is never used;
+//!   create is never used; a file written is given further names through its descriptor
+//!   ([`link_open_file`]), never through a name someone else could swap meanwhile;
 //! * opens an existing file only when it is a regular file (never a FIFO or a device, opened
 //!   `O_NONBLOCK` so one cannot block), with one link (a hard link cannot make it another
 //!   file) and the expected owner ([`open_existing`]);
@@ -17,21 +18,21 @@
 //!
 //! Directories: a store root is opened by [`crate::lmtp::store::StoreRoot`], which tells
 //! "absent" from "could not be examined" where `Path::is_dir()` would call both "not a
-//! directory". Below a directory someone else may write (a user's Maildir), the `*_at` functions work relative to a directory descriptor
-//! opened with [`open_dir_at`], one component at a time and never through a link, so a
-//! directory swapped for a symbolic link between a check and a write cannot redirect it;
+//! directory". Below a directory someone else may write (a user's Maildir), the `*_at`
+//! functions work relative to a directory descriptor opened with [`open_dir_at`], one
+//! component at a time and never through a link, so a directory swapped for a symbolic link between a check and a write cannot redirect it;
 //! [`open_dir_no_links`] opens a whole path that way in one call (`openat2`).
 //!
 //! This module reads no configuration and logs nothing: callers log a refusal with the path.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 
 /// What was wrong with a file that is in the way.
@@ -225,6 +226,27 @@ pub fn create_new_at(
     let flags = access | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = nix::fcntl::openat(dir, name, flags, Mode::from_bits_truncate(mode))?;
     Ok(File::from(fd))
+}
+
+/// Gives the open file `file` the name `name` in `dir` (failing with `EEXIST` when the name
+/// is taken): the file linked is the one open here, whatever has happened meanwhile to any
+/// name it has. The link is made through `/proc/thread-self/fd`, which needs no privilege
+/// (`AT_EMPTY_PATH` would need `CAP_DAC_READ_SEARCH`); without `/proc` it fails with `ENOENT`
+/// ([`can_link_open_files`]).
+pub fn link_open_file(file: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &Path) -> Result<(), Errno> {
+    let by_fd = format!("/proc/thread-self/fd/{}", file.as_raw_fd());
+    nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        by_fd.as_str(),
+        dir,
+        name,
+        AtFlags::AT_SYMLINK_FOLLOW,
+    )
+}
+
+/// Whether [`link_open_file`] can work here: `/proc` is mounted.
+pub fn can_link_open_files() -> bool {
+    Path::new("/proc/thread-self/fd").is_dir()
 }
 
 /// [`open_existing`] inside the directory `dir`: `access` is `O_RDONLY`, `O_WRONLY` or

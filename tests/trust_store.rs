@@ -399,3 +399,92 @@ fn a_tmp_swapped_for_a_link_during_data_gets_neither_the_spill_nor_the_message()
     assert_eq!(files_below(&elsewhere), Vec::<PathBuf>::new());
     assert_eq!(entries(&alice.join("new")), Vec::<PathBuf>::new());
 }
+
+/// The copy of a message several recipients share is the file the worker wrote: whoever can
+/// write the first recipient's Maildir (its account) swaps any file that appears in its
+/// `tmp/` for one of its own, in a busy loop, while messages for that recipient and another
+/// are delivered. Neither gets the forged text; a `250` is given only for a message that is
+/// in the mailbox, and the other recipient gets every message.
+#[test]
+fn the_first_recipients_account_cannot_swap_the_copy_the_others_are_given() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const FORGED: &[u8] = b"Subject: forged\r\n\r\nnot what the relay sent\r\n";
+    const MESSAGES: usize = 30;
+    let d = Dispatcher::start_lmtp(LIMITS, "");
+    let alice = provision(&d, "alice");
+    let bob = provision(&d, "bob");
+    let owner = store_owner(&d.root);
+    d.wait_for_service_log(LOG, "worker ready");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapped = Arc::new(AtomicUsize::new(0));
+    let attacker = {
+        let (tmp, stop, swapped) = (alice.join("tmp"), Arc::clone(&stop), Arc::clone(&swapped));
+        std::thread::spawn(move || {
+            let end = Instant::now() + WAIT;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                for entry in std::fs::read_dir(&tmp).expect("list alice's tmp/") {
+                    let name = entry.expect("a directory entry").file_name();
+                    if name.to_string_lossy().starts_with('.') {
+                        continue;
+                    }
+                    // The forged file belongs to the mailbox's account, as one it wrote would.
+                    let forged = tmp.join(".forged");
+                    std::fs::write(&forged, FORGED).expect("write the forged copy");
+                    std::os::unix::fs::chown(&forged, Some(owner.0), Some(owner.1))
+                        .expect("give the forged copy to the mailbox's account");
+                    if std::fs::rename(&forged, tmp.join(&name)).is_ok() {
+                        swapped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    // 250s per recipient: alice's, bob's.
+    let mut accepted = [0usize; 2];
+    for i in 0..MESSAGES {
+        let mut c = transaction(&d);
+        assert_eq!(c.cmd("RCPT TO:<alice@example.com>").code, 250);
+        assert_eq!(c.cmd("RCPT TO:<bob@example.com>").code, 250);
+        let message = format!("Subject: genuine {i}\r\n\r\nsent by the relay\r\n");
+        let replies = c.data(message.as_bytes(), 2);
+        for (n, r) in accepted.iter_mut().zip(&replies) {
+            match r.code {
+                250 => *n += 1,
+                // Alice's copy swapped before its link: her account deferred her own mail.
+                code => assert_eq!(status(r), deferred(), "{code}: {replies:?}"),
+            }
+        }
+        c.quit();
+    }
+    stop.store(true, Ordering::Relaxed);
+    attacker.join().expect("the attacker thread");
+    let swaps = swapped.load(Ordering::Relaxed);
+    for (user, n) in [(&alice, accepted[0]), (&bob, accepted[1])] {
+        let files = entries(&user.join("new"));
+        for f in &files {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(f).expect("read a message")).into_owned();
+            assert!(
+                text.contains("sent by the relay") && !text.contains("forged"),
+                "{} holds what the mailbox's account planted ({swaps} swaps):\n{text}",
+                f.display()
+            );
+        }
+        assert_eq!(
+            files.len(),
+            n,
+            "{}: one message for each 250",
+            user.display()
+        );
+    }
+    assert_eq!(
+        accepted[1], MESSAGES,
+        "bob got every message ({swaps} swaps)"
+    );
+    assert!(
+        swaps > 0,
+        "the attacker never found a file to swap: the test did not test"
+    );
+}

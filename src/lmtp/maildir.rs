@@ -21,18 +21,19 @@
 //! `linkat`, `unlinkat`): a user directory, folder, `tmp/` or `new/` that is a symbolic link
 //! or not a directory makes that recipient `451 4.3.0` and a log line naming the path.
 //!
-//! Delivery of one message to several mailboxes writes it once: to `tmp/` of the first
-//! mailbox, `fsync`, then `link()` into `new/` of every mailbox (a copy where a mailbox is on
-//! another file system), then `fsync` of each `new/` directory (side by side), then the
-//! `tmp/` name is removed. Only after its directory `fsync` does a recipient get `Ok`: a `250`
-//! means the message survives a crash. Concurrent deliveries into one directory share that
-//! `fsync` ([`super::group_flush`]): each waits for a flush that began after its own link, so
-//! the promise is the same with one flush for many messages. A crash before the link into
-//! `new/` leaves at most a file in `tmp/`, which readers never look at (Dovecot removes such files after 36 hours); one after
-//! the link but before the client read the `250` leaves the message delivered while the
-//! client will send it again: a duplicate, never a loss (docs/lmtp.md, "Durability"). File
-//! names follow the
-//! Maildir rules: `<seconds>.M<microseconds>P<pid>Q<counter>.<host>,S=<size>`.
+//! Delivery of one message to several mailboxes writes it once: to `tmp/` of the first mailbox,
+//! `fsync`, then `link()` into `new/` of every mailbox (a copy where a mailbox is on another
+//! file system), then `fsync` of each `new/` directory (side by side), then the `tmp/` name is
+//! removed. The links are made through the open file ([`Copy`]), so whoever can write the first
+//! mailbox cannot swap its `tmp/` file for the other recipients'. Only after its directory
+//! `fsync` does a recipient get `Ok`: a `250` means the message survives a crash. Concurrent
+//! deliveries into one directory share that `fsync` ([`super::group_flush`]): each waits for a
+//! flush that began after its own link, so the promise is the same with one flush for many
+//! messages. A crash before the link into `new/` leaves at most a file in `tmp/`, which readers
+//! never look at (Dovecot removes such files after 36 hours); one after the link but before the
+//! client read the `250` leaves the message delivered while the client will send it again: a
+//! duplicate, never a loss (docs/lmtp.md, "Durability"). File names follow the Maildir rules:
+//! `<seconds>.M<microseconds>P<pid>Q<counter>.<host>,S=<size>`.
 //!
 //! Quota (`XQUOTA=bytes,messages` from the relay, or the channel's `DEFAULT_QUOTA`) is the
 //! sum over the user's INBOX and folders (`new/` and `cur/`), sizes read from `,S=` in file
@@ -327,35 +328,83 @@ impl MaildirStore {
             .ok_or_else(gone)
     }
 
-    /// Puts the message into `m`'s `new/` under `name`: a hard link to the copy already
-    /// written in `src`'s `tmp/`, or a new copy written in `m`'s own `tmp/` when there is
-    /// none yet or the link crosses file systems. `true` when a copy was written in `m`.
+    /// Puts the message into `m`'s `new/` under `name`: another name for `copy`, the copy
+    /// already written (in `from`), or a new copy written for `m` when there is none yet or
+    /// the link crosses file systems. `Some` when a copy was written for `m`.
     fn place(
         &self,
         m: &Mailbox,
         name: &str,
         message: &Message<'_>,
-        src: Option<&Mailbox>,
-    ) -> Result<bool, MailboxError> {
+        copy: Option<(&Mailbox, &Copy)>,
+    ) -> Result<Option<Copy>, MailboxError> {
         let stored =
             |e: Errno| MailboxError::io(&m.path.join("new"), "cannot store the message", e.into());
-        if let Some(src) = src {
-            match nix::unistd::linkat(src.tmp.as_fd(), name, m.new.as_fd(), name, AtFlags::empty())
-            {
-                Ok(()) => return Ok(false),
+        if let Some((from, copy)) = copy {
+            match copy.link(from, m, name) {
+                Ok(()) => return Ok(None),
                 Err(Errno::EXDEV) => {}
                 Err(e) => return Err(stored(e)),
             }
         }
-        write_new(m.tmp.as_fd(), name, message)
+        let written = write_copy(m, name, message)
             .map_err(|e| MailboxError::io(&m.path.join("tmp"), "cannot write the message", e))?;
-        if let Err(e) =
-            nix::unistd::linkat(m.tmp.as_fd(), name, m.new.as_fd(), name, AtFlags::empty())
-        {
-            remove(m.tmp.as_fd(), name);
-            return Err(stored(e));
+        match written.link(m, m, name) {
+            Ok(()) => Ok(Some(written)),
+            // The file lost its only name: whoever can write the mailbox replaced or removed it.
+            Err(Errno::ENOENT) => Err(MailboxError::io(
+                &m.path.join("tmp").join(name),
+                "the mailbox was changed during the delivery (tmp/ or new/ replaced)",
+                Errno::ENOENT.into(),
+            )),
+            Err(e) => {
+                written.discard(m, name);
+                Err(stored(e))
+            }
         }
-        Ok(true)
+    }
+}
+
+/// Writes the message to `tmp/<name>` of `m` and flushes it.
+fn write_copy(m: &Mailbox, name: &str, message: &Message<'_>) -> io::Result<Copy> {
+    let mut file = safe_fs::create_new_at(m.tmp.as_fd(), Path::new(name), OFlag::O_WRONLY, 0o600)?;
+    if let Err(e) = write_message(&mut file, message).and_then(|()| file.sync_data()) {
+        remove(m.tmp.as_fd(), name);
+        return Err(e);
+    }
+    Ok(Copy { file })
+}
+
+/// A copy of the message, written and flushed as `tmp/<name>` of the mailbox it was written
+/// for, that the names in `new/` are made for. Every name is made through the open file, not
+/// through `tmp/<name>`: whoever can write that mailbox cannot swap the file for one of its
+/// own before the links into the other recipients' mailboxes are made.
+struct Copy {
+    file: File,
+}
+
+impl Copy {
+    /// Makes `name` in `to`'s `new/` another name for this copy, written for `from`.
+    fn link(&self, from: &Mailbox, to: &Mailbox, name: &str) -> Result<(), Errno> {
+        match safe_fs::link_open_file(self.file.as_fd(), to.new.as_fd(), Path::new(name)) {
+            // No /proc: a named copy is linked by its name.
+            Err(Errno::ENOENT) if !safe_fs::can_link_open_files() => nix::unistd::linkat(
+                from.tmp.as_fd(),
+                name,
+                to.new.as_fd(),
+                name,
+                AtFlags::empty(),
+            ),
+            linked => linked,
+        }
+    }
+
+    /// Removes the name in `tmp/` of `m`, which this copy was written for, once `new/` holds
+    /// the names the message needs (or a failure means it needs none).
+    fn discard(&self, m: &Mailbox, name: &str) {
+        if !remove(m.tmp.as_fd(), name) {
+            log::warn!("cannot remove {}/tmp/{name}", shown(&m.path));
+        }
     }
 }
 
@@ -426,21 +475,15 @@ fn size_from_name(name: &OsStr) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Writes the message (trace header, then body) to a new file `name` in `dir` and fsyncs
-/// it: one `writev` when the body is in memory, pieces when it is in a temporary file.
-fn write_new(dir: BorrowedFd<'_>, name: &str, message: &Message<'_>) -> io::Result<()> {
-    let mut file = safe_fs::create_new_at(dir, Path::new(name), OFlag::O_WRONLY, 0o600)?;
-    let written = match message.body.as_slice() {
-        Some(body) => write_all_vectored(&mut file, &[message.trace, body]),
+/// Writes the message (trace header, then body) to `file`: one `writev` when the body is
+/// in memory, pieces when it is in a temporary file.
+fn write_message(file: &mut File, message: &Message<'_>) -> io::Result<()> {
+    match message.body.as_slice() {
+        Some(body) => write_all_vectored(file, &[message.trace, body]),
         None => file
             .write_all(message.trace)
             .and_then(|()| message.body.chunks(|c| file.write_all(c))),
-    };
-    if let Err(e) = written.and_then(|()| file.sync_data()) {
-        remove(dir, name);
-        return Err(e);
     }
-    Ok(())
 }
 
 fn write_all_vectored(file: &mut File, parts: &[&[u8]]) -> io::Result<()> {
@@ -509,21 +552,23 @@ impl Store for MaildirStore {
         // One entry per target: its opened mailbox once the message is in its new/.
         let mut placed: Vec<Option<Mailbox>> = Vec::with_capacity(targets.len());
         let mut results: Vec<Result<(), Reply>> = Vec::with_capacity(targets.len());
-        // Which entry of `placed` holds the one written copy in its tmp/.
-        let mut written: Option<usize> = None;
+        // The one copy written (and which entry of `placed` it was written for).
+        let mut written: Option<(usize, Copy)> = None;
         for t in targets {
             let outcome = self.open_for_delivery(root.as_fd(), t, size).and_then(|m| {
-                let src = written.and_then(|w| placed[w].as_ref());
-                let copied = self.place(&m, &name, message, src)?;
+                let copy = written
+                    .as_ref()
+                    .and_then(|(w, c)| placed[*w].as_ref().map(|from| (from, c)));
+                let copied = self.place(&m, &name, message, copy)?;
                 Ok((m, copied))
             });
             match outcome {
                 Ok((m, copied)) => {
-                    if copied && written.is_some() {
+                    match copied {
                         // A copy on another file system: its tmp name is not needed.
-                        remove(m.tmp.as_fd(), &name);
-                    } else if copied {
-                        written = Some(placed.len());
+                        Some(c) if written.is_some() => c.discard(&m, &name),
+                        Some(c) => written = Some((placed.len(), c)),
+                        None => {}
                     }
                     placed.push(Some(m));
                     results.push(Ok(()));
@@ -559,9 +604,9 @@ impl Store for MaildirStore {
                 maildirsize::record(m.user_dir(), size);
             }
         }
-        if let Some(m) = written.and_then(|w| placed[w].as_ref()) {
-            if !remove(m.tmp.as_fd(), &name) {
-                log::warn!("cannot remove {}/tmp/{name}", shown(&m.path));
+        if let Some((w, copy)) = &written {
+            if let Some(m) = placed[*w].as_ref() {
+                copy.discard(m, &name);
             }
         }
         results
