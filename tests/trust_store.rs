@@ -400,11 +400,12 @@ fn a_tmp_swapped_for_a_link_during_data_gets_neither_the_spill_nor_the_message()
     assert_eq!(entries(&alice.join("new")), Vec::<PathBuf>::new());
 }
 
-/// The copy of a message several recipients share is the file the worker wrote: whoever can
-/// write the first recipient's Maildir (its account) swaps any file that appears in its
-/// `tmp/` for one of its own, in a busy loop, while messages for that recipient and another
-/// are delivered. Neither gets the forged text; a `250` is given only for a message that is
-/// in the mailbox, and the other recipient gets every message.
+/// The copy of a message several recipients share is the file the worker wrote. Alice's
+/// `tmp/` is writable by another account (`nobody`, standing for a user who owns her
+/// Maildir), which swaps any file that appears there for one of its own (mode 0666, which
+/// the worker may hard-link), in a busy loop, while messages for alice and bob are
+/// delivered. Neither gets the forged text; a `250` is given only for a message that is in
+/// the mailbox, and bob gets every message.
 #[test]
 fn the_first_recipients_account_cannot_swap_the_copy_the_others_are_given() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -414,13 +415,18 @@ fn the_first_recipients_account_cannot_swap_the_copy_the_others_are_given() {
     let d = Dispatcher::start_lmtp(LIMITS, "");
     let alice = provision(&d, "alice");
     let bob = provision(&d, "bob");
-    let owner = store_owner(&d.root);
+    let other = nix::unistd::User::from_name("nobody")
+        .expect("look up nobody")
+        .expect("the account nobody");
+    let tmp = alice.join("tmp");
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("make alice's tmp/ writable by another account");
     d.wait_for_service_log(LOG, "worker ready");
 
     let stop = Arc::new(AtomicBool::new(false));
     let swapped = Arc::new(AtomicUsize::new(0));
     let attacker = {
-        let (tmp, stop, swapped) = (alice.join("tmp"), Arc::clone(&stop), Arc::clone(&swapped));
+        let (stop, swapped) = (Arc::clone(&stop), Arc::clone(&swapped));
         std::thread::spawn(move || {
             let end = Instant::now() + WAIT;
             while !stop.load(Ordering::Relaxed) && Instant::now() < end {
@@ -429,11 +435,15 @@ fn the_first_recipients_account_cannot_swap_the_copy_the_others_are_given() {
                     if name.to_string_lossy().starts_with('.') {
                         continue;
                     }
-                    // The forged file belongs to the mailbox's account, as one it wrote would.
                     let forged = tmp.join(".forged");
                     std::fs::write(&forged, FORGED).expect("write the forged copy");
-                    std::os::unix::fs::chown(&forged, Some(owner.0), Some(owner.1))
-                        .expect("give the forged copy to the mailbox's account");
+                    std::os::unix::fs::chown(&forged, Some(other.uid.as_raw()), None)
+                        .expect("give the forged copy to the other account");
+                    std::fs::set_permissions(
+                        &forged,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+                    )
+                    .expect("let anyone read and write the forged copy");
                     if std::fs::rename(&forged, tmp.join(&name)).is_ok() {
                         swapped.fetch_add(1, Ordering::Relaxed);
                     }
@@ -461,14 +471,14 @@ fn the_first_recipients_account_cannot_swap_the_copy_the_others_are_given() {
     stop.store(true, Ordering::Relaxed);
     attacker.join().expect("the attacker thread");
     let swaps = swapped.load(Ordering::Relaxed);
-    for (user, n) in [(&alice, accepted[0]), (&bob, accepted[1])] {
+    for (user, n) in [(&bob, accepted[1]), (&alice, accepted[0])] {
         let files = entries(&user.join("new"));
         for f in &files {
             let text =
                 String::from_utf8_lossy(&std::fs::read(f).expect("read a message")).into_owned();
             assert!(
                 text.contains("sent by the relay") && !text.contains("forged"),
-                "{} holds what the mailbox's account planted ({swaps} swaps):\n{text}",
+                "{} holds what another account planted in alice's tmp/ ({swaps} swaps):\n{text}",
                 f.display()
             );
         }
