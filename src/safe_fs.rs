@@ -257,6 +257,37 @@ pub fn link_open_file(file: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &Path) ->
     Errno::result(rc).map(drop)
 }
 
+/// Where `/proc` is not mounted, [`link_open_file`] by way of a name: makes `name` in `to`
+/// another name for what `name` in `from` names, and keeps it only if that is `file` (the
+/// same device and inode). Whoever can write `from` may have put a file of its own under
+/// `name` since `file` was created there; the check after the link sees what was linked,
+/// which nobody can change once it is linked. `Ok(false)`: it was not `file`, and the name
+/// made in `to` is removed again. Between the link and its removal the other file is named
+/// in `to`, so `to` should be a directory no reader looks in (the caller renames the name
+/// into place once it is checked).
+pub fn link_name_if_same(
+    file: BorrowedFd<'_>,
+    from: BorrowedFd<'_>,
+    name: &Path,
+    to: BorrowedFd<'_>,
+) -> Result<bool, Errno> {
+    nix::unistd::linkat(from, name, to, name, nix::fcntl::AtFlags::empty())?;
+    let ours = nix::sys::stat::fstat(file);
+    let linked = nix::sys::stat::fstatat(to, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+    match (ours, linked) {
+        (Ok(a), Ok(b)) if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) => Ok(true),
+        (ours, linked) => {
+            let removed = nix::unistd::unlinkat(to, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+            match (ours.and(linked), removed) {
+                (Ok(_), Ok(())) => Ok(false),
+                // Not known to be `file`, and still named in `to`: the caller must not go on.
+                (_, Err(e)) => Err(e),
+                (Err(e), Ok(())) => Err(e),
+            }
+        }
+    }
+}
+
 /// Whether [`link_open_file`] can work here: `/proc` is mounted.
 pub fn can_link_open_files() -> bool {
     Path::new("/proc/thread-self/fd").is_dir()
@@ -317,6 +348,7 @@ pub fn effective_uid() -> u32 {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::os::fd::AsFd;
 
     fn append() -> OpenOptions {
         let mut o = OpenOptions::new();
@@ -457,5 +489,47 @@ mod tests {
         assert!(open_dir_no_links(&dir.path().join("a/b")).is_ok());
         assert!(open_dir_no_links(&dir.path().join("l/b")).is_err());
         assert!(open_dir_no_links(&dir.path().join("l")).is_err());
+    }
+
+    #[test]
+    fn a_name_is_linked_only_while_it_is_the_open_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["from", "to"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let open = |sub: &str| File::open(dir.path().join(sub)).unwrap();
+        let (from, to) = (open("from"), open("to"));
+        let name = Path::new("m");
+        let ours = create_new_at(from.as_fd(), name, OFlag::O_WRONLY, 0o600).unwrap();
+        assert_eq!(
+            link_name_if_same(ours.as_fd(), from.as_fd(), name, to.as_fd()),
+            Ok(true)
+        );
+        let linked = std::fs::metadata(dir.path().join("to/m")).unwrap();
+        assert_eq!(linked.ino(), ours.metadata().unwrap().ino());
+        // The name swapped for another file: nothing is left in `to`.
+        std::fs::remove_file(dir.path().join("to/m")).unwrap();
+        std::fs::write(dir.path().join("from/other"), b"planted").unwrap();
+        std::fs::rename(dir.path().join("from/other"), dir.path().join("from/m")).unwrap();
+        assert_eq!(
+            link_name_if_same(ours.as_fd(), from.as_fd(), name, to.as_fd()),
+            Ok(false)
+        );
+        assert!(std::fs::read_dir(dir.path().join("to"))
+            .unwrap()
+            .next()
+            .is_none());
+        // A symbolic link put there is not followed to the file.
+        std::fs::remove_file(dir.path().join("from/m")).unwrap();
+        std::fs::write(dir.path().join("ours"), b"").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("ours"), dir.path().join("from/m")).unwrap();
+        assert_eq!(
+            link_name_if_same(ours.as_fd(), from.as_fd(), name, to.as_fd()),
+            Ok(false)
+        );
+        assert!(std::fs::read_dir(dir.path().join("to"))
+            .unwrap()
+            .next()
+            .is_none());
     }
 }

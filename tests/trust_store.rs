@@ -408,11 +408,65 @@ fn a_tmp_swapped_for_a_link_during_data_gets_neither_the_spill_nor_the_message()
 /// the mailbox, and bob gets every message.
 #[test]
 fn the_first_recipients_account_cannot_swap_the_copy_the_others_are_given() {
+    swap_the_first_recipients_copy(Dispatcher::start_lmtp(LIMITS, ""));
+}
+
+/// The same where `/proc` is not mounted (a container that hides it): the worker cannot link
+/// through its open copy and links the copy's name instead, which must come to the same.
+/// The dispatcher and its workers run in a mount namespace of their own with an empty
+/// `tmpfs` over `/proc`.
+#[test]
+fn without_proc_the_first_recipients_account_cannot_swap_the_copy_the_others_are_given() {
+    use std::os::unix::process::CommandExt;
+    let layout = common::dispatcher::Layout::lmtp(LIMITS, "");
+    // Without /proc/self/exe the dispatcher cannot find the tailor file beside itself.
+    let tailor = layout.root.join("config/imta_tailor");
+    let d = Dispatcher::launch(layout, |cmd| {
+        cmd.env("IMTA_TAILOR", &tailor);
+        // SAFETY: between fork and exec only system calls, no allocation or lock.
+        unsafe {
+            cmd.pre_exec(|| {
+                let none = std::ptr::null();
+                let ok = libc::unshare(libc::CLONE_NEWNS) == 0
+                    && libc::mount(
+                        c"none".as_ptr(),
+                        c"/".as_ptr(),
+                        none,
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) == 0
+                    && libc::mount(
+                        c"tmpfs".as_ptr(),
+                        c"/proc".as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    ) == 0;
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    });
+    d.wait_for_service_log(LOG, "worker ready");
+    let worker = d.only_worker("tcp_lmtp_server");
+    let proc_of_worker = std::fs::read_link(format!("/proc/{worker}/root/proc/self"));
+    assert!(
+        proc_of_worker.is_err(),
+        "the worker sees /proc ({proc_of_worker:?}): the test would not test the fallback"
+    );
+    swap_the_first_recipients_copy(d);
+}
+
+/// Delivers messages for alice and bob while another account swaps every file in alice's
+/// `tmp/` for a forged one; see the two tests above.
+fn swap_the_first_recipients_copy(d: Dispatcher) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     const FORGED: &[u8] = b"Subject: forged\r\n\r\nnot what the relay sent\r\n";
     const MESSAGES: usize = 30;
-    let d = Dispatcher::start_lmtp(LIMITS, "");
     let alice = provision(&d, "alice");
     let bob = provision(&d, "bob");
     let other = nix::unistd::User::from_name("nobody")
@@ -496,5 +550,14 @@ fn the_first_recipients_account_cannot_swap_the_copy_the_others_are_given() {
     assert!(
         swaps > 0,
         "the attacker never found a file to swap: the test did not test"
+    );
+    let log = d.service_log(LOG);
+    eprintln!(
+        "{swaps} swaps; alice {} of {MESSAGES}, bob {}; copies found replaced before a link: {} \
+         (before bob's: {})",
+        accepted[0],
+        accepted[1],
+        log.matches("was replaced during the delivery").count(),
+        log.matches("is given a copy of its own").count()
     );
 }

@@ -22,17 +22,18 @@
 //! or not a directory makes that recipient `451 4.3.0` and a log line naming the path.
 //!
 //! Delivery of one message to several mailboxes writes it once: to `tmp/` of the first mailbox,
-//! `fsync`, then `link()` into `new/` of every mailbox (a copy where a mailbox is on another
-//! file system), then `fsync` of each `new/` directory (side by side), then the `tmp/` name is
-//! removed. The links are made through the open file ([`Copy`]), so whoever can write the first
-//! mailbox cannot swap its `tmp/` file for the other recipients'. Only after its directory
-//! `fsync` does a recipient get `Ok`: a `250` means the message survives a crash. Concurrent
-//! deliveries into one directory share that `fsync` ([`super::group_flush`]): each waits for a
-//! flush that began after its own link, so the promise is the same with one flush for many
-//! messages. A crash before the link into `new/` leaves at most a file in `tmp/`, which readers
-//! never look at (Dovecot removes such files after 36 hours); one after the link but before the
-//! client read the `250` leaves the message delivered while the client will send it again: a
-//! duplicate, never a loss (docs/lmtp.md, "Durability"). File names follow the Maildir rules:
+//! `fsync`, then `link()` into `new/` of every mailbox (a copy where a mailbox is on another file
+//! system), then `fsync` of each `new/` directory (side by side), then the `tmp/` name is removed.
+//! The links are made through the open file ([`Copy`]), so whoever can write the first mailbox
+//! cannot swap its `tmp/` file for the other recipients' (without `/proc`, through its name, and
+//! each link is kept only once it is checked to be the open file). Only after its directory `fsync`
+//! does a recipient get `Ok`: a `250` means the message survives a crash. Concurrent deliveries
+//! into one directory share that `fsync` ([`super::group_flush`]): each waits for a flush that
+//! began after its own link, so the promise is the same with one flush for many messages. A crash
+//! before the link into `new/` leaves at most a file in `tmp/`, which readers never look at
+//! (Dovecot removes such files after 36 hours); one after the link but before the client read the
+//! `250` leaves the message delivered while the client will send it again: a duplicate, never a
+//! loss (docs/lmtp.md, "Durability"). File names follow the Maildir rules:
 //! `<seconds>.M<microseconds>P<pid>Q<counter>.<host>,S=<size>`.
 //!
 //! Quota (`XQUOTA=bytes,messages` from the relay, or the channel's `DEFAULT_QUOTA`) is the
@@ -385,18 +386,52 @@ struct Copy {
 
 impl Copy {
     /// Makes `name` in `to`'s `new/` another name for this copy, written for `from`.
+    /// `ENOENT` for `from` itself when its `tmp/<name>` is no longer this copy; `EXDEV`, as
+    /// for a mailbox on another file system, when another mailbox cannot be given this copy
+    /// safely, so that the caller writes that one a copy of its own.
     fn link(&self, from: &Mailbox, to: &Mailbox, name: &str) -> Result<(), Errno> {
         match safe_fs::link_open_file(self.file.as_fd(), to.new.as_fd(), Path::new(name)) {
-            // No /proc: a named copy is linked by its name.
-            Err(Errno::ENOENT) if !safe_fs::can_link_open_files() => nix::unistd::linkat(
-                from.tmp.as_fd(),
-                name,
-                to.new.as_fd(),
-                name,
-                AtFlags::empty(),
-            ),
+            Err(Errno::ENOENT) if !safe_fs::can_link_open_files() => {
+                self.link_by_name(from, to, name)
+            }
             linked => linked,
         }
+    }
+
+    /// Without `/proc`: the link is made through the copy's name in `from`'s `tmp/`, which
+    /// whoever can write `from` may have replaced, so what it linked is checked before it is
+    /// kept. For another mailbox the name is made in its `tmp/`, checked there, and only then
+    /// linked into its `new/`, so no reader there sees another file. For `from` itself it is
+    /// made in `new/` and taken back at once when it is not the copy: `from`'s own mail is
+    /// all that whoever can write `from` can touch.
+    fn link_by_name(&self, from: &Mailbox, to: &Mailbox, name: &str) -> Result<(), Errno> {
+        let own = std::ptr::eq(from, to);
+        let first = if own { &to.new } else { &to.tmp };
+        let file = self.file.as_fd();
+        let same =
+            safe_fs::link_name_if_same(file, from.tmp.as_fd(), Path::new(name), first.as_fd())?;
+        if !same {
+            let then = if own {
+                "its own delivery fails".to_string()
+            } else {
+                format!("{} is given a copy of its own", shown(&to.path))
+            };
+            log::warn!(
+                "{}/tmp/{name} was replaced during the delivery (not the copy made): {then}",
+                shown(&from.path)
+            );
+            return Err(if own { Errno::ENOENT } else { Errno::EXDEV });
+        }
+        if own {
+            return Ok(());
+        }
+        // Another link, not a rename: it fails on a name already taken, on any file system.
+        let placed =
+            nix::unistd::linkat(to.tmp.as_fd(), name, to.new.as_fd(), name, AtFlags::empty());
+        if !remove(to.tmp.as_fd(), name) {
+            log::warn!("cannot remove {}/tmp/{name}", shown(&to.path));
+        }
+        placed
     }
 
     /// Removes the name in `tmp/` of `m`, which this copy was written for, once `new/` holds
@@ -789,5 +824,45 @@ mod tests {
         assert!(r[0].is_ok());
         let e = r[1].as_ref().unwrap_err();
         assert_eq!((e.code, e.status), (451, "4.3.0"), "{e}");
+    }
+
+    /// Without `/proc`, a link made by name: the other mailbox gets the copy only while the
+    /// name in the first one's `tmp/` is the copy written there, and nothing at all (not in
+    /// its `new/`, not in its `tmp/`) when that name was swapped, so the caller writes it a
+    /// copy of its own (`EXDEV`).
+    #[test]
+    fn a_link_by_name_gives_another_mailbox_only_the_copy_written() {
+        let dir = tempfile::tempdir().unwrap();
+        for user in ["alice", "bob"] {
+            create_maildir(&dir.path().join(user)).unwrap();
+        }
+        let s = store(dir.path(), false);
+        let root = File::open(dir.path()).unwrap();
+        let open = |user: &str| s.open_mailbox(root.as_fd(), user, None).unwrap().unwrap();
+        let (alice, bob) = (open("alice"), open("bob"));
+        let m = msg(b"Subject: genuine\r\n\r\nhi\r\n");
+        let copy = write_copy(&alice, "one", &m).unwrap();
+        assert_eq!(copy.link_by_name(&alice, &alice, "one"), Ok(()));
+        assert_eq!(copy.link_by_name(&alice, &bob, "one"), Ok(()));
+        let ino = copy.file.metadata().unwrap().ino();
+        let linked = fs::metadata(dir.path().join("bob/new/one")).unwrap();
+        assert_eq!(linked.ino(), ino);
+        assert!(files(&dir.path().join("bob/tmp")).is_empty());
+
+        let copy = write_copy(&alice, "two", &m).unwrap();
+        let planted = dir.path().join("alice/tmp/planted");
+        fs::write(&planted, b"Subject: forged\r\n\r\n").unwrap();
+        fs::rename(&planted, dir.path().join("alice/tmp/two")).unwrap();
+        assert_eq!(copy.link_by_name(&alice, &bob, "two"), Err(Errno::EXDEV));
+        assert_eq!(copy.link_by_name(&alice, &alice, "two"), Err(Errno::ENOENT));
+        assert_eq!(
+            files(&dir.path().join("bob/new")),
+            [dir.path().join("bob/new/one")]
+        );
+        assert!(files(&dir.path().join("bob/tmp")).is_empty());
+        assert_eq!(
+            files(&dir.path().join("alice/new")),
+            [dir.path().join("alice/new/one")]
+        );
     }
 }
