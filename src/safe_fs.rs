@@ -263,8 +263,8 @@ pub fn link_open_file(file: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &Path) ->
 /// `name` since `file` was created there; the check after the link sees what was linked,
 /// which nobody can change once it is linked. `Ok(false)`: it was not `file`, and the name
 /// made in `to` is removed again. Between the link and its removal the other file is named
-/// in `to`, so `to` should be a directory no reader looks in (the caller renames the name
-/// into place once it is checked).
+/// in `to`, so `to` should be a directory no reader looks in (the caller links the name into
+/// place once it is checked).
 pub fn link_name_if_same(
     file: BorrowedFd<'_>,
     from: BorrowedFd<'_>,
@@ -272,20 +272,16 @@ pub fn link_name_if_same(
     to: BorrowedFd<'_>,
 ) -> Result<bool, Errno> {
     nix::unistd::linkat(from, name, to, name, nix::fcntl::AtFlags::empty())?;
-    let ours = nix::sys::stat::fstat(file);
     let linked = nix::sys::stat::fstatat(to, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
-    match (ours, linked) {
-        (Ok(a), Ok(b)) if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) => Ok(true),
-        (ours, linked) => {
-            let removed = nix::unistd::unlinkat(to, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
-            match (ours.and(linked), removed) {
-                (Ok(_), Ok(())) => Ok(false),
-                // Not known to be `file`, and still named in `to`: the caller must not go on.
-                (_, Err(e)) => Err(e),
-                (Err(e), Ok(())) => Err(e),
-            }
-        }
+    let same = match (nix::sys::stat::fstat(file), linked) {
+        (Ok(a), Ok(b)) => Ok((a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    if same != Ok(true) {
+        // Not known to be `file`: the name goes again, or the caller hears why it could not.
+        nix::unistd::unlinkat(to, name, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
     }
+    same
 }
 
 /// Whether [`link_open_file`] can work here: `/proc` is mounted.
@@ -507,29 +503,26 @@ mod tests {
         );
         let linked = std::fs::metadata(dir.path().join("to/m")).unwrap();
         assert_eq!(linked.ino(), ours.metadata().unwrap().ino());
-        // The name swapped for another file: nothing is left in `to`.
+        // What is under the name now is not linked, and nothing is left in `to`.
+        let refused = || {
+            assert_eq!(
+                link_name_if_same(ours.as_fd(), from.as_fd(), name, to.as_fd()),
+                Ok(false)
+            );
+            assert!(std::fs::read_dir(dir.path().join("to"))
+                .unwrap()
+                .next()
+                .is_none());
+        };
+        // The name swapped for another file.
         std::fs::remove_file(dir.path().join("to/m")).unwrap();
         std::fs::write(dir.path().join("from/other"), b"planted").unwrap();
         std::fs::rename(dir.path().join("from/other"), dir.path().join("from/m")).unwrap();
-        assert_eq!(
-            link_name_if_same(ours.as_fd(), from.as_fd(), name, to.as_fd()),
-            Ok(false)
-        );
-        assert!(std::fs::read_dir(dir.path().join("to"))
-            .unwrap()
-            .next()
-            .is_none());
+        refused();
         // A symbolic link put there is not followed to the file.
         std::fs::remove_file(dir.path().join("from/m")).unwrap();
         std::fs::write(dir.path().join("ours"), b"").unwrap();
         std::os::unix::fs::symlink(dir.path().join("ours"), dir.path().join("from/m")).unwrap();
-        assert_eq!(
-            link_name_if_same(ours.as_fd(), from.as_fd(), name, to.as_fd()),
-            Ok(false)
-        );
-        assert!(std::fs::read_dir(dir.path().join("to"))
-            .unwrap()
-            .next()
-            .is_none());
+        refused();
     }
 }

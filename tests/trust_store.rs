@@ -426,12 +426,12 @@ fn without_proc_the_first_recipients_account_cannot_swap_the_copy_the_others_are
         // SAFETY: between fork and exec only system calls, no allocation or lock.
         unsafe {
             cmd.pre_exec(|| {
-                let none = std::ptr::null();
+                // Mounts made private first, so the tmpfs stays in this namespace.
                 let ok = libc::unshare(libc::CLONE_NEWNS) == 0
                     && libc::mount(
                         c"none".as_ptr(),
                         c"/".as_ptr(),
-                        none,
+                        std::ptr::null(),
                         libc::MS_REC | libc::MS_PRIVATE,
                         std::ptr::null(),
                     ) == 0
