@@ -257,6 +257,9 @@ fn a_variable_and_a_descriptor_given_to_the_dispatcher_do_not_reach_a_worker() {
         own.iter().any(|(n, p)| *n == 7 && *p == secret_path),
         "{own:?}"
     );
+    // Looked at once they are ready: while a worker is still being loaded, the dynamic
+    // loader holds its libraries open on descriptors of its own (`libc.so.6` on 4, seen in CI).
+    d.wait_for_log("ready: every service has its MIN_PROCS workers");
     for pid in wait_for_workers(&d, "echo_image", 2) {
         let env = environment(pid);
         assert!(
