@@ -11,13 +11,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use common::ChildGuard;
+use msdispatcher::dispatcher::child::Process;
 use msdispatcher::dispatcher::spawn::{spawn_worker, WorkerSpec};
 use msdispatcher::handoff::wire::{self, ToDispatcher, ToWorker};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Starts the echo image as a worker of service ECHO; returns the dispatcher's end.
-fn start(max_conns: u64) -> (ChildGuard, OwnedFd) {
+fn start(max_conns: u64) -> (ChildGuard<Process>, OwnedFd) {
     let (dispatcher_end, worker_end) = wire::control_pair().expect("control pair");
     let image = common::example("echo_image");
     let spec = WorkerSpec {

@@ -13,6 +13,7 @@ use common::dispatcher::{mail_ids, Layout};
 use common::lmtp::{maildir, Lmtp};
 use common::ChildGuard;
 use msdispatcher::dispatcher::account::RunAs;
+use msdispatcher::dispatcher::child::Process;
 use msdispatcher::dispatcher::spawn::{spawn_worker, WorkerSpec};
 use msdispatcher::handoff::wire::{self, ToDispatcher, ToWorker};
 
@@ -22,7 +23,7 @@ const MESSAGE: &[u8] =
 
 /// The Maildir image of `layout` as a worker of its store service, as the dispatcher would
 /// start it (as the mail account when the test runs as root); the dispatcher's end.
-fn start_store_worker(layout: &Layout) -> (ChildGuard, OwnedFd) {
+fn start_store_worker(layout: &Layout) -> (ChildGuard<Process>, OwnedFd) {
     let (dispatcher_end, worker_end) = wire::control_pair().expect("control pair");
     let image = layout.root.join("lib/tcp_lmtp_server");
     let tailor = layout.root.join("config/imta_tailor");

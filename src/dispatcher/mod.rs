@@ -26,6 +26,7 @@
 pub mod accept;
 pub mod access;
 pub mod account;
+pub mod child;
 pub mod commands;
 pub mod control;
 pub mod descriptors;

@@ -80,7 +80,7 @@ impl Source {
 }
 
 /// Kills and reaps a worker process no entry of [`Workers`] stands for: none may run unseen.
-fn stop_unseen(mut child: std::process::Child) {
+fn stop_unseen(mut child: super::child::Process) {
     let _ = child.kill();
     let _ = child.wait();
 }

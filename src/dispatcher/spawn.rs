@@ -17,13 +17,16 @@
 //!
 //! Nothing here decides whether to start a worker ([`super::policy`] does) or which account
 //! it runs as ([`super::account`] does), and nothing waits for one: the caller keeps the
-//! `Child` and reaps it.
+//! [`Process`] and reaps it. How the process is made without copying the dispatcher is
+//! [`super::child`]'s.
 
-use std::fs::File;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
+use super::child::{self, raw, Process, Program};
 
 use super::account::RunAs;
 use crate::handoff::env;
@@ -60,69 +63,104 @@ pub fn spawn_worker(
     spec: &WorkerSpec,
     control: &OwnedFd,
     output: Option<File>,
-) -> std::io::Result<Child> {
+) -> std::io::Result<Process> {
     // Standard error is made a copy of standard output in the child (below), so one
     // descriptor serves both.
-    let stdout = match output {
-        Some(f) => Stdio::from(f),
-        None => Stdio::null(),
+    let null_in = File::open("/dev/null")?;
+    let out = match output {
+        Some(f) => f,
+        None => OpenOptions::new().write(true).open("/dev/null")?,
     };
-    let fd = control.as_raw_fd();
+    let program = worker_program(spec)?;
+    let (stdin_fd, stdout_fd, fd) = (null_in.as_raw_fd(), out.as_raw_fd(), control.as_raw_fd());
     let run_as = spec.run_as;
     let highest_fd = highest_descriptor();
-    let mut cmd = Command::new(&spec.image);
-    cmd.env_clear();
+    let setup = move || -> std::io::Result<()> {
+        // SAFETY: system calls on this (child) process's descriptors and credentials only.
+        unsafe {
+            inherit_as(stdin_fd, 0)?;
+            inherit_as(stdout_fd, 1)?;
+            inherit_as(1, 2)?;
+            // A group of its own: a terminal's Ctrl-C, or a service manager signalling the
+            // dispatcher's group, reaches only the dispatcher, which then drains its workers.
+            if libc::setpgid(0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            inherit_as(fd, CONTROL_FD)?;
+        }
+        close_above_control_at_exec(highest_fd);
+        match run_as {
+            Some(run_as) => become_account(run_as),
+            None => drop_capabilities(),
+        }
+    };
+    // SAFETY: `setup` makes system calls only (dup2, fcntl, setpgid, close_range, prctl,
+    // capset, and the raw setgroups, setgid and setuid), allocates nothing and reads only
+    // what it copied before the start (`child::spawn`'s conditions).
+    unsafe { child::spawn(&program, &setup) }
+}
+
+/// The image and the environment it runs with: of the dispatcher's own variables only the
+/// passed ones, then the `IMTA_*` settings (a later value for a name replaces an earlier).
+fn worker_program(spec: &WorkerSpec) -> std::io::Result<Program> {
+    let mut env: BTreeMap<OsString, OsString> = BTreeMap::new();
     let passed = PASSED_ENVIRONMENT
         .iter()
         .copied()
         .chain(spec.import_environment.iter().map(String::as_str));
     for name in passed {
         if let Some(value) = std::env::var_os(name) {
-            cmd.env(name, value);
+            env.insert(name.into(), value);
         }
     }
-    cmd.env(env::SERVICE, &spec.service)
-        .env(env::PARAMETER, &spec.parameter)
-        .env(env::STACKSIZE, spec.stack_size.to_string())
-        .env(env::MAX_CONNS, spec.max_conns.to_string())
-        .env(env::DEBUG, spec.debug.to_string())
-        .env(env::TAILOR, &spec.tailor)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(Stdio::inherit())
-        // A group of its own: a terminal's Ctrl-C, or a service manager signalling the
-        // dispatcher's group, reaches only the dispatcher, which then drains its workers.
-        .process_group(0);
-    // SAFETY: the closure runs in the child between fork and exec and calls only dup2,
-    // fcntl, close_range, prctl, capset, setgroups, setgid and setuid, which are
-    // async-signal-safe system calls; it allocates nothing and touches no memory shared with
-    // other threads (everything it reads was copied into it before the fork).
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == CONTROL_FD {
-                // Already in place: only clear close-on-exec.
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, CONTROL_FD) == -1 {
-                // dup2 leaves the new descriptor inheritable.
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::dup2(1, 2) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            close_above_control_at_exec(highest_fd);
-            match run_as {
-                Some(run_as) => become_account(run_as),
-                None => drop_capabilities(),
-            }
-        });
+    let settings = [
+        (env::SERVICE, spec.service.clone()),
+        (env::PARAMETER, spec.parameter.clone()),
+        (env::STACKSIZE, spec.stack_size.to_string()),
+        (env::MAX_CONNS, spec.max_conns.to_string()),
+        (env::DEBUG, spec.debug.to_string()),
+    ];
+    for (name, value) in settings {
+        env.insert(name.into(), value.into());
     }
-    cmd.spawn()
+    env.insert(env::TAILOR.into(), spec.tailor.clone().into_os_string());
+    Program::new(
+        spec.image.as_os_str(),
+        env.iter().map(|(n, v)| (n.as_os_str(), v.as_os_str())),
+    )
+    .ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{}: a NUL byte in the image's path or environment",
+                spec.image.display()
+            ),
+        )
+    })
+}
+
+/// Puts descriptor `from` at `to`, inheritable across the exec (`dup2` leaves the copy so;
+/// one already in place only loses close-on-exec).
+///
+/// # Safety
+/// System calls on this process's descriptors only.
+unsafe fn inherit_as(from: libc::c_int, to: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: fcntl and dup2 on descriptor numbers, nothing else.
+    let done = unsafe {
+        if from == to {
+            libc::fcntl(from, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(from, to)
+        }
+    };
+    if done == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The highest descriptor number this process can have, for the fallback of
-/// [`close_above_control_at_exec`]; read before the fork, where reading it is allowed.
+/// [`close_above_control_at_exec`]; read before the start, where reading it is allowed.
 fn highest_descriptor() -> libc::c_int {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -139,12 +177,10 @@ fn highest_descriptor() -> libc::c_int {
 
 /// Marks every descriptor above 3 close-on-exec, so that the image starts with 0 to 3 only.
 ///
-/// Marked, not closed: the standard library's `spawn` reports a failed exec to the parent
-/// through a close-on-exec pipe it opened, whose number this code cannot know; closing it
-/// would make a missing IMAGE look like a worker that started. After the exec the effect is
-/// the same: none of those descriptors exists in the image.
+/// Marked, not closed: after the exec the effect is the same (none of those descriptors
+/// exists in the image), and one system call does it.
 ///
-/// Async-signal-safe (runs between fork and exec): system calls only.
+/// System calls only (runs in the child before its exec, [`super::child`]).
 fn close_above_control_at_exec(highest_fd: libc::c_int) {
     let first = (CONTROL_FD + 1) as libc::c_uint;
     // SAFETY: close_range only changes flags of this process's descriptors.
@@ -202,7 +238,7 @@ const CAPABILITY_NUMBERS: u32 = 64;
 /// uid 0, it owns root's files but holds no other capability, and neither does anything it
 /// runs.
 ///
-/// Async-signal-safe (runs between fork and exec): system calls only.
+/// System calls only (runs in the child before its exec, [`super::child`]).
 fn become_account(run_as: RunAs) -> std::io::Result<()> {
     let fail = || Err(std::io::Error::last_os_error());
     // SAFETY: each call is a system call on this process's own credentials, with arguments
@@ -231,9 +267,9 @@ fn become_account(run_as: RunAs) -> std::io::Result<()> {
         }
         // Groups first, while still root; then the user, which drops root for good.
         let groups = [run_as.gid as libc::gid_t];
-        if libc::setgroups(1, groups.as_ptr()) == -1
-            || libc::setgid(run_as.gid as libc::gid_t) == -1
-            || libc::setuid(run_as.uid as libc::uid_t) == -1
+        if raw::setgroups(&groups) == -1
+            || raw::setgid(run_as.gid as libc::gid_t) == -1
+            || raw::setuid(run_as.uid as libc::uid_t) == -1
         {
             return fail();
         }
@@ -269,7 +305,7 @@ fn become_account(run_as: RunAs) -> std::io::Result<()> {
 /// given (a service manager's ambient `CAP_NET_BIND_SERVICE`, say) are not passed on, and no
 /// exec may add privileges. Dropping needs no privilege.
 ///
-/// Async-signal-safe (runs between fork and exec): system calls only.
+/// System calls only (runs in the child before its exec, [`super::child`]).
 fn drop_capabilities() -> std::io::Result<()> {
     // SAFETY: system calls on this process's own credentials, with arguments that live on
     // this stack frame for the duration of the call.

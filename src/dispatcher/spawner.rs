@@ -10,11 +10,11 @@
 //!
 //! Nothing is decided here: the loop has already registered the worker's control socket (a
 //! worker may say `READY` before the loop hears that its start is done, which is fine); what
-//! comes back is the [`Child`] or the error, which the loop gives to the pool as before.
+//! comes back is the [`Process`] or the error, which the loop gives to the pool as before.
 
+use super::child::Process;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -39,7 +39,7 @@ pub struct SpawnJob {
 /// How a start went.
 pub struct Spawned {
     pub id: WorkerId,
-    pub result: std::io::Result<Child>,
+    pub result: std::io::Result<Process>,
     /// The LOGFILE version could not be opened (the worker's output is discarded).
     pub logfile_error: Option<(PathBuf, std::io::Error)>,
     /// The LOGFILE version the worker writes, held from pruning while this lives (in the

@@ -13,11 +13,12 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
+use super::child::Process;
 use super::logfiles::VersionInUse;
 use super::policy::{ConnId, Event, WorkerId};
 use crate::handoff::stats::WorkerStats;
@@ -33,7 +34,7 @@ pub struct Owner {
 struct WorkerProc {
     owner: Owner,
     /// `None` while its start is being made ([`super::spawner`]).
-    child: Option<Child>,
+    child: Option<Process>,
     /// The worker's end of the control socket, kept until the start is done, so that the
     /// socket does not look closed meanwhile.
     their_end: Option<OwnedFd>,
@@ -88,7 +89,7 @@ impl Workers {
     }
 
     pub fn pid(&self, id: WorkerId) -> Option<u32> {
-        self.procs.get(&id)?.child.as_ref().map(Child::id)
+        self.procs.get(&id)?.child.as_ref().map(Process::id)
     }
 
     /// Makes the control socket of a worker about to be started and watches it with
@@ -129,9 +130,9 @@ impl Workers {
     pub fn started(
         &mut self,
         id: WorkerId,
-        child: Child,
+        child: Process,
         log_version: Option<VersionInUse>,
-    ) -> Result<u32, Child> {
+    ) -> Result<u32, Process> {
         let Some(w) = self.procs.get_mut(&id) else {
             return Err(child);
         };
@@ -185,7 +186,7 @@ impl Workers {
                 failed(true)
             }
             Err(e) => {
-                let pid = w.child.as_ref().map_or(0, Child::id);
+                let pid = w.child.as_ref().map_or(0, Process::id);
                 log::warn!("worker {id} (pid {pid}): {e}");
                 failed(false)
             }
@@ -298,7 +299,7 @@ impl Workers {
     pub fn forget(&mut self, registry: &Registry, id: WorkerId) -> Option<(Owner, u32)> {
         let w = self.procs.remove(&id)?;
         let _ = registry.deregister(&mut SourceFd(&w.ctrl.as_raw_fd()));
-        Some((w.owner, w.child.as_ref().map_or(0, Child::id)))
+        Some((w.owner, w.child.as_ref().map_or(0, Process::id)))
     }
 
     /// Kills and reaps every worker (the shutdown bound has passed); returns their ids and

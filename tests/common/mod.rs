@@ -83,9 +83,39 @@ pub fn example(name: &str) -> PathBuf {
 
 /// A child process that is killed (by pid) and reaped when the guard goes, whatever happens
 /// in the test.
-pub struct ChildGuard(pub std::process::Child);
+pub struct ChildGuard<P: Reapable = std::process::Child>(pub P);
 
-impl ChildGuard {
+/// A process a test started: the standard library's, or the dispatcher's own start
+/// (`msdispatcher::dispatcher::child::Process`).
+pub trait Reapable {
+    fn id(&self) -> u32;
+    fn kill(&mut self) -> std::io::Result<()>;
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus>;
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>>;
+}
+
+macro_rules! reapable {
+    ($t:ty) => {
+        impl Reapable for $t {
+            fn id(&self) -> u32 {
+                <$t>::id(self)
+            }
+            fn kill(&mut self) -> std::io::Result<()> {
+                <$t>::kill(self)
+            }
+            fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+                <$t>::wait(self)
+            }
+            fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+                <$t>::try_wait(self)
+            }
+        }
+    };
+}
+reapable!(std::process::Child);
+reapable!(msdispatcher::dispatcher::child::Process);
+
+impl<P: Reapable> ChildGuard<P> {
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
@@ -103,7 +133,7 @@ impl ChildGuard {
     }
 }
 
-impl Drop for ChildGuard {
+impl<P: Reapable> Drop for ChildGuard<P> {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
