@@ -1,9 +1,10 @@
 //! Starting workers off the event loop.
 //!
-//! A start opens a new version of the service's LOGFILE, forks, and waits until the child has
-//! run its `pre_exec` steps and `exec`ed the image (that is how `std::process::Command`
-//! learns whether the exec worked). On a loaded machine that takes 1 to 3 ms, which the
-//! event loop would otherwise spend handing nothing off: with `MAX_LIFE_CONNS=100` a busy
+//! A start opens a new version of the service's LOGFILE, starts the child ([`super::child`]:
+//! `clone(CLONE_VM | CLONE_VFORK)`), and waits until the child has run its steps and
+//! `exec`ed the image, which is how it learns whether the exec worked. On a loaded machine
+//! that takes 1 to 3 ms, which the event loop would otherwise spend handing nothing off (only
+//! the starting thread waits for the child's exec): with `MAX_LIFE_CONNS=100` a busy
 //! service starts a worker every hundred connections, and every client arriving meanwhile
 //! waited (`make bench`, the hand-off part, measured it). So the loop sends each start to one
 //! thread here, goes on, and is woken ([`mio::Waker`]) when the start is done.
