@@ -50,15 +50,8 @@ fn hand_off(ctrl: &OwnedFd, listener: &TcpListener, conn: u64) -> BufReader<TcpS
 
 /// Accepts a client connection and sends it to the worker; returns the client's stream.
 fn send_hand_off(ctrl: &OwnedFd, listener: &TcpListener, conn: u64) -> BufReader<TcpStream> {
-    let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let client = common::send_hand_off(ctrl, listener, conn);
     client.set_read_timeout(Some(WAIT)).expect("timeout");
-    let (accepted, peer) = listener.accept().expect("accept");
-    let msg = ToWorker::HandOff {
-        conn,
-        client: peer,
-        server: listener.local_addr().expect("addr"),
-    };
-    wire::send_to_worker(ctrl.as_fd(), &msg, Some(accepted.as_fd())).expect("hand off");
     BufReader::new(client)
 }
 

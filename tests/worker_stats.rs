@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
 
 use common::dispatcher::{mail_ids, Layout};
@@ -55,14 +55,7 @@ fn start_store_worker(layout: &Layout) -> (ChildGuard<Process>, OwnedFd) {
 /// Hands a new connection to the worker (which says TAKEN); the client's LMTP session, past
 /// its greeting.
 fn hand_off(ctrl: &OwnedFd, listener: &TcpListener, conn: u64) -> Lmtp {
-    let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-    let (accepted, peer) = listener.accept().expect("accept");
-    let msg = ToWorker::HandOff {
-        conn,
-        client: peer,
-        server: listener.local_addr().expect("addr"),
-    };
-    wire::send_to_worker(ctrl.as_fd(), &msg, Some(accepted.as_fd())).expect("hand off");
+    let client = common::send_hand_off(ctrl, listener, conn);
     assert_eq!(
         common::next_message(ctrl),
         Some(ToDispatcher::Taken { conn })

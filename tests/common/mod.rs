@@ -206,6 +206,27 @@ pub fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// A client connection to `listener`, accepted and sent to the worker on `ctrl` as hand-off
+/// `conn` (a test playing the dispatcher); returns the client's end.
+pub fn send_hand_off(
+    ctrl: &std::os::fd::OwnedFd,
+    listener: &std::net::TcpListener,
+    conn: u64,
+) -> std::net::TcpStream {
+    use msdispatcher::handoff::wire::{self, ToWorker};
+    use std::os::fd::AsFd;
+    let server = listener.local_addr().expect("listener's address");
+    let client = std::net::TcpStream::connect(server).expect("connect");
+    let (accepted, peer) = listener.accept().expect("accept");
+    let msg = ToWorker::HandOff {
+        conn,
+        client: peer,
+        server,
+    };
+    wire::send_to_worker(ctrl.as_fd(), &msg, Some(accepted.as_fd())).expect("hand off");
+    client
+}
+
 /// The next message a worker sends on its control socket (the dispatcher's end), waiting at
 /// most 10 s; `None` at end of file.
 pub fn next_message(
