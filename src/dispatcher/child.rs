@@ -11,9 +11,9 @@
 //! 1.4 ms instead of 0.17. With `CLONE_VM` nothing is copied: the child runs in the
 //! dispatcher's memory, on a stack of its own, until its `execve`, and only the starting
 //! thread waits for that (`CLONE_VFORK`). It did not make the start free: the same probe still
-//! finds one slow connection (0.6 to 2.5 ms) in a quarter to three quarters of the lives, the
-//! one in flight while the successor starts, which is the start's CPU (the exec, the loader,
-//! the configuration), not the copy (`docs/performance.md`, fourth stop).
+//! finds one slow connection (1.2 to 2.0 ms) in up to a third of the lives, the one in flight
+//! while the successor starts, which is the start's CPU (the exec, the loader, the
+//! configuration), not the copy (`docs/performance.md`, fourth stop).
 //!
 //! What that asks of the child's steps (the caller's `setup`): system calls only. No
 //! allocation, no lock, nothing of the C library that keeps state for the process: its
