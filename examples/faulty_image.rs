@@ -26,6 +26,7 @@
 //! | `ready-twice` | after the first `HANDOFF`, a second `READY` |
 //! | `taken-twice` | says `READY ACK`; for each `HANDOFF`, `TAKEN <id>` twice |
 //! | `taken-unknown` | says `READY ACK`; for each `HANDOFF`, also `TAKEN <id+100000>` |
+//! | `silent-first:DIR` | the first start of the service never says `READY` (it waits, control socket open, until it is killed); later starts are `normal-ack` |
 //! | `drain-untaken` | says `READY ACK`; on the first `HANDOFF`, `DRAINING` instead of `TAKEN`, drops the socket unserved and exits |
 //!
 //! The lying modes (`ended-twice` to `ready-twice`) say plain `READY`, so that their lie is
@@ -143,6 +144,17 @@ fn mode_from_parameter(parameter: &str) -> Result<Mode, String> {
             } else {
                 Mode::NormalPlain
             })
+        }
+        "silent-first" => {
+            let d = dir.ok_or("silent-first needs MODE=silent-first:DIR")?;
+            if first(&d)? {
+                // Tests wait for this line, as for `saying READY` (tests/common/faulty.rs).
+                eprintln!("faulty {}: never saying READY", std::process::id());
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            Ok(Mode::NormalAck)
         }
         "ended-twice" => lie(Mode::EndedTwice),
         "ended-unknown" => lie(Mode::EndedUnknown),

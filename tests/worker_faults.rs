@@ -1,5 +1,5 @@
-//! The dispatcher keeps serving whatever its workers do (issue 11): a worker that hangs, one
-//! that lies on its control socket, one that closes it, an image whose later starts fail, and
+//! The dispatcher keeps serving whatever its workers do (issue 11): a worker that hangs, a
+//! start that never says READY, one that lies on its control socket, one that closes it, an image whose later starts fail, and
 //! a worker at its own descriptor limit. Real processes: the dispatcher on free loopback
 //! ports, the echo image or the faulty image (`examples/faulty_image.rs`) as workers, clients
 //! from 127.0.0.2. Each test collects every broken guarantee before it fails, so that one run
@@ -547,4 +547,70 @@ fn a_worker_at_its_descriptor_limit_finishes_the_sessions_in_hand() {
         .flat_map(sessions_in_hand_survive_a_descriptor_limit_of)
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A start that hangs before `READY` (the exec worked, the image never speaks): the
+/// dispatcher kills it once `READY_TIMEOUT` has passed since its start, not sooner, reaps it,
+/// names it in the log, and starts a replacement after the one-second back-off of a failed
+/// start, which serves the client that waited through all of it and every new one.
+#[test]
+fn a_worker_that_never_says_ready_is_killed_after_the_ready_timeout_and_replaced() {
+    use msdispatcher::dispatcher::policy::READY_TIMEOUT;
+    let timeout = Duration::from_millis(READY_TIMEOUT);
+    let d = faulty::start_faulty(
+        "MIN_PROCS=1\nMAX_PROCS=1\nMIN_CONNS=1\nMAX_CONNS=5",
+        "silent-first:@STATE@",
+    );
+    let silent = faulty::faulty_workers_saying(&d, "never saying READY", 1, WAIT)
+        .unwrap_or_else(|| panic!("the first start is the silent one\n{}", d.log()))[0];
+    let _reaper = KillPids::new(&[silent]);
+    let seen = Instant::now();
+    let mut failures = Vec::new();
+    // Arrives while the only worker the pool may have is the silent one.
+    let mut waiting = connect(&d, RELAY);
+
+    let gone = wait_until(timeout + Duration::from_secs(10), || !pid_alive(silent));
+    let after = seen.elapsed();
+    if !gone {
+        failures.push(format!(
+            "the silent worker (pid {silent}) is still there {after:?} after it was seen starting"
+        ));
+    } else if after + Duration::from_secs(1) < timeout {
+        // Seen within a second of its start: gone before READY_TIMEOUT is a slow start killed.
+        failures.push(format!(
+            "the silent worker (pid {silent}) was gone {after:?} after it was seen starting, before READY_TIMEOUT ({timeout:?})"
+        ));
+    }
+    let named = log_lines(&d, &format!("(pid {silent}) did not say READY within"));
+    if named.len() != 1 {
+        failures.push(format!(
+            "{} log lines name the silent worker's kill (wanted 1): {named:#?}",
+            named.len()
+        ));
+    }
+    let Some(replacement) =
+        faulty::faulty_workers_saying(&d, "saying READY", 1, Duration::from_secs(10))
+            .map(|pids| pids[0])
+    else {
+        failures.push("no replacement said READY within 10 s".into());
+        return verdict(&d, &failures);
+    };
+    if replacement == silent {
+        failures.push(format!("the silent worker {silent} said READY after all"));
+    }
+    let _replacement = KillPids::new(&[replacement]);
+    match greeting_within(&mut waiting, Duration::from_secs(10)) {
+        g if g.pid() == Some(replacement) => {}
+        g => failures.push(format!(
+            "the client that waited through the hung start: {g:?} (wanted the replacement {replacement})"
+        )),
+    }
+    let mut fresh = connect(&d, RELAY);
+    match greeting_within(&mut fresh, Duration::from_secs(5)) {
+        g if g.pid() == Some(replacement) => {}
+        g => failures.push(format!(
+            "a new client after the replacement: {g:?} within 5 s (wanted {replacement})"
+        )),
+    }
+    verdict(&d, &failures);
 }

@@ -68,21 +68,40 @@ pub fn start_faulty(limits: &str, mode: &str) -> Dispatcher {
 /// and returns its pid. Give the dispatcher a moment to read the message before relying on
 /// it.
 pub fn first_faulty_worker(d: &Dispatcher) -> i32 {
-    let mut pid = None;
-    let found = super::wait_until(super::dispatcher::WAIT, || {
-        pid = d
+    let pids = faulty_workers_saying(d, "saying READY", 1, super::dispatcher::WAIT);
+    assert!(
+        pids.is_some(),
+        "the first faulty worker said READY\n{}",
+        d.log()
+    );
+    pids.unwrap_or_default()[0]
+}
+
+/// Waits until `n` workers of the faulty image have written `faulty <pid>: <what>` to the
+/// service's LOGFILE, at most `limit`, and returns their pids in the order they wrote it;
+/// `None` if fewer did.
+pub fn faulty_workers_saying(
+    d: &Dispatcher,
+    what: &str,
+    n: usize,
+    limit: Duration,
+) -> Option<Vec<i32>> {
+    let suffix = format!(": {what}");
+    let mut pids = Vec::new();
+    let found = super::wait_until(limit, || {
+        pids = d
             .service_log("tcp_lmtpss_server.log")
             .lines()
-            .find_map(|l| {
+            .filter_map(|l| {
                 l.strip_prefix("faulty ")?
-                    .strip_suffix(": saying READY")?
+                    .strip_suffix(&suffix)?
                     .parse()
                     .ok()
-            });
-        pid.is_some()
+            })
+            .collect();
+        pids.len() >= n
     });
-    assert!(found, "the first faulty worker said READY\n{}", d.log());
-    pid.unwrap_or_default()
+    found.then_some(pids)
 }
 
 /// Makes `cmd` start with `RLIMIT_NOFILE` soft `soft` and hard `hard`.
