@@ -1,5 +1,6 @@
 //! The worker-pool policy under random sequences of events, driven by a model of the world
-//! that reacts as real workers (good and bad) and the event loop would: the limits hold after
+//! that reacts as real workers (good and bad: they crash, block, drain, close their control
+//! socket) and the event loop would: the limits hold after
 //! every step, no connection is lost, handed twice or handed to a worker that cannot take it,
 //! the dispatcher's copy of a socket is released only once a worker has it, nothing is
 //! started once a stop has begun, and the pool's `next_check` is never later than a health
@@ -22,6 +23,8 @@ enum Op {
     Block(usize),
     Unblock(usize),
     Drains(usize),
+    /// A worker closes its control socket (it may go on running).
+    Close(usize),
     Tick(u64),
     Stop,
 }
@@ -36,6 +39,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..8).prop_map(Op::Block),
         1 => (0usize..8).prop_map(Op::Unblock),
         1 => (0usize..8).prop_map(Op::Drains),
+        1 => (0usize..8).prop_map(Op::Close),
         3 => prop_oneof![1u64..400, 400u64..3_000, 3_000u64..120_000].prop_map(Op::Tick),
         1 => Just(Op::Stop),
     ]
@@ -85,6 +89,8 @@ struct W {
     told_blocked: bool,
     /// Connections handed to it in its life.
     handed: u64,
+    /// Its control socket is closed: it can say nothing more, and must be handed nothing.
+    closed: bool,
 }
 
 /// What the world knows, from the actions it was given.
@@ -124,7 +130,8 @@ impl World {
                             && !w.retiring
                             && !w.killed
                             && !w.unresponsive
-                            && !w.told_blocked),
+                            && !w.told_blocked
+                            && !w.closed),
                         "handed to a worker that cannot take it: {a:?} {w:?}"
                     );
                     prop_assert_eq!(
@@ -223,11 +230,14 @@ impl World {
         // A worker and its successor share one place: the sessions on workers that take
         // connections (not retiring, and not due: a due one is replaced and finishing, as a
         // retiring one is; not one that was unresponsive, whose place was given away) never
-        // exceed what MAX_PROCS places of MAX_CONNS hold.
+        // exceed what MAX_PROCS places of MAX_CONNS hold. Nor one that closed its control
+        // socket: it takes nothing more, as a retiring one, and its successor may serve.
         let sessions: u64 = self
             .workers
             .iter()
-            .filter(|(id, w)| !w.retiring && !w.was_unresponsive && !w.killed && !due.contains(id))
+            .filter(|(id, w)| {
+                !w.retiring && !w.was_unresponsive && !w.killed && !w.closed && !due.contains(id)
+            })
             .map(|(&id, _)| self.on(id))
             .sum();
         prop_assert!(
@@ -316,6 +326,14 @@ fn step(
             .filter(|s| s.state == "due")
             .map(|s| s.worker)
             .collect();
+        // A worker that closed its control socket and did not exit gives its place away after
+        // CLOSED_PLACE, by design, with no action to say so: the world learns it from the
+        // pool's status, as an operator would.
+        for s in status.iter().filter(|s| s.state == "retiring") {
+            if let Some(w) = world.workers.get_mut(&s.worker).filter(|w| w.closed) {
+                w.retiring = true;
+            }
+        }
         world.apply(&actions, l, &handing_over, &due)?;
         queue.extend(world.pending.drain(..).rev());
     }
@@ -386,8 +404,11 @@ proptest! {
                 }
                 Op::Arrive => continue,
                 Op::Ready(i, acks) => {
-                    let starting: Vec<WorkerId> =
-                        ids.iter().copied().filter(|w| !world.workers[w].ready).collect();
+                    let starting: Vec<WorkerId> = ids
+                        .iter()
+                        .copied()
+                        .filter(|w| !world.workers[w].ready && !world.workers[w].closed)
+                        .collect();
                     match World::nth(&starting, i) {
                         Some(w) => {
                             if let Some(x) = world.workers.get_mut(&w) {
@@ -404,7 +425,9 @@ proptest! {
                         .conns
                         .iter()
                         .filter_map(|(&c, f)| match f {
-                            Fate::Unconfirmed(w) if world.workers[w].acks => Some((c, *w)),
+                            Fate::Unconfirmed(w) if world.workers[w].acks && !world.workers[w].closed => {
+                                Some((c, *w))
+                            }
                             _ => None,
                         })
                         .collect();
@@ -418,7 +441,7 @@ proptest! {
                         .conns
                         .iter()
                         .filter_map(|(&c, f)| match f {
-                            Fate::Held(w) => Some((c, *w)),
+                            Fate::Held(w) if !world.workers[w].closed => Some((c, *w)),
                             _ => None,
                         })
                         .collect();
@@ -447,7 +470,7 @@ proptest! {
                     None => continue,
                 },
                 Op::Unblock(i) => match World::nth(&ids, i) {
-                    Some(w) if world.workers[&w].blocked => {
+                    Some(w) if world.workers[&w].blocked && !world.workers[&w].closed => {
                         if let Some(x) = world.workers.get_mut(&w) {
                             x.blocked = false;
                             x.told_blocked = false;
@@ -457,8 +480,11 @@ proptest! {
                     _ => continue,
                 },
                 Op::Drains(i) => {
-                    let ready: Vec<WorkerId> =
-                        ids.iter().copied().filter(|w| world.workers[w].ready).collect();
+                    let ready: Vec<WorkerId> = ids
+                        .iter()
+                        .copied()
+                        .filter(|w| world.workers[w].ready && !world.workers[w].closed)
+                        .collect();
                     match World::nth(&ready, i) {
                         Some(w) => {
                             if let Some(x) = world.workers.get_mut(&w) {
@@ -473,6 +499,26 @@ proptest! {
                                 }
                             }
                             Event::Draining(w)
+                        }
+                        None => continue,
+                    }
+                }
+                Op::Close(i) => {
+                    let open: Vec<WorkerId> =
+                        ids.iter().copied().filter(|w| !world.workers[w].closed).collect();
+                    match World::nth(&open, i) {
+                        Some(w) => {
+                            if let Some(x) = world.workers.get_mut(&w) {
+                                x.closed = true;
+                            }
+                            // What it was sent and never took is not in its hands: it waits
+                            // again (a plain-READY worker has none, its sends are confirmed).
+                            for f in world.conns.values_mut() {
+                                if *f == Fate::Unconfirmed(w) {
+                                    *f = Fate::Waiting;
+                                }
+                            }
+                            Event::ControlClosed(w)
                         }
                         None => continue,
                     }
