@@ -12,12 +12,12 @@
 # /var/mail (the native image creates each recipient's mailbox as the recipient).
 #
 # usage: scripts/demo-layout.sh [ROOT [BINDIR [ACCOUNT]]]
-#   (defaults: run/, target/release/, and as root `mailsrv` (the seed's IMTA_USER) when that
+#   (defaults: run/, target/dist/ (`make build`), and as root `mailsrv` (the seed's IMTA_USER) when that
 #   account exists, else `nobody`; not as root, the user running this)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 root=${1:-$here/run}
-bindir=${2:-$here/target/release}
+bindir=${2:-$here/target/dist}
 account=${3:-}
 if [ -z "$account" ]; then
     if [ "$(id -u)" -ne 0 ]; then

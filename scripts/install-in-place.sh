@@ -19,7 +19,7 @@
 # Packaged (docs/packaging.md), it is /usr/lib/msdispatcher/install-in-place, beside the
 # programs: BINDIR is then that directory and the manual pages are left to the package.
 #
-# usage: IMTA_BIN=/opt/SUNWmsgsr/lib [DESTDIR=...] [MANDIR=/usr/share/man] [BINDIR=target/release]
+# usage: IMTA_BIN=/opt/SUNWmsgsr/lib [DESTDIR=...] [MANDIR=/usr/share/man] [BINDIR=target/dist]
 #        [TAILOR=/opt/SUNWmsgsr/config/imta_tailor] scripts/install-in-place.sh install|uninstall
 set -euo pipefail
 self=$(cd "$(dirname "$0")" && pwd)
@@ -48,7 +48,7 @@ if [ "$packaged" -eq 1 ]; then
     bindir=${BINDIR:-$self}
     pages=() # the package installs them under /usr/share/man
 else
-    bindir=${BINDIR:-$here/target/release}
+    bindir=${BINDIR:-$here/target/dist}
 fi
 manifest=$bin/.msdispatcher-installed
 back="make uninstall IMTA_BIN=$IMTA_BIN"
@@ -120,7 +120,7 @@ make_dirs() {
 install_all() {
     local p page
     for p in "${programs[@]}"; do
-        [ -x "$bindir/$p" ] || die "$bindir/$p is missing: build first (cargo build --release), or set BINDIR"
+        [ -x "$bindir/$p" ] || die "$bindir/$p is missing: build first (make build), or set BINDIR"
         plain_or_absent "$bin/$p"
     done
     for page in ${pages[@]+"${pages[@]}"}; do

@@ -162,12 +162,17 @@ impl Layout {
 
 /// A temporary directory laid out as an installation by scripts/demo-layout.sh (the programs
 /// of this build in `lib/`, the demo configuration, the workers' account [`mail_account`]).
+/// The programs are cargo's of this build, or with `MSD_BINDIR` set (`make stress`, `make
+/// bench`) those of that directory: `make build`'s target/dist, the ones shipped (Makefile).
 pub fn demo_layout() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bindir = Path::new(env!("CARGO_BIN_EXE_dispatcher"))
-        .parent()
-        .expect("bin dir")
-        .to_path_buf();
+    let bindir = match std::env::var_os("MSD_BINDIR") {
+        Some(shipped) => PathBuf::from(shipped),
+        None => Path::new(env!("CARGO_BIN_EXE_dispatcher"))
+            .parent()
+            .expect("bin dir")
+            .to_path_buf(),
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-layout.sh");
     let out = Command::new("bash")
         .arg(&script)
