@@ -130,16 +130,27 @@ impl Deployment {
         self.relay.release();
     }
 
-    /// Waits until `n` messages are in store-a's Maildirs: the load is under way.
+    /// Waits until `n` messages are in store-a's Maildirs: the load is under way. The relay's
+    /// queue is flushed every 2 s meanwhile, as [`two_tier::Relay::drain`] does: once (a CI
+    /// run, 2026-12-06) the release's reload left Postfix's new queue manager idle, nothing
+    /// tried for 60 s and nothing logged after the reload, with 1,000 messages deferred by the
+    /// hold. A flush triggers the queue manager again, and fails loudly ("mail system is
+    /// down") if Postfix's master itself is gone.
     fn wait_for_store_a(&self, n: usize) {
         let a = &self.stores[0];
+        let mut flushed = Instant::now();
         let under_way = common::wait_until(Duration::from_secs(60), || {
+            if flushed.elapsed() >= Duration::from_secs(2) {
+                self.relay.postfix.flush();
+                flushed = Instant::now();
+            }
             a.maildir("alice").len() + a.maildir("bob").len() >= n
         });
         assert!(
             under_way,
-            "store-a holds {} messages, not {n}:\n{}",
+            "store-a holds {} messages, not {n} ({} queued at the relay):\n{}",
             a.maildir("alice").len() + a.maildir("bob").len(),
+            self.relay.postfix.queued(),
             self.relay.postfix.log()
         );
     }
