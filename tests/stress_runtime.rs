@@ -91,7 +91,7 @@ fn sigterm_under_relay_load_stops_promptly_and_stores_every_message_once() {
     let submitted_in = submit.elapsed();
     relay.hold_delivery(false);
     let release = Instant::now();
-    let mid_load = common::wait_until(Duration::from_secs(180), || {
+    let mid_load = relay.postfix.flushing_until(Duration::from_secs(180), || {
         load::message_files(&inbox).len() >= STOP_AT
     });
     assert!(

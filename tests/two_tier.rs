@@ -198,7 +198,7 @@ fn a_reload_under_load_admits_a_new_relay_address_and_loses_nothing() {
         relay.send(&net, &file, to, EACH, 4, Duration::from_secs(120));
     }
     relay.release();
-    let mid_load = common::wait_until(Duration::from_secs(60), || {
+    let mid_load = relay.postfix.flushing_until(Duration::from_secs(60), || {
         a.maildir("alice").len() >= EACH / 4
     });
     assert!(mid_load, "no delivery to store-a:\n{}", relay.postfix.log());

@@ -131,21 +131,16 @@ impl Deployment {
     }
 
     /// Waits until `n` messages are in store-a's Maildirs: the load is under way. The relay's
-    /// queue is flushed every 2 s meanwhile, as [`two_tier::Relay::drain`] does: once (a CI
-    /// run, 2026-12-06) the release's reload left Postfix's new queue manager idle, nothing
-    /// tried for 60 s and nothing logged after the reload, with 1,000 messages deferred by the
-    /// hold. A flush triggers the queue manager again, and fails loudly ("mail system is
-    /// down") if Postfix's master itself is gone.
+    /// queue is flushed meanwhile ([`common::peers::Postfix::flushing_until`]: a release's
+    /// reload once left Postfix idle).
     fn wait_for_store_a(&self, n: usize) {
         let a = &self.stores[0];
-        let mut flushed = Instant::now();
-        let under_way = common::wait_until(Duration::from_secs(60), || {
-            if flushed.elapsed() >= Duration::from_secs(2) {
-                self.relay.postfix.flush();
-                flushed = Instant::now();
-            }
-            a.maildir("alice").len() + a.maildir("bob").len() >= n
-        });
+        let under_way = self
+            .relay
+            .postfix
+            .flushing_until(Duration::from_secs(60), || {
+                a.maildir("alice").len() + a.maildir("bob").len() >= n
+            });
         assert!(
             under_way,
             "store-a holds {} messages, not {n} ({} queued at the relay):\n{}",

@@ -365,20 +365,9 @@ impl Relay {
     /// how long that took, or `None` if it never emptied.
     pub fn drain(&self, limit: Duration) -> Option<Duration> {
         let start = Instant::now();
-        let mut last_flush = start;
-        loop {
-            if self.postfix.queue_is_empty() {
-                return Some(start.elapsed());
-            }
-            if start.elapsed() >= limit {
-                return None;
-            }
-            if last_flush.elapsed() >= Duration::from_secs(2) {
-                self.postfix.flush();
-                last_flush = Instant::now();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.postfix
+            .flushing_until(limit, || self.postfix.queue_is_empty())
+            .then(|| start.elapsed())
     }
 
     /// Postfix's delivery results for recipient `to`: how many said each `status=` (held
