@@ -8,7 +8,7 @@ all: build
 # The programs `make build` ships go to target/dist, where `make run`, `make install`, the
 # package, `make stress` and `make bench` take them from. The store image, tcp_lmtp_server, is
 # linked statically there: without the dynamic loader and with a third fewer page faults a
-# worker starts in about a quarter less time, which MAX_LIFE_CONNS recycling pays every 100
+# worker's start takes about a quarter less CPU, which MAX_LIFE_CONNS recycling pays every 100
 # connections (docs/performance.md, fifth stop). It looks up no account, so static glibc's
 # caveat (getpwnam loads the NSS modules of the glibc it was built with) does not reach it;
 # the dispatcher and tcp_lmtpn_server look accounts up and stay dynamic. The flag is the final
@@ -17,6 +17,8 @@ all: build
 # (profile target/release's, which keep their debug information).
 DIST = target/dist
 STATIC_TARGET = target/static
+# Makes tests and benches lay their installations out with those programs (tests/common).
+SHIPPED = MSD_BINDIR=$(CURDIR)/$(DIST)
 build:
 	$(CARGO) build --release --locked
 	$(CARGO) rustc --release --locked --bin tcp_lmtp_server --target-dir $(STATIC_TARGET) \
@@ -44,7 +46,7 @@ test: deps
 # a store's disk full. Not part of `make test`; CI runs it after.
 stress: deps build
 	$(CARGO) build --release --locked --bins --examples
-	MSD_BINDIR=$(CURDIR)/$(DIST) $(CARGO) test --release --locked --test stress_runtime --test two_tier_faults \
+	$(SHIPPED) $(CARGO) test --release --locked --test stress_runtime --test two_tier_faults \
 	    -- --ignored --test-threads=1 --nocapture
 
 # Lays out the demo installation in run/, checks it, and runs the dispatcher on it in the
@@ -60,15 +62,16 @@ run: build
 # own, not among the thousands of inodes `make test` just freed in /tmp's group, which ext4
 # without a journal skips one by one for a minute or more (docs/performance.md, third stop).
 BENCH_TMP ?= $(CURDIR)/target/bench-tmp
+BENCH_ENV = TMPDIR=$(BENCH_TMP) $(SHIPPED)
 bench: build deps
 	$(CARGO) build --release --locked --examples
 	mkdir -p $(BENCH_TMP)
 	chattr +T $(BENCH_TMP) 2>/dev/null || echo "bench: no top-directory flag on $(BENCH_TMP)"
-	TMPDIR=$(BENCH_TMP) MSD_BINDIR=$(CURDIR)/$(DIST) $(CARGO) bench --locked --bench mapping
-	TMPDIR=$(BENCH_TMP) MSD_BINDIR=$(CURDIR)/$(DIST) $(CARGO) bench --locked --bench handoff
-	TMPDIR=$(BENCH_TMP) MSD_BINDIR=$(CURDIR)/$(DIST) $(CARGO) bench --locked --bench lmtp
-	TMPDIR=$(BENCH_TMP) MSD_BINDIR=$(CURDIR)/$(DIST) $(CARGO) bench --locked --bench refused_flood
-	TMPDIR=$(BENCH_TMP) MSD_BINDIR=$(CURDIR)/$(DIST) $(CARGO) bench --locked --bench idle_memory
+	$(BENCH_ENV) $(CARGO) bench --locked --bench mapping
+	$(BENCH_ENV) $(CARGO) bench --locked --bench handoff
+	$(BENCH_ENV) $(CARGO) bench --locked --bench lmtp
+	$(BENCH_ENV) $(CARGO) bench --locked --bench refused_flood
+	$(BENCH_ENV) $(CARGO) bench --locked --bench idle_memory
 
 # Coverage-guided fuzzing of every reader and parser of untrusted input (docs/fuzzing.md), on
 # the nightly toolchain: each target of fuzz/ runs FUZZ_SECONDS from its committed corpus, which

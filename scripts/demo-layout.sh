@@ -12,8 +12,8 @@
 # /var/mail (the native image creates each recipient's mailbox as the recipient).
 #
 # usage: scripts/demo-layout.sh [ROOT [BINDIR [ACCOUNT]]]
-#   (defaults: run/, target/dist/ (`make build`), and as root `mailsrv` (the seed's IMTA_USER) when that
-#   account exists, else `nobody`; not as root, the user running this)
+#   (defaults: run/, target/dist/ (`make build`), and as root `mailsrv` (the seed's
+#   IMTA_USER) when that account exists, else `nobody`; not as root, the user running this)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 root=${1:-$here/run}
